@@ -1,0 +1,42 @@
+# gatehouse — development entry points. `make serve` and `make test` work on a
+# fresh clone with only Python >= 3.11 and make: they create .venv, install
+# the package (which generates the gRPC code from protos/), then run.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+GEN    := src/gatehouse/v1/.generated-stamp
+PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
+
+.PHONY: serve test pytest lint gen bench clean
+
+$(STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	touch $@
+
+$(GEN): $(PROTOS) tools/genproto.py $(STAMP)
+	$(BIN)/python tools/genproto.py
+	touch $@
+
+gen: $(GEN)
+
+serve: $(GEN)
+	$(BIN)/gatehouse serve $(ARGS)
+
+lint: $(GEN)
+	$(BIN)/ruff check src tests bench tools
+	$(BIN)/mypy
+
+pytest: $(GEN)
+	$(BIN)/python -m pytest $(ARGS)
+
+test: lint pytest
+
+bench: $(GEN)
+	$(BIN)/python bench/check_inprocess.py
+
+clean:
+	rm -rf $(VENV) src/gatehouse/v1 build *.egg-info src/*.egg-info

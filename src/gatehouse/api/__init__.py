@@ -1,0 +1,1 @@
+"""gRPC edge: servicers translate protobuf to domain calls and back, nothing more."""

@@ -1,0 +1,139 @@
+"""The ``gatehouse`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gatehouse.errors import DataFileError, PolicyError
+
+DEFAULT_POLICY = "policies/coupler"
+DEFAULT_DATA = "examples/coupler.data.yaml"
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gatehouse import logs
+    from gatehouse.server import ServerConfig, serve
+
+    logs.configure(args.log_level)
+    if args.workers != 1:
+        print("gatehouse: --workers above 1 needs a shared store (Redis); the memory store "
+              "holds one process's data, so run with --workers 1", file=sys.stderr)
+        return 2
+    data = args.data
+    if data is None and args.policy == DEFAULT_POLICY and Path(DEFAULT_DATA).exists():
+        data = DEFAULT_DATA
+    config = ServerConfig(
+        listen=args.listen,
+        policy_dir=Path(args.policy),
+        data_file=Path(data) if data else None,
+        watch_policy=not args.no_watch,
+    )
+    if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
+        _banner(config)
+    try:
+        asyncio.run(serve(config))
+    except (PolicyError, DataFileError) as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _banner(config: object) -> None:
+    from gatehouse.server import ServerConfig
+
+    assert isinstance(config, ServerConfig)
+    print(
+        f"gatehouse on {config.listen} — policy {config.policy_dir}, data "
+        f"{config.data_file or '(none)'}, memory store (ephemeral)\n"
+        "Try it (grpcurl):\n"
+        f"  grpcurl -plaintext {config.listen} list\n"
+        "  grpcurl -plaintext -d '{\"subject\":{\"type\":\"user\",\"id\":\"uma\"},"
+        "\"action\":\"delete\","
+        "\"resource\":{\"type\":\"data_flow\",\"id\":\"acme-sales-pipeline\"}}' \\\n"
+        f"    {config.listen} gatehouse.v1.AuthorizationService/Check\n",
+        file=sys.stderr,
+    )
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from gatehouse.policy.loader import load_policy
+
+    try:
+        policy = load_policy(args.dir)
+    except PolicyError as exc:
+        for p in exc.problems:
+            print(p, file=sys.stderr)
+        print(f"{args.dir}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        return 1
+    rules = sum(len(t.grants) + len(t.denies) for a in policy.tables.values()
+                for t in a.values())
+    print(f"{args.dir}: ok — {len(policy.types)} types, {policy.version}, "
+          f"{rules} (type, action, rule) entries")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    from gatehouse.policytest import run
+
+    report = run(args.dir)
+    for p in report.problems:
+        print(p, file=sys.stderr)
+    failed = [o for o in report.outcomes if not o.passed]
+    for o in report.outcomes:
+        if not o.passed or args.verbose:
+            mark = "ok  " if o.passed else "FAIL"
+            print(f"{mark} {o.case.id}" + ("" if o.passed else f"\n      {o.detail}"))
+    passed = len(report.outcomes) - len(failed)
+    print(f"{passed} passed, {len(failed)} failed" +
+          (f", {len(report.problems)} problem(s)" if report.problems else ""))
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gatehouse", description="Tenancy and authorization "
+                                     "service: permission checks over gRPC.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--listen", default=os.environ.get("GATEHOUSE_LISTEN", "127.0.0.1:50051"),
+                       help="host:port to listen on (env GATEHOUSE_LISTEN)")
+    serve.add_argument("--policy", default=os.environ.get("GATEHOUSE_POLICY", DEFAULT_POLICY),
+                       help="policy set folder (env GATEHOUSE_POLICY)")
+    serve.add_argument("--data", default=os.environ.get("GATEHOUSE_DATA"),
+                       help="bootstrap data file to load at start (env GATEHOUSE_DATA); with "
+                       f"the default policy, {DEFAULT_DATA} when present")
+    serve.add_argument("--workers", type=int, default=1, help="server processes (memory store: 1)")
+    serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
+    serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
+    serve.set_defaults(func=_serve)
+
+    policy = sub.add_parser("policy", help="validate or test a policy set")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    val = psub.add_parser("validate", help="compile a policy set and report every problem")
+    val.add_argument("dir")
+    val.set_defaults(func=_validate)
+    tst = psub.add_parser("test", help="run the policy set's *_test.yaml suites")
+    tst.add_argument("dir")
+    tst.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    tst.set_defaults(func=_test)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

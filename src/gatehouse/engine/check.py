@@ -1,0 +1,196 @@
+"""Check: may this subject do this action on this resource?
+
+Order of evaluation: an unknown resource is denied; any matching deny rule
+denies; then unconditional grants (one set test per ancestor type), then
+conditional grants; nothing matching denies. Any exception inside a
+condition denies too — the engine fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatehouse.errors import InvalidArgument
+from gatehouse.graph.index import GraphIndex
+from gatehouse.graph.model import object_key, validate_id, validate_type
+from gatehouse.policy.model import CompiledPolicy, Rule
+
+_NO_CONTEXT: Mapping[str, Any] = {}
+
+
+def validate_request(
+    policy: CompiledPolicy,
+    subject_type: str,
+    subject_id: str,
+    action: str,
+    resource_type: str,
+    resource_id: str,
+    prefix: str = "",
+) -> tuple[str, str]:
+    """Check a request's names against the policy; return (subject key, resource key).
+
+    Raises InvalidArgument naming the field (``subject.type``, ``action``, ...).
+    """
+    validate_type(subject_type, prefix + "subject.type")
+    validate_id(subject_id, prefix + "subject.id")
+    validate_type(resource_type, prefix + "resource.type")
+    validate_id(resource_id, prefix + "resource.id")
+    if subject_type not in policy.subject_types:
+        raise InvalidArgument(
+            prefix + "subject.type",
+            f"{subject_type!r} is not a subject type (subject types: "
+            f"{', '.join(sorted(policy.subject_types))})",
+        )
+    tdef = policy.types.get(resource_type)
+    if tdef is None:
+        raise InvalidArgument(
+            prefix + "resource.type",
+            f"unknown type {resource_type!r} (declared: {', '.join(sorted(policy.types))})",
+        )
+    if not action:
+        raise InvalidArgument(prefix + "action", "is required")
+    if action not in policy.tables[resource_type]:
+        raise InvalidArgument(
+            prefix + "action",
+            f"unknown action {action!r} for {resource_type!r} "
+            f"(known: {', '.join(tdef.actions) or 'none'})",
+        )
+    return object_key(subject_type, subject_id), object_key(resource_type, resource_id)
+
+
+def _holds_role(rule: Rule, chain: Mapping[str, str], index: GraphIndex, subject: str) -> bool:
+    forward = index.forward
+    for ref in rule.roles:
+        anc = chain.get(ref.type)
+        if anc is not None:
+            rels = forward.get(anc)
+            if rels is not None:
+                holders = rels.get(ref.relation)
+                if holders is not None and subject in holders:
+                    return True
+    return False
+
+
+def _applies(
+    rule: Rule,
+    chain: Mapping[str, str],
+    index: GraphIndex,
+    subject: str,
+    resource: str,
+    context: Mapping[str, Any],
+) -> bool:
+    if rule.roles and not _holds_role(rule, chain, index, subject):
+        return False
+    cond = rule.condition
+    return cond is None or bool(cond(subject, resource, index, context))
+
+
+def check(
+    policy: CompiledPolicy,
+    index: GraphIndex,
+    subject: str,
+    action: str,
+    resource_type: str,
+    resource: str,
+    context: Mapping[str, Any] | None = None,
+) -> bool:
+    """True if allowed. Keys are ``type:id``; the request must be validated."""
+    table = policy.tables[resource_type].get(action)
+    chain = index.chains.get(resource)
+    if table is None or chain is None:
+        return False
+    ctx = context if context is not None else _NO_CONTEXT
+    try:
+        for rule in table.denies:
+            if _applies(rule, chain, index, subject, resource, ctx):
+                return False
+        forward = index.forward
+        for anc_type, relations in table.direct:
+            anc = chain.get(anc_type)
+            if anc is not None:
+                rels = forward.get(anc)
+                if rels is not None:
+                    for relation in relations:
+                        holders = rels.get(relation)
+                        if holders is not None and subject in holders:
+                            return True
+        for rule in table.conditional:
+            if _applies(rule, chain, index, subject, resource, ctx):
+                return True
+    except Exception:  # a condition blew up: never allow because of an error
+        return False
+    return False
+
+
+@dataclass(slots=True)
+class Explanation:
+    allowed: bool
+    summary: str
+    trace: list[str] = field(default_factory=list)
+
+
+def _roles_held(rule: Rule, chain: Mapping[str, str], index: GraphIndex, subject: str) -> list[str]:
+    held = []
+    for ref in rule.roles:
+        anc = chain.get(ref.type)
+        if anc is not None and index.holds(anc, ref.relation, subject):
+            held.append(f"{ref} on {anc}")
+    return held
+
+
+def explain(
+    policy: CompiledPolicy,
+    index: GraphIndex,
+    subject: str,
+    action: str,
+    resource_type: str,
+    resource: str,
+    context: Mapping[str, Any] | None = None,
+) -> Explanation:
+    """Decide like :func:`check`, and say which rules were considered and why.
+
+    The decision must equal ``check``'s; the test suite compares them.
+    """
+    ctx = context if context is not None else _NO_CONTEXT
+    head = f"{subject} {action} {resource}"
+    table = policy.tables[resource_type].get(action)
+    chain = index.chains.get(resource)
+    if table is None or chain is None:
+        return Explanation(False, f"deny: {resource} is not in the graph", [head])
+    trace = [head, "ancestors: " + " -> ".join(chain.values())]
+    if not table.grants and not table.denies:
+        trace.append(f"no rule grants {action!r} on {resource_type!r}")
+    verdict: Explanation | None = None
+    for rule in (*table.denies, *table.grants):
+        kind = rule.effect.value
+        roles = ", ".join(str(r) for r in rule.roles) or "any subject"
+        held = _roles_held(rule, chain, index, subject)
+        line = f"{kind} rule {rule.source} [{roles}]"
+        if rule.roles and not held:
+            trace.append(f"{line}: not applicable, subject holds none of these roles")
+            continue
+        if held:
+            line += f" held: {'; '.join(held)}"
+        if rule.condition is not None:
+            try:
+                ok = bool(rule.condition(subject, resource, index, ctx))
+            except Exception as exc:
+                trace.append(f"{line}: condition `{rule.condition_text}` failed ({exc}): "
+                             "not applied")
+                continue
+            if not ok:
+                trace.append(f"{line}: condition `{rule.condition_text}` is false")
+                continue
+            line += f", condition `{rule.condition_text}` is true"
+        trace.append(f"{line}: APPLIES")
+        if verdict is None:
+            allowed = kind == "allow"
+            verdict = Explanation(allowed, f"{'allow' if allowed else 'deny'} by {rule.source}")
+        if kind == "deny":
+            break
+    if verdict is None:
+        verdict = Explanation(False, "deny: no rule grants this")
+    verdict.trace = trace
+    return verdict

@@ -1,0 +1,85 @@
+"""Domain errors. Each knows what went wrong in domain terms; the API layer
+maps them to gRPC status codes in one table (``gatehouse.api.errors``).
+
+::
+
+    GatehouseError
+    ├── InvalidArgument        bad input; names the offending field
+    ├── NotFound               a named object does not exist
+    ├── FailedPrecondition     a rule, constraint or limit says no
+    ├── Unavailable            the store cannot be reached
+    ├── PolicyError            a policy set failed to load (all problems, with positions)
+    └── DataFileError          a bootstrap data file failed to load (all problems, with lines)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class GatehouseError(Exception):
+    """Base class of every error gatehouse raises on purpose."""
+
+
+class InvalidArgument(GatehouseError):
+    """The request is malformed; ``field`` names the part that is wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class NotFound(GatehouseError):
+    """A named object does not exist."""
+
+
+class FailedPrecondition(GatehouseError):
+    """A policy rule, constraint or limit refuses the operation."""
+
+    def __init__(self, rule: str, reason: str) -> None:
+        super().__init__(f"{rule}: {reason}")
+        self.rule = rule
+        self.reason = reason
+
+
+class Unavailable(GatehouseError):
+    """The backing store cannot serve the request right now."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    """One finding in a source file, ordered by position."""
+
+    file: str
+    line: int
+    column: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
+        return f"{where} {self.path}: {self.message}" if self.path else f"{where} {self.message}"
+
+
+class _ProblemsError(GatehouseError):
+    """Carries every problem found, sorted and de-duplicated."""
+
+    kind = "source"
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = sorted(set(problems))
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{self.kind} has {len(self.problems)} problem(s):\n{lines}")
+
+
+class PolicyError(_ProblemsError):
+    """A policy set is invalid; the previous policy (if any) stays in force."""
+
+    kind = "policy"
+
+
+class DataFileError(_ProblemsError):
+    """A bootstrap data file is invalid; nothing from it was loaded."""
+
+    kind = "data file"

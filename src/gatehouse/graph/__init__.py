@@ -1,0 +1,1 @@
+"""The relationship graph: its values, stores and the in-memory index."""

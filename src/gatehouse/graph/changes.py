@@ -1,0 +1,45 @@
+"""Write operations and the changes a store reports after applying them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatehouse.graph.model import ObjectRef, Relationship
+
+
+@dataclass(frozen=True, slots=True)
+class TouchRelationship:
+    """Create the relationship, or leave it as it is if it exists."""
+
+    relationship: Relationship
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRelationship:
+    relationship: Relationship
+
+
+@dataclass(frozen=True, slots=True)
+class PutObject:
+    """Create the object or replace its attributes."""
+
+    ref: ObjectRef
+    attributes: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteObject:
+    ref: ObjectRef
+
+
+Operation = TouchRelationship | DeleteRelationship | PutObject | DeleteObject
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """The operations one committed write applied, at its revision."""
+
+    revision: int
+    ops: tuple[Operation, ...]

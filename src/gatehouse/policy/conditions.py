@@ -1,0 +1,257 @@
+"""The condition language of permission rules (``when:``).
+
+A condition is one of::
+
+    owner                               the subject owns the resource
+    not owner
+    resource.shared == true             compare an attribute with a literal
+    context.ip_country in ["DE", "FR"]  request context (CheckRequest.context)
+    subject.email != ''                 the subject's own attributes
+    {all: [c1, c2]}  {any: [c1, c2]}  {not: c}   (a plain list means all)
+
+Operators: ``== != < <= > >= in``, and ``not in``. Literals: true, false,
+numbers, quoted strings and [lists] of them.
+
+Semantics fail closed: a comparison whose attribute is missing (and has no
+declared default) or whose values have incomparable types is false, for
+``!=`` too, so a missing fact never grants anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gatehouse.policy.model import OWNER, Attribute, Condition, Facts, TypeDef
+
+_MISSING = object()
+
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
+    | (?P<num>-?\d+(?:\.\d+)?)
+    | (?P<op>==|!=|<=|>=|<|>)
+    | (?P<punct>[\[\],])
+    | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
+    )""",
+    re.VERBOSE,
+)
+
+Getter = Callable[[str, str, Facts, Mapping[str, Any]], Any]
+
+
+class ConditionError(ValueError):
+    """A condition that does not compile; the message names what is wrong."""
+
+    def __init__(self, message: str, subpath: tuple[str | int, ...] = ()) -> None:
+        super().__init__(message)
+        self.subpath = subpath
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise ConditionError(f"cannot read {text[pos:].strip()!r} in condition {text!r}")
+        kind = m.lastgroup or ""
+        out.append((kind, m.group(kind)))
+        pos = m.end()
+    return out
+
+
+def _literal(tokens: list[tuple[str, str]], i: int) -> tuple[Any, int]:
+    kind, value = tokens[i]
+    if kind == "str":
+        return bytes(value[1:-1], "utf-8").decode("unicode_escape"), i + 1
+    if kind == "num":
+        return (float(value) if "." in value else int(value)), i + 1
+    if kind == "word" and value in ("true", "false"):
+        return value == "true", i + 1
+    if kind == "punct" and value == "[":
+        items: list[Any] = []
+        i += 1
+        while i < len(tokens) and tokens[i] != ("punct", "]"):
+            item, i = _literal(tokens, i)
+            if isinstance(item, list):
+                raise ConditionError("lists may not nest")
+            items.append(item)
+            if i < len(tokens) and tokens[i] == ("punct", ","):
+                i += 1
+        if i >= len(tokens):
+            raise ConditionError("list is not closed with ']'")
+        return items, i + 1
+    raise ConditionError(f"expected a value, found {value!r}")
+
+
+class _Compiler:
+    def __init__(self, rtype: TypeDef, types: Mapping[str, TypeDef], subject_types: set[str]):
+        self.rtype = rtype
+        self.types = types
+        self.subject_types = subject_types
+
+    def compile(self, spec: Any) -> tuple[Condition, str]:
+        if isinstance(spec, str):
+            return self._string(spec), spec
+        if isinstance(spec, list):
+            return self._combine("all", spec, ())
+        if isinstance(spec, dict):
+            if len(spec) != 1:
+                raise ConditionError("a condition mapping has exactly one key: all, any or not")
+            (key, value), = spec.items()
+            if key in ("all", "any"):
+                if not isinstance(value, list) or not value:
+                    raise ConditionError(f"'{key}' takes a non-empty list", (key,))
+                return self._combine(key, value, (key,))
+            if key == "not":
+                try:
+                    inner, text = self.compile(value)
+                except ConditionError as exc:
+                    raise ConditionError(str(exc), ("not", *exc.subpath)) from None
+                return (lambda s, r, f, c: not inner(s, r, f, c)), f"not ({text})"
+            raise ConditionError(f"unknown condition key {key!r} (known: all, any, not)", (key,))
+        raise ConditionError("a condition is a string, a list, or {all|any|not: ...}")
+
+    def _combine(
+        self, mode: str, items: list[Any], base: tuple[str | int, ...]
+    ) -> tuple[Condition, str]:
+        parts: list[Condition] = []
+        texts: list[str] = []
+        for i, item in enumerate(items):
+            try:
+                cond, text = self.compile(item)
+            except ConditionError as exc:
+                raise ConditionError(str(exc), (*base, i, *exc.subpath)) from None
+            parts.append(cond)
+            texts.append(text)
+        conds = tuple(parts)
+        joiner = " and " if mode == "all" else " or "
+        text = joiner.join(f"({t})" if " " in t else t for t in texts)
+        if mode == "all":
+            return (lambda s, r, f, c: all(p(s, r, f, c) for p in conds)), text
+        return (lambda s, r, f, c: any(p(s, r, f, c) for p in conds)), text
+
+    def _string(self, text: str) -> Condition:
+        stripped = text.strip()
+        if stripped == OWNER:
+            return self._owner()
+        if stripped == f"not {OWNER}":
+            owns = self._owner()
+            return lambda s, r, f, c: not owns(s, r, f, c)
+        tokens = _tokens(stripped)
+        if not tokens:
+            raise ConditionError("empty condition")
+        left, i = self._operand(tokens, 0)
+        if i >= len(tokens):
+            raise ConditionError(f"{stripped!r} has no operator (expected ==, !=, <, in, ...)")
+        op = tokens[i][1]
+        if tokens[i] == ("word", "not") and i + 1 < len(tokens) and tokens[i + 1] == ("word", "in"):
+            op, i = "not in", i + 2
+        elif tokens[i][0] == "op" or tokens[i] == ("word", "in"):
+            i += 1
+        else:
+            raise ConditionError(f"expected an operator after the left side, found {op!r}")
+        if i >= len(tokens):
+            raise ConditionError(f"{stripped!r} has nothing after {op!r}")
+        right, i = self._operand(tokens, i)
+        if i != len(tokens):
+            raise ConditionError(f"unexpected {tokens[i][1]!r} after the condition")
+        return _comparison(op, left, right)
+
+    def _owner(self) -> Condition:
+        if not self.rtype.owned:
+            raise ConditionError(
+                f"'owner' needs a type declared 'owned: true'; {self.rtype.name!r} is not"
+            )
+        return lambda s, r, f, c: f.holds(r, OWNER, s)
+
+    def _operand(self, tokens: list[tuple[str, str]], i: int) -> tuple[Getter, int]:
+        kind, value = tokens[i]
+        if kind == "word" and "." in value:
+            scope, name = value.split(".", 1)
+            if scope == "resource":
+                return self._attribute_getter(self.rtype, name, resource=True), i + 1
+            if scope == "subject":
+                attr = None
+                for st in sorted(self.subject_types):
+                    attr = self.types[st].attributes.get(name) or attr
+                if attr is None:
+                    raise ConditionError(
+                        f"no subject type declares attribute {name!r}"
+                    )
+                return self._attr(attr, resource=False), i + 1
+            if scope == "context":
+                return (lambda s, r, f, c: c.get(name, _MISSING)), i + 1
+            raise ConditionError(
+                f"unknown operand {value!r} (use resource.<attr>, subject.<attr>, context.<key>)"
+            )
+        value_, j = _literal(tokens, i)
+        return (lambda s, r, f, c: value_), j
+
+    def _attribute_getter(self, tdef: TypeDef, name: str, *, resource: bool) -> Getter:
+        attr = tdef.attributes.get(name)
+        if attr is None:
+            known = ", ".join(sorted(tdef.attributes)) or "none"
+            raise ConditionError(
+                f"type {tdef.name!r} has no attribute {name!r} (declared: {known})"
+            )
+        return self._attr(attr, resource=resource)
+
+    @staticmethod
+    def _attr(attr: Attribute, *, resource: bool) -> Getter:
+        name = attr.name
+        default = attr.default if attr.has_default else _MISSING
+        if resource:
+            return lambda s, r, f, c: f.attributes(r).get(name, default)
+        return lambda s, r, f, c: f.attributes(s).get(name, default)
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool)
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return True
+    return type(a) is type(b)
+
+
+def _comparison(op: str, left: Getter, right: Getter) -> Condition:
+    def compare(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool:
+        a = left(s, r, f, c)
+        b = right(s, r, f, c)
+        if a is _MISSING or b is _MISSING:
+            return False
+        if op in ("in", "not in"):
+            if not isinstance(b, list):
+                return False
+            found = any(_comparable(a, x) and a == x for x in b)
+            return found if op == "in" else not found
+        if not _comparable(a, b):
+            return False
+        try:
+            if op == "==":
+                return bool(a == b)
+            if op == "!=":
+                return bool(a != b)
+            if op == "<":
+                return bool(a < b)
+            if op == "<=":
+                return bool(a <= b)
+            if op == ">":
+                return bool(a > b)
+            if op == ">=":
+                return bool(a >= b)
+        except TypeError:
+            return False
+        return False
+
+    return compare
+
+
+def compile_condition(
+    spec: Any, rtype: TypeDef, types: Mapping[str, TypeDef], subject_types: set[str]
+) -> tuple[Condition, str]:
+    """Compile ``spec`` for rules on ``rtype``. Raises ConditionError."""
+    return _Compiler(rtype, types, subject_types).compile(spec)

@@ -1,0 +1,459 @@
+"""Load a policy set folder: parse every file, validate, compile.
+
+A policy set is the ``*.yaml`` files at the top of a folder (test suites,
+``*_test.yaml``, are not part of it). Sections (``types``, ``permissions``)
+may be split across files. Every problem found is collected and reported
+together with ``file:line:column path: message``; a set with any problem
+does not compile, so a broken edit can never replace a good policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from gatehouse.errors import PolicyError, Problem
+from gatehouse.graph.model import TYPE_RE
+from gatehouse.policy.conditions import ConditionError, compile_condition
+from gatehouse.policy.model import (
+    ATTRIBUTE_TYPES,
+    OWNER,
+    PARENT,
+    ActionTable,
+    Attribute,
+    CompiledPolicy,
+    Effect,
+    RoleRef,
+    Rule,
+    TypeDef,
+)
+from gatehouse.sourcemap import SourceMap, load
+
+TOP_KEYS = {"name", "description", "types", "permissions"}
+TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "attributes",
+             "relations"}
+RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
+WILDCARD = "*"
+
+
+def _known(items: Any) -> str:
+    return ", ".join(sorted(items)) or "none"
+
+
+def policy_files(directory: Path) -> list[Path]:
+    """The files that make up the policy set in ``directory`` (tests excluded)."""
+    files = [p for p in sorted(directory.iterdir()) if p.suffix in (".yaml", ".yml")]
+    return [p for p in files if not p.stem.endswith("_test") and p.is_file()]
+
+
+@dataclass(slots=True)
+class _Doc:
+    name: str
+    data: dict[str, Any]
+    smap: SourceMap
+
+
+@dataclass(slots=True)
+class _TypeSrc:
+    name: str
+    body: dict[str, Any]
+    doc: _Doc
+    path: tuple[str | int, ...]
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def err(
+        self, doc: _Doc, path: tuple[str | int, ...], msg: str, *, at_key: bool = False
+    ) -> None:
+        self.problems.append(doc.smap.problem(path, msg, at_key=at_key))
+
+    # -- types --------------------------------------------------------------
+
+    def _names(self, doc: _Doc, path: tuple[str | int, ...], value: Any, what: str) -> list[str]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.err(doc, path, f"{what} must be a list of names")
+            return []
+        out: list[str] = []
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not TYPE_RE.match(item):
+                self.err(doc, (*path, i), f"{item!r} is not a valid {what[:-1]} name "
+                         "(lowercase letters, digits, '_')")
+            elif item in out:
+                self.err(doc, (*path, i), f"{what[:-1]} {item!r} is listed twice")
+            else:
+                out.append(item)
+        return out
+
+    def _attributes(self, src: _TypeSrc) -> dict[str, Attribute]:
+        doc, base = src.doc, (*src.path, "attributes")
+        raw = src.body.get("attributes")
+        out: dict[str, Attribute] = {}
+        if raw is None:
+            return out
+        if not isinstance(raw, dict):
+            self.err(doc, base, "attributes must map names to types")
+            return out
+        for name, spec in raw.items():
+            path = (*base, name)
+            if not TYPE_RE.match(name):
+                self.err(doc, path, f"{name!r} is not a valid attribute name", at_key=True)
+                continue
+            default, has_default = None, False
+            if isinstance(spec, dict):
+                unknown = set(spec) - {"type", "default", "description"}
+                for key in sorted(unknown):
+                    self.err(doc, (*path, key), f"unknown key {key!r} (known: default, "
+                             "description, type)", at_key=True)
+                if "default" in spec:
+                    default, has_default = spec["default"], True
+                type_name = spec.get("type")
+            else:
+                type_name = spec
+            if type_name not in ATTRIBUTE_TYPES:
+                self.err(doc, path, f"unknown attribute type {type_name!r} "
+                         f"(known: {', '.join(ATTRIBUTE_TYPES)})")
+                continue
+            attr = Attribute(name, type_name, default, has_default)
+            if has_default and not attr.accepts(default):
+                self.err(doc, (*path, "default"), f"default {default!r} is not a {type_name}")
+                continue
+            out[name] = attr
+        return out
+
+    def compile_types(self, sources: dict[str, _TypeSrc]) -> dict[str, TypeDef]:
+        # First pass: shapes.
+        shaped: dict[str, dict[str, Any]] = {}
+        for name, src in sources.items():
+            doc, path, body = src.doc, src.path, src.body
+            for key in sorted(set(body) - TYPE_KEYS):
+                self.err(doc, (*path, key), f"unknown key {key!r} in type {name!r} "
+                         f"(known: {_known(TYPE_KEYS)})", at_key=True)
+            info: dict[str, Any] = {
+                "parent": body.get("parent"),
+                "subject": body.get("subject", False),
+                "owned": body.get("owned", False),
+                "roles": self._names(doc, (*path, "roles"), body.get("roles"), "roles"),
+                "actions": self._names(doc, (*path, "actions"), body.get("actions"), "actions"),
+                "attributes": self._attributes(src),
+            }
+            for flag in ("subject", "owned"):
+                if not isinstance(info[flag], bool):
+                    self.err(doc, (*path, flag), f"{flag} must be true or false")
+                    info[flag] = False
+            parent = info["parent"]
+            if parent is not None and (not isinstance(parent, str) or parent not in sources):
+                self.err(doc, (*path, "parent"),
+                         f"unknown parent type {parent!r} (declared types: {_known(sources)})")
+                info["parent"] = None
+            for role in info["roles"]:
+                if role == PARENT or (role == OWNER and info["owned"]):
+                    self.err(doc, (*path, "roles"), f"role {role!r} clashes with the built-in "
+                             f"'{role}' relation of {'owned ' if role == OWNER else ''}types")
+            shaped[name] = info
+        subject_types = {n for n, i in shaped.items() if i["subject"]}
+        if sources and not subject_types:
+            first = next(iter(sources.values()))
+            self.err(first.doc, ("types",), "no type is declared 'subject: true' "
+                     "(the type of the people or services that act, e.g. user)", at_key=True)
+        # Cycles in parents.
+        for name, src in sources.items():
+            seen = [name]
+            cur = shaped[name]["parent"]
+            while cur is not None:
+                if cur in seen:
+                    chain = " -> ".join([*seen, cur])
+                    self.err(src.doc, (*src.path, "parent"), f"parent types form a cycle: {chain}")
+                    shaped[name]["parent"] = None
+                    break
+                seen.append(cur)
+                cur = shaped[cur]["parent"]
+        # Second pass: relations and lineage.
+        types: dict[str, TypeDef] = {}
+        subjects = frozenset(subject_types)
+        for name, src in sources.items():
+            info = shaped[name]
+            relations: dict[str, frozenset[str]] = {}
+            if info["parent"]:
+                relations[PARENT] = frozenset({info["parent"]})
+            if info["owned"]:
+                relations[OWNER] = subjects
+            for role in info["roles"]:
+                relations[role] = subjects
+            raw = src.body.get("relations")
+            if raw is not None and not isinstance(raw, dict):
+                self.err(src.doc, (*src.path, "relations"),
+                         "relations must map names to a type or a list of types")
+            elif raw:
+                for rel, targets in raw.items():
+                    rpath = (*src.path, "relations", rel)
+                    if not TYPE_RE.match(rel):
+                        self.err(src.doc, rpath, f"{rel!r} is not a valid relation name",
+                                 at_key=True)
+                        continue
+                    if rel in relations or rel in (OWNER, PARENT):
+                        self.err(src.doc, rpath, f"relation {rel!r} is already defined on "
+                                 f"{name!r} (as parent, owner or a role)", at_key=True)
+                        continue
+                    names = [targets] if isinstance(targets, str) else targets
+                    if not isinstance(names, list) or not names:
+                        self.err(src.doc, rpath, "give the subject type, or a list of types")
+                        continue
+                    bad = [t for t in names if t not in sources]
+                    if bad:
+                        self.err(src.doc, rpath, f"unknown type {bad[0]!r} "
+                                 f"(declared types: {_known(sources)})")
+                        continue
+                    relations[rel] = frozenset(names)
+            lineage = [name]
+            cur = info["parent"]
+            while cur is not None and cur not in lineage:
+                lineage.append(cur)
+                cur = shaped[cur]["parent"]
+            types[name] = TypeDef(
+                name=name,
+                parent=info["parent"],
+                subject=info["subject"],
+                owned=info["owned"],
+                roles=frozenset(info["roles"]),
+                actions=tuple(info["actions"]),
+                attributes=MappingProxyType(info["attributes"]),
+                relations=MappingProxyType(relations),
+                lineage=tuple(lineage),
+            )
+        return types
+
+    # -- permissions --------------------------------------------------------
+
+    def compile_rules(
+        self, types: dict[str, TypeDef], sections: list[tuple[_Doc, str, Any]]
+    ) -> dict[str, list[Rule]]:
+        rules: dict[str, list[Rule]] = {name: [] for name in types}
+        subject_types = {n for n, t in types.items() if t.subject}
+        for doc, tname, body in sections:
+            base: tuple[str | int, ...] = ("permissions", tname)
+            tdef = types.get(tname)
+            if tdef is None:
+                self.err(doc, base, f"permissions for unknown type {tname!r} "
+                         f"(declared types: {_known(types)})", at_key=True)
+                continue
+            if not isinstance(body, list):
+                self.err(doc, base, "permissions of a type are a list of rules")
+                continue
+            for i, raw in enumerate(body):
+                rule = self._rule(doc, (*base, i), tdef, types, subject_types, raw)
+                if rule is not None:
+                    rules[tname].append(rule)
+        return rules
+
+    def _rule(
+        self,
+        doc: _Doc,
+        path: tuple[str | int, ...],
+        tdef: TypeDef,
+        types: Mapping[str, TypeDef],
+        subject_types: set[str],
+        raw: Any,
+    ) -> Rule | None:
+        if not isinstance(raw, dict):
+            self.err(doc, path, "a rule is a mapping with actions, roles and optionally when")
+            return None
+        ok = True
+        for key in sorted(set(raw) - RULE_KEYS):
+            self.err(doc, (*path, key), f"unknown key {key!r} (known: {_known(RULE_KEYS)})",
+                     at_key=True)
+            ok = False
+        effect_raw = raw.get("effect", "allow")
+        if effect_raw not in ("allow", "deny"):
+            self.err(doc, (*path, "effect"), f"effect must be allow or deny, not {effect_raw!r}")
+            return None
+        effect = Effect(effect_raw)
+        # actions
+        actions: set[str] = set()
+        raw_actions = raw.get("actions")
+        if not isinstance(raw_actions, list) or not raw_actions:
+            self.err(doc, (*path, "actions") if "actions" in raw else path,
+                     "a rule needs a non-empty list of actions")
+            ok = False
+        else:
+            for j, action in enumerate(raw_actions):
+                if action == WILDCARD:
+                    actions.update(tdef.actions)
+                elif isinstance(action, str) and action in tdef.actions:
+                    actions.add(action)
+                else:
+                    self.err(doc, (*path, "actions", j), f"unknown action {action!r} for "
+                             f"{tdef.name!r} (known: {_known(tdef.actions)}, or '*')")
+                    ok = False
+        # roles
+        roles: list[RoleRef] = []
+        raw_roles = raw.get("roles")
+        if raw_roles is None and effect is Effect.ALLOW:
+            self.err(doc, path, "an allow rule needs roles: which roles it grants the actions to")
+            ok = False
+        elif raw_roles is not None and (not isinstance(raw_roles, list) or not raw_roles):
+            self.err(doc, (*path, "roles"), "roles must be a non-empty list like "
+                     "[workspace.admin]")
+            ok = False
+        elif raw_roles:
+            reachable = [f"{t}.{r}" for t in tdef.lineage for r in sorted(types[t].roles)]
+            for j, ref in enumerate(raw_roles):
+                rtype, dot, rname = (ref if isinstance(ref, str) else "").partition(".")
+                if dot and rtype in tdef.lineage and rname in types[rtype].roles:
+                    roles.append(RoleRef(sys.intern(rtype), sys.intern(rname)))
+                    continue
+                if dot and rtype in types and rtype not in tdef.lineage:
+                    why = (f"{rtype!r} is not {tdef.name!r} or one of its ancestors "
+                           f"({' -> '.join(tdef.lineage)})")
+                else:
+                    why = f"unknown role {ref!r}"
+                self.err(doc, (*path, "roles", j),
+                         f"{why} (known: {', '.join(reachable) or 'none'})")
+                ok = False
+        # condition
+        condition = None
+        text = ""
+        if "when" in raw:
+            try:
+                condition, text = compile_condition(raw["when"], tdef, types, subject_types)
+            except ConditionError as exc:
+                self.err(doc, (*path, "when", *exc.subpath), str(exc))
+                ok = False
+        if not ok:
+            return None
+        line, col = doc.smap.position(path)
+        from gatehouse.sourcemap import render_path
+
+        return Rule(
+            effect=effect,
+            actions=frozenset(actions),
+            roles=tuple(roles),
+            condition=condition,
+            condition_text=text,
+            source=f"{doc.name}:{line}:{col} {render_path(path)}",
+        )
+
+
+def _tables(
+    types: Mapping[str, TypeDef], rules: Mapping[str, list[Rule]]
+) -> dict[str, Mapping[str, ActionTable]]:
+    tables: dict[str, Mapping[str, ActionTable]] = {}
+    for tname, tdef in types.items():
+        per_action: dict[str, ActionTable] = {}
+        for action in tdef.actions:
+            applicable = [r for r in rules[tname] if action in r.actions]
+            denies = tuple(r for r in applicable if r.effect is Effect.DENY)
+            grants = tuple(r for r in applicable if r.effect is Effect.ALLOW)
+            direct: dict[str, set[str]] = {}
+            for rule in grants:
+                if rule.condition is None:
+                    for ref in rule.roles:
+                        direct.setdefault(ref.type, set()).add(ref.relation)
+            per_action[sys.intern(action)] = ActionTable(
+                denies=denies,
+                direct=tuple((t, frozenset(rels)) for t, rels in direct.items()),
+                conditional=tuple(r for r in grants if r.condition is not None),
+                grants=grants,
+            )
+        tables[sys.intern(tname)] = MappingProxyType(per_action)
+    return tables
+
+
+def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
+    """Compile ``[(display file name, text), ...]`` into a policy. Raises PolicyError."""
+    comp = _Compiler()
+    docs: list[_Doc] = []
+    digest = hashlib.sha256()
+    for fname, text in sources:
+        digest.update(fname.encode() + b"\0" + text.encode() + b"\0")
+        value, smap, problems = load(text, fname)
+        comp.problems.extend(problems)
+        if value is None:
+            if not problems:
+                comp.problems.append(Problem(fname, 1, 1, "", "file is empty"))
+            continue
+        if not isinstance(value, dict):
+            comp.problems.append(smap.problem((), "a policy file is a mapping with types "
+                                              "and permissions"))
+            continue
+        docs.append(_Doc(fname, value, smap))
+    set_name = name
+    type_sources: dict[str, _TypeSrc] = {}
+    perm_sections: list[tuple[_Doc, str, Any]] = []
+    for doc in docs:
+        for key in sorted(set(doc.data) - TOP_KEYS):
+            comp.err(doc, (key,), f"unknown top-level key {key!r} (known: {_known(TOP_KEYS)})",
+                     at_key=True)
+        if isinstance(doc.data.get("name"), str):
+            set_name = doc.data["name"]
+        raw_types = doc.data.get("types")
+        if raw_types is not None:
+            if not isinstance(raw_types, dict):
+                comp.err(doc, ("types",), "types must map type names to their definitions")
+            else:
+                for tname, body in raw_types.items():
+                    path: tuple[str | int, ...] = ("types", tname)
+                    if not TYPE_RE.match(tname):
+                        comp.err(doc, path, f"{tname!r} is not a valid type name "
+                                 "(lowercase letters, digits, '_')", at_key=True)
+                        continue
+                    if tname in type_sources:
+                        first = type_sources[tname].doc
+                        comp.err(doc, path, f"type {tname!r} is already declared in "
+                                 f"{first.name}:{first.smap.key_position(path)[0]}", at_key=True)
+                        continue
+                    if body is None:
+                        body = {}
+                    if not isinstance(body, dict):
+                        comp.err(doc, path, f"type {tname!r} must be a mapping (use {{}} for none)")
+                        continue
+                    type_sources[tname] = _TypeSrc(tname, body, doc, path)
+        raw_perms = doc.data.get("permissions")
+        if raw_perms is not None:
+            if not isinstance(raw_perms, dict):
+                comp.err(doc, ("permissions",), "permissions must map type names to rule lists")
+            else:
+                perm_sections.extend((doc, t, body) for t, body in raw_perms.items())
+    if docs and not type_sources:
+        comp.problems.append(Problem(docs[0].name, 1, 1, "types", "the policy declares no types"))
+    types = comp.compile_types(type_sources)
+    rules = comp.compile_rules(types, perm_sections)
+    if comp.problems:
+        raise PolicyError(comp.problems)
+    return CompiledPolicy(
+        name=set_name,
+        version="sha256:" + digest.hexdigest()[:16],
+        types=MappingProxyType(types),
+        subject_types=frozenset(n for n, t in types.items() if t.subject),
+        tables=MappingProxyType(_tables(types, rules)),
+        files=tuple(f for f, _ in sources),
+    )
+
+
+def load_policy(directory: str | Path) -> CompiledPolicy:
+    """Load and compile the policy set in ``directory``. Raises PolicyError."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise PolicyError([Problem(str(root), 0, 0, "", "is not a folder")])
+    files = policy_files(root)
+    if not files:
+        raise PolicyError([Problem(str(root), 0, 0, "", "holds no policy files (*.yaml)")])
+    sources: list[tuple[str, str]] = []
+    problems: list[Problem] = []
+    for path in files:
+        try:
+            sources.append((str(path), path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(str(path), 0, 0, "", f"cannot read: {exc}"))
+    if problems:
+        raise PolicyError(problems)
+    return compile_sources(sources, root.name)

@@ -161,19 +161,29 @@ class Runtime:
             if sig == seen:
                 continue
             seen = sig
-            self.reload_policy()
+            new = await asyncio.to_thread(self._compile)
+            if new is not None:
+                self._swap(new)
 
     def reload_policy(self) -> bool:
         """Recompile the policy folder now. True if the new policy is serving."""
+        new = self._compile()
+        if new is None:
+            return False
+        self._swap(new)
+        return True
+
+    def _compile(self) -> CompiledPolicy | None:
         assert self.policy_dir is not None
         try:
-            new = load_policy(self.policy_dir)
+            return load_policy(self.policy_dir)
         except PolicyError as exc:
             log.error("policy reload rejected; still serving %s", self._policy.version,
                       extra={"problems": [str(p) for p in exc.problems]})
-            return False
+            return None
+
+    def _swap(self, new: CompiledPolicy) -> None:
         if new.version != self._policy.version:
             log.info("policy reloaded", extra={"old_version": self._policy.version,
                                                "policy_version": new.version})
         self._policy = new
-        return True

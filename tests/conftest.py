@@ -1,0 +1,99 @@
+"""Shared fixtures: real gatehouse server processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+GATEHOUSE = [sys.executable, "-m", "gatehouse.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A `gatehouse serve` child process and how to reach it."""
+
+    address: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+    channels: list[grpc.Channel] = field(default_factory=list)
+
+    def channel(self) -> grpc.Channel:
+        ch = grpc.insecure_channel(self.address)
+        self.channels.append(ch)
+        return ch
+
+    def logs(self) -> str:
+        return self.log_path.read_text()
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        for ch in self.channels:
+            ch.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def wait_serving(address: str, proc: subprocess.Popen[str], log_path: Path,
+                 timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()}")
+
+
+def start_server(tmp: Path, *args: str, cwd: Path = ROOT) -> ServerProcess:
+    """Start `gatehouse serve` with ``args`` on a free port and wait until it serves."""
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    log_path = tmp / f"server-{port}.log"
+    log = log_path.open("w")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [*GATEHOUSE, "serve", "--listen", address, *args],
+        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    wait_serving(address, proc, log_path)
+    return ServerProcess(address, proc, log_path)
+
+
+@pytest.fixture(scope="session")
+def coupler_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """The embedded default: coupler policy and the sample data, as `make serve` runs it."""
+    server = start_server(tmp_path_factory.mktemp("coupler"), "--policy", "policies/coupler",
+                          "--data", "examples/coupler.data.yaml")
+    yield server
+    server.stop()

@@ -1,0 +1,111 @@
+"""`gatehouse serve` as an operator runs it: start-up errors, reload, shutdown."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from gatehouse.v1 import authorization_pb2 as pb
+from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
+from tests.conftest import GATEHOUSE, ROOT, free_port, start_server
+
+
+def serve_once(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATEHOUSE, "serve", "--listen", f"127.0.0.1:{free_port()}", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def check(address: str, subject: str, action: str, resource: str) -> pb.CheckResponse:
+    r_type, _, r_id = resource.partition(":")
+    with grpc.insecure_channel(address) as ch:
+        return pb_grpc.AuthorizationServiceStub(ch).Check(pb.CheckRequest(
+            subject=pb.ObjectReference(type="user", id=subject), action=action,
+            resource=pb.ObjectReference(type=r_type, id=r_id)), timeout=5)
+
+
+class TestStartup:
+    def test_broken_policy_refuses_to_start_with_positions(self, tmp_path: Path) -> None:
+        """A policy error stops start-up and prints file:line:column with the reason."""
+        policy = tmp_path / "policy"
+        shutil.copytree(ROOT / "policies/coupler", policy)
+        text = (policy / "policy.yaml").read_text()
+        (policy / "policy.yaml").write_text(text.replace("workspace.admin]", "workspace.owner]", 1))
+        out = serve_once("--policy", str(policy))
+        assert out.returncode == 1
+        assert f"{policy}/policy.yaml:" in out.stderr
+        assert "unknown role 'workspace.owner'" in out.stderr
+        assert "workspace.admin" in out.stderr  # the known roles are listed
+
+    def test_broken_data_file_refuses_to_start_with_line(self, tmp_path: Path) -> None:
+        """A bad relationship line stops start-up and names its line; nothing is served."""
+        data = tmp_path / "data.yaml"
+        data.write_text("relationships:\n  - workspace:a#parent@organization:o\n"
+                        "  - workspace:a#pilot@user:x\n")
+        out = serve_once("--data", str(data))
+        assert out.returncode == 1
+        assert f"{data}:3:5" in out.stderr
+        assert "no relation 'pilot'" in out.stderr
+
+    def test_workers_above_one_need_redis(self) -> None:
+        """The memory store refuses --workers 2 and says why."""
+        out = serve_once("--workers", "2")
+        assert out.returncode == 2
+        assert "needs a shared store" in out.stderr
+
+
+class TestRunning:
+    def test_sigterm_shuts_down_cleanly(self, tmp_path: Path) -> None:
+        """SIGTERM drains and exits 0, logging the shutdown."""
+        server = start_server(tmp_path)
+        assert check(server.address, "olivia", "view", "workspace:acme").decision == \
+            pb.DECISION_ALLOW
+        assert server.stop(signal.SIGTERM) == 0
+        assert '"msg": "stopped"' in server.logs()
+
+    def test_policy_hot_reload_keeps_last_good_policy(self, tmp_path: Path) -> None:
+        """A valid edit is picked up; a broken edit is logged and the old policy keeps serving."""
+        policy = tmp_path / "policy"
+        shutil.copytree(ROOT / "policies/coupler", policy)
+        server = start_server(tmp_path, "--policy", str(policy), "--data",
+                              str(ROOT / "examples/coupler.data.yaml"))
+        try:
+            first = check(server.address, "uma", "delete", "data_flow:acme-sales-pipeline")
+            assert first.decision == pb.DECISION_DENY
+            text = (policy / "policy.yaml").read_text()
+            # Valid edit: workspace users may now delete every flow.
+            edited = text.replace("actions: [view, run, edit]\n      roles: [workspace.user]",
+                                  "actions: [view, run, edit, delete]\n      roles: [workspace.user]",
+                                  1)
+            assert edited != text
+            (policy / "policy.yaml").write_text(edited)
+            second = _wait_for_version_change(server.address, first.policy_version)
+            assert second.decision == pb.DECISION_ALLOW
+            # Broken edit: rejected, logged with its position, old policy still serves.
+            (policy / "policy.yaml").write_text(edited + "\nbogus_section: 1\n")
+            deadline = time.monotonic() + 10
+            while "policy reload rejected" not in server.logs():
+                assert time.monotonic() < deadline, server.logs()
+                time.sleep(0.1)
+            assert "unknown top-level key 'bogus_section'" in server.logs()
+            third = check(server.address, "uma", "delete", "data_flow:acme-sales-pipeline")
+            assert third.decision == pb.DECISION_ALLOW
+            assert third.policy_version == second.policy_version
+        finally:
+            server.stop()
+
+
+def _wait_for_version_change(address: str, old: str) -> pb.CheckResponse:
+    deadline = time.monotonic() + 10
+    while True:
+        resp = check(address, "uma", "delete", "data_flow:acme-sales-pipeline")
+        if resp.policy_version != old:
+            return resp
+        if time.monotonic() > deadline:
+            pytest.fail("policy was not reloaded within 10 s")
+        time.sleep(0.1)

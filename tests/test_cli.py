@@ -1,0 +1,71 @@
+"""The `gatehouse policy` commands as a platform engineer uses them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from tests.conftest import GATEHOUSE, ROOT
+
+
+def gatehouse(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*GATEHOUSE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+
+
+class TestPolicyCommands:
+    def test_validate_ok(self) -> None:
+        """A good policy set validates with exit 0 and prints its version."""
+        out = gatehouse("policy", "validate", "policies/coupler")
+        assert out.returncode == 0, out.stderr
+        assert "ok" in out.stdout and "sha256:" in out.stdout
+
+    def test_validate_reports_every_problem_with_position(self, tmp_path: Path) -> None:
+        """A broken set exits 1 and lists each problem as file:line:col path: message."""
+        policy = tmp_path / "p"
+        shutil.copytree(ROOT / "policies/coupler", policy)
+        text = (policy / "policy.yaml").read_text()
+        text = text.replace("actions: [view, manage_members]", "actions: [view, manage_members]\n"
+                            "    colour: blue", 1)
+        text = text.replace("roles: [workspace.guest]\n      when: owner",
+                            "roles: [workspace.guest]\n      when: resource.colour == 'x'", 1)
+        (policy / "policy.yaml").write_text(text)
+        out = gatehouse("policy", "validate", str(policy))
+        assert out.returncode == 1
+        lines = out.stderr.splitlines()
+        assert any(line.startswith(f"{policy}/policy.yaml:") and "unknown key 'colour'" in line
+                   for line in lines), out.stderr
+        assert any("has no attribute 'colour'" in line and ".when:" in line
+                   for line in lines), out.stderr
+        assert "2 problem(s)" in out.stderr
+
+    def test_test_runs_suites_and_reports_counts(self) -> None:
+        """`policy test` runs the suites and ends with the pass/fail count."""
+        out = gatehouse("policy", "test", "policies/coupler")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")
+
+    def test_test_fails_on_a_wrong_expectation(self, tmp_path: Path) -> None:
+        """A suite whose expectation the policy contradicts fails with the rule trace."""
+        policy = tmp_path / "p"
+        shutil.copytree(ROOT / "policies/coupler", policy, ignore=shutil.ignore_patterns("tests"))
+        (policy / "wrong_test.yaml").write_text(
+            "data:\n"
+            "  relationships:\n"
+            "    - workspace:w#parent@organization:o\n"
+            "    - workspace:w#user@user:u\n"
+            "    - data_flow:f#parent@workspace:w\n"
+            "tests:\n"
+            "  - name: users delete others' flows (wrong on purpose)\n"
+            "    subject: user:u\n"
+            "    resource: data_flow:f\n"
+            "    allow: [delete]\n"
+            "    deny: [view]\n"
+        )
+        out = gatehouse("policy", "test", str(policy))
+        assert out.returncode == 1
+        assert "FAIL wrong_test.yaml:7 users delete others' flows (wrong on purpose) " \
+            "[delete: allow]" in out.stdout
+        assert "FAIL wrong_test.yaml:7" in out.stdout and "[view: deny]" in out.stdout
+        assert out.stdout.strip().splitlines()[-1] == "0 passed, 2 failed"

@@ -36,7 +36,7 @@ pytest: $(GEN)
 test: lint pytest
 
 bench: $(GEN)
-	$(BIN)/python bench/check_inprocess.py
+	$(BIN)/python bench/check_inprocess.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) src/gatehouse/v1 build *.egg-info src/*.egg-info

@@ -493,7 +493,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--requests", type=int, help="requests per run (default 100,000)")
     p.add_argument("--runs", type=int, help="timed runs per graph (default 5)")
     p.add_argument("--orgs", type=int, help="organizations in the generated graph (default 200)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help="random seed (default %(default)s)")
     p.add_argument("--pin", type=int, metavar="CPU", help="pin the process to this CPU")
     p.add_argument("--graph", choices=("sample", "generated", "both"), default="both")
     args = p.parse_args(argv)

@@ -16,6 +16,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.redis_server import RedisServer
+
 ROOT = Path(__file__).resolve().parent.parent
 GATEHOUSE = [sys.executable, "-m", "gatehouse.cli"]
 
@@ -88,6 +90,14 @@ def start_server(tmp: Path, *args: str, cwd: Path = ROOT) -> ServerProcess:
     )
     wait_serving(address, proc, log_path)
     return ServerProcess(address, proc, log_path)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One private Redis for the session; tests isolate themselves by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

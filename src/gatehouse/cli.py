@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gatehouse.errors import DataFileError, PolicyError
+from gatehouse.errors import DataFileError, GatehouseError, PolicyError
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -20,18 +20,26 @@ def _serve(args: argparse.Namespace) -> int:
     from gatehouse.server import ServerConfig, serve
 
     logs.configure(args.log_level)
-    if args.workers != 1:
+    if args.workers != 1 and not args.redis_url:
         print("gatehouse: --workers above 1 needs a shared store (Redis); the memory store "
               "holds one process's data, so run with --workers 1", file=sys.stderr)
         return 2
+    if args.workers != 1:
+        print("gatehouse: --workers above 1 is not available yet; run one process per core "
+              "with --reuse-port instead", file=sys.stderr)
+        return 2
     data = args.data
-    if data is None and args.policy == DEFAULT_POLICY and Path(DEFAULT_DATA).exists():
+    if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
+            and Path(DEFAULT_DATA).exists()):
         data = DEFAULT_DATA
     config = ServerConfig(
         listen=args.listen,
         policy_dir=Path(args.policy),
         data_file=Path(data) if data else None,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
         watch_policy=not args.no_watch,
+        reuse_port=args.reuse_port,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -40,7 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (PolicyError, DataFileError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, GatehouseError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -112,6 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data", default=os.environ.get("GATEHOUSE_DATA"),
                        help="bootstrap data file to load at start (env GATEHOUSE_DATA); with "
                        f"the default policy, {DEFAULT_DATA} when present")
+    serve.add_argument("--redis-url", default=os.environ.get("GATEHOUSE_REDIS_URL"),
+                       help="store the graph in Redis, e.g. redis://localhost:6379/0 (env "
+                       "GATEHOUSE_REDIS_URL); without it, the ephemeral memory store")
+    serve.add_argument("--redis-prefix", default=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gh"),
+                       help="key prefix in Redis (env GATEHOUSE_REDIS_PREFIX)")
+    serve.add_argument("--reuse-port", action="store_true",
+                       help="set SO_REUSEPORT so several processes can share the port")
     serve.add_argument("--workers", type=int, default=1, help="server processes (memory store: 1)")
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))

@@ -7,6 +7,7 @@ maps them to gRPC status codes in one table (``gatehouse.api.errors``).
     ├── InvalidArgument        bad input; names the offending field
     ├── NotFound               a named object does not exist
     ├── FailedPrecondition     a rule, constraint or limit says no
+    ├── Aborted                a write's own precondition did not hold (retry after re-reading)
     ├── Unavailable            the store cannot be reached
     ├── PolicyError            a policy set failed to load (all problems, with positions)
     └── DataFileError          a bootstrap data file failed to load (all problems, with lines)
@@ -41,6 +42,10 @@ class FailedPrecondition(GatehouseError):
         super().__init__(f"{rule}: {reason}")
         self.rule = rule
         self.reason = reason
+
+
+class Aborted(GatehouseError):
+    """A write's precondition did not hold at commit time; nothing was written."""
 
 
 class Unavailable(GatehouseError):

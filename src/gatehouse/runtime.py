@@ -8,17 +8,29 @@ calls the pure engine. The API layer translates protobuf to these calls.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gatehouse import engine
-from gatehouse.errors import GatehouseError, InvalidArgument, PolicyError, Unavailable
-from gatehouse.graph.changes import Change, Operation
+from gatehouse.errors import (
+    FailedPrecondition,
+    GatehouseError,
+    InvalidArgument,
+    NotFound,
+    PolicyError,
+    Unavailable,
+)
+from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
 from gatehouse.graph.index import GraphIndex
-from gatehouse.graph.store import GraphStore
+from gatehouse.graph.model import ObjectRef, Relationship
+from gatehouse.graph.query import RelationshipFilter, read_relationships
+from gatehouse.graph.schema import object_problems, relationship_problem
+from gatehouse.graph.store import ChangelogGap, GraphStore
 from gatehouse.policy.loader import load_policy, policy_files
 from gatehouse.policy.model import CompiledPolicy
 
@@ -59,32 +71,180 @@ class CheckOutput:
 
 
 class Runtime:
-    """Policy + store + index of one server process."""
+    """Policy + store + index of one server process.
 
-    def __init__(self, policy: CompiledPolicy, store: GraphStore, index: GraphIndex,
+    The index follows the store's changelog in a background task; when the
+    changelog cannot continue (trimmed, or the store lost its data) the index
+    is rebuilt from a snapshot and swapped in whole. Decisions read
+    ``self.index`` once per request, so each sees one revision.
+    """
+
+    def __init__(self, policy: CompiledPolicy, store: GraphStore, index: GraphIndex, epoch: str,
                  policy_dir: Path | None = None) -> None:
         self._policy = policy
         self.store = store
         self.index = index
+        self.epoch = epoch
         self.policy_dir = policy_dir
-        store.subscribe(self._on_change)
+        self.store_healthy = True
+        self.health_listeners: list[Callable[[bool], None]] = []
+        self._advanced = asyncio.Event()
+        self._follower: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, policy: CompiledPolicy, store: GraphStore,
                     policy_dir: Path | None = None) -> Runtime:
-        index = GraphIndex.from_snapshot(await store.snapshot())
-        return cls(policy, store, index, policy_dir)
+        """Build the index from a snapshot and start following the changelog."""
+        index, epoch = await cls._snapshot_index(store)
+        runtime = cls(policy, store, index, epoch, policy_dir)
+        runtime._follower = asyncio.create_task(runtime._follow_loop(), name="index-follower")
+        return runtime
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            self._follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follower
+        await self.store.close()
 
     @property
     def policy(self) -> CompiledPolicy:
         return self._policy
 
-    def _on_change(self, change: Change) -> None:
-        self.index.apply([change])
+    # -- following the store ------------------------------------------------
 
-    async def write(self, ops: Sequence[Operation]) -> int:
-        change = await self.store.write(ops)
+    @staticmethod
+    async def _snapshot_index(store: GraphStore) -> tuple[GraphIndex, str]:
+        started = time.perf_counter()
+        snap = await store.snapshot()
+        index = GraphIndex.from_snapshot(snap)
+        log.info("index built from snapshot", extra={
+            "revision": snap.revision, "relationships": index.relationship_count,
+            "seconds": round(time.perf_counter() - started, 3)})
+        return index, snap.epoch
+
+    def _set_store_health(self, healthy: bool) -> None:
+        if healthy != self.store_healthy:
+            self.store_healthy = healthy
+            log.warning("store %s", "reachable again" if healthy else "unreachable",
+                        extra={"store": self.store.description})
+            for listener in self.health_listeners:
+                listener(healthy)
+
+    def _advance(self) -> None:
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def _follow_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self.store.head_revision()  # raises Unavailable when unreachable
+                self._set_store_health(True)
+                backoff = 0.05
+                async for change in self.store.follow(self.index.revision, self.epoch):
+                    self.index.apply((change,))
+                    self._advance()
+            except ChangelogGap as exc:
+                log.warning("rebuilding the index from a snapshot", extra={"reason": str(exc)})
+                try:
+                    index, epoch = await self._snapshot_index(self.store)
+                except Unavailable:
+                    self._set_store_health(False)
+                    await asyncio.sleep(backoff)
+                    continue
+                self.index, self.epoch = index, epoch
+                self._advance()
+            except Unavailable as exc:
+                self._set_store_health(False)
+                log.debug("follower waiting for the store", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("index follower failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def wait_for(self, revision: int, timeout: float | None) -> bool:
+        """Wait until the index has applied ``revision``; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self.index.revision < revision:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    # -- writes -------------------------------------------------------------
+
+    async def write(self, ops: Sequence[Operation],
+                    preconditions: Sequence[Precondition] = ()) -> int:
+        """Commit one atomic batch under the current policy's rules; return its revision."""
+        change = await self.store.write(ops, preconditions, self._policy.write_rules)
         return change.revision
+
+    def validate_relationship(self, rel: Relationship, field: str) -> None:
+        """InvalidArgument naming ``field`` unless the policy's types allow ``rel``."""
+        problem = relationship_problem(self._policy, rel)
+        if problem:
+            raise InvalidArgument(field, problem)
+
+    def validate_object(self, ref: ObjectRef, attrs: Mapping[str, Any],
+                        field: str) -> dict[str, Any]:
+        """The attributes, checked against the type (numbers coerced to int where declared)."""
+        tdef = self._policy.types.get(ref.type)
+        fixed = dict(attrs)
+        if tdef is not None:
+            for name, value in attrs.items():
+                attr = tdef.attributes.get(name)
+                if (attr is not None and attr.type == "int" and isinstance(value, float)
+                        and value.is_integer()):
+                    fixed[name] = int(value)
+        problems = object_problems(self._policy, ref, fixed)
+        if problems:
+            raise InvalidArgument(f"{field}.object" if "unknown type" in problems[0]
+                                  else f"{field}.attributes", problems[0])
+        return fixed
+
+    async def delete_matching(self, flt: RelationshipFilter,
+                              preconditions: Sequence[Precondition],
+                              limit: int) -> tuple[int, int]:
+        """Delete every relationship matching ``flt`` at the store's current revision."""
+        await self.ensure(Consistency("fully_consistent"), 10.0)
+        rels, more = read_relationships(self.index, flt, None, limit)
+        if more is not None:
+            raise FailedPrecondition(
+                "delete-limit", f"more than {limit} relationships match; narrow the filter")
+        ops = [DeleteRelationship(rel) for rel in rels]
+        pres = list(preconditions) + [Precondition(rel, must_exist=True) for rel in rels]
+        revision = await self.write(ops, pres)
+        return revision, len(rels)
+
+    def read_relationships(self, flt: RelationshipFilter, after: tuple[str, str, str] | None,
+                           limit: int) -> tuple[list[Relationship], tuple[str, str, str] | None,
+                                                int]:
+        index = self.index
+        rels, next_key = read_relationships(index, flt, after, limit)
+        return rels, next_key, index.revision
+
+    def read_object(self, ref: ObjectRef) -> tuple[Mapping[str, Any], int]:
+        index = self.index
+        if ref.type not in self._policy.types:
+            raise InvalidArgument("object.type", f"unknown type {ref.type!r}")
+        if not index.exists(ref.key):
+            raise NotFound(f"{ref} is not in the graph")
+        return index.attributes(ref.key), index.revision
+
+    async def watch(self, after: int | None) -> AsyncIterator[Change]:
+        """Changes above ``after`` (default: from now on), then live ones."""
+        start = self.index.revision if after is None else after
+        async for change in self.store.follow(start, self.epoch):
+            yield change
 
     # -- consistency --------------------------------------------------------
 
@@ -93,15 +253,10 @@ class Runtime:
         if consistency.mode == "minimize_latency":
             return
         if consistency.mode == "fully_consistent":
-            try:
-                target = await self.store.head_revision()
-            except GatehouseError:
-                raise
-            except Exception as exc:
-                raise Unavailable(f"store unavailable: {exc}") from exc
+            target = await self.store.head_revision()
         else:
             target = consistency.revision
-        if not await self.index.wait_for(target, timeout):
+        if not await self.wait_for(target, timeout):
             raise Unavailable(
                 f"index is at revision {self.index.revision}, not yet at {target}; "
                 "retry, or ask with a longer deadline"

@@ -14,15 +14,20 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from gatehouse.api.authorization import AuthorizationServicer
+from gatehouse.api.graph import GraphServicer
+from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
 from gatehouse.graph.datafile import load_data_file
 from gatehouse.graph.memory import MemoryGraphStore
+from gatehouse.graph.store import GraphStore
 from gatehouse.policy.loader import load_policy
+from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.runtime import Runtime
-from gatehouse.v1 import authorization_pb2, authorization_pb2_grpc
+from gatehouse.v1 import authorization_pb2, authorization_pb2_grpc, graph_pb2, graph_pb2_grpc
 
 log = logging.getLogger("gatehouse.server")
 
-SERVICES = ("gatehouse.v1.AuthorizationService",)
+READ_SERVICES = ("gatehouse.v1.AuthorizationService",)
+WRITE_SERVICES = ("gatehouse.v1.GraphService",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,19 +35,57 @@ class ServerConfig:
     listen: str = "127.0.0.1:50051"
     policy_dir: Path = Path("policies/coupler")
     data_file: Path | None = None
+    redis_url: str | None = None
+    redis_prefix: str = "gh"
     watch_policy: bool = True
     grace_seconds: float = 5.0
+    reuse_port: bool = False
+
+
+def _load_order(policy: CompiledPolicy, op: Operation) -> tuple[int, int]:
+    """Objects and parent edges first, shallowest types first, so chunks never orphan."""
+    if isinstance(op, TouchRelationship) and op.relationship.relation == PARENT:
+        tdef = policy.types.get(op.relationship.resource.type)
+        return (1, len(tdef.lineage) if tdef else 0)
+    if isinstance(op, TouchRelationship):
+        return (2, 0)
+    tdef = policy.types.get(op.ref.type) if isinstance(op, PutObject) else None
+    return (3, len(tdef.lineage) if tdef else 0)
+
+
+async def load_data(store: GraphStore, policy: CompiledPolicy, path: Path,
+                    chunk: int = 2000) -> int:
+    """Load a data file into ``store``; idempotent, so restarts may load it again."""
+    ops = await asyncio.to_thread(load_data_file, path, policy)
+    ops.sort(key=lambda op: _load_order(policy, op))
+    revision = 0
+    for i in range(0, len(ops), chunk):
+        change = await store.write(ops[i:i + chunk], (), policy.write_rules)
+        revision = change.revision
+    log.info("data file loaded", extra={"file": str(path), "operations": len(ops),
+                                        "revision": revision})
+    return revision
+
+
+def open_store(config: ServerConfig) -> GraphStore:
+    if config.redis_url:
+        from gatehouse.graph.redis import RedisGraphStore
+
+        return RedisGraphStore(config.redis_url, config.redis_prefix)
+    return MemoryGraphStore()
 
 
 async def build_runtime(config: ServerConfig) -> Runtime:
     """Load the policy and data (raising PolicyError/DataFileError) and index them."""
     policy = await asyncio.to_thread(load_policy, config.policy_dir)
-    store = MemoryGraphStore()
-    if config.data_file is not None:
-        ops = await asyncio.to_thread(load_data_file, config.data_file, policy)
-        if ops:
-            await store.write(ops)
-    return await Runtime.start(policy, store, config.policy_dir)
+    store = open_store(config)
+    try:
+        if config.data_file is not None:
+            await load_data(store, policy, config.data_file)
+        return await Runtime.start(policy, store, config.policy_dir)
+    except BaseException:
+        await store.close()
+        raise
 
 
 class Server:
@@ -52,15 +95,18 @@ class Server:
         self.config = config
         self.runtime = runtime
         self.grpc = grpc.aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 << 20)]
+            options=[("grpc.so_reuseport", 1 if config.reuse_port else 0),
+                     ("grpc.max_receive_message_length", 8 << 20)]
         )
         authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
             AuthorizationServicer(runtime), self.grpc
         )
+        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(runtime), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [
             authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
+            graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -77,8 +123,9 @@ class Server:
 
     async def start(self) -> None:
         await self.grpc.start()
-        for name in ("", *SERVICES):
+        for name in ("", *READ_SERVICES, *WRITE_SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.runtime.health_listeners.append(self._store_health_changed)
         if self.config.watch_policy:
             self._tasks.append(asyncio.create_task(self.runtime.watch_policy()))
         log.info(
@@ -87,11 +134,18 @@ class Server:
                 "address": self.address,
                 "policy": str(self.config.policy_dir),
                 "policy_version": self.runtime.policy.version,
-                "store": "memory (ephemeral: data is lost on exit)",
+                "store": self.runtime.store.description,
                 "revision": self.runtime.index.revision,
                 "relationships": self.runtime.index.relationship_count,
             },
         )
+
+    def _store_health_changed(self, healthy: bool) -> None:
+        """Store down: reads keep serving from the index, writes cannot (NOT_SERVING)."""
+        status = (health_pb2.HealthCheckResponse.SERVING if healthy
+                  else health_pb2.HealthCheckResponse.NOT_SERVING)
+        for name in WRITE_SERVICES:
+            self._tasks.append(asyncio.create_task(self.health.set(name, status)))
 
     async def stop(self) -> None:
         await self.health.enter_graceful_shutdown()
@@ -100,6 +154,7 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.grpc.stop(self.config.grace_seconds)
+        await self.runtime.close()
         log.info("stopped")
 
 

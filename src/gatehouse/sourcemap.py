@@ -20,6 +20,13 @@ from gatehouse.errors import Problem
 
 Path = tuple[str | int, ...]
 MAX_DEPTH = 64
+# Values built again because an alias (``*name``) repeats them. Caps the
+# "billion laughs" document, whose few lines of aliases expand exponentially.
+MAX_ALIAS_VALUES = 100_000
+
+
+class _TooManyAliasValues(Exception):
+    pass
 
 
 def render_path(path: Path) -> str:
@@ -67,9 +74,17 @@ class _Builder:
         self.smap = smap
         self.problems = problems
         self.constructor = SafeConstructor()
+        self.built: set[int] = set()
+        self.repeated = 0
 
     def build(self, node: Node, path: Path, depth: int = 0) -> Any:
         line, col = node.start_mark.line + 1, node.start_mark.column + 1
+        if id(node) in self.built:
+            self.repeated += 1
+            if self.repeated > MAX_ALIAS_VALUES:
+                raise _TooManyAliasValues
+        else:
+            self.built.add(id(node))
         self.smap.values[path] = (line, col)
         if depth > MAX_DEPTH:
             self.problems.append(self.smap.problem(path, f"nested deeper than {MAX_DEPTH} levels"))
@@ -124,7 +139,10 @@ def load(text: str, file: str) -> tuple[Any, SourceMap, list[Problem]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        reason = " ".join(str(x) for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        reason = str(exc.problem or "invalid YAML")
+        if exc.context:  # e.g. "while parsing a flow sequence", which may begin lines earlier
+            began = f" (line {exc.context_mark.line + 1})" if exc.context_mark else ""
+            reason = f"{exc.context}{began}: {reason}"
         return None, smap, [Problem(file, line, col, "", f"YAML syntax error: {reason}")]
     except (yaml.YAMLError, RecursionError, ValueError) as exc:
         return None, smap, [Problem(file, 1, 1, "", f"YAML error: {exc}")]
@@ -134,6 +152,9 @@ def load(text: str, file: str) -> tuple[Any, SourceMap, list[Problem]]:
         value = _Builder(smap, problems).build(node, ())
     except RecursionError:
         return None, smap, [Problem(file, 1, 1, "", "document is nested too deeply")]
+    except _TooManyAliasValues:
+        return None, smap, [Problem(file, 1, 1, "", "aliases (*name) expand to more than "
+                                    f"{MAX_ALIAS_VALUES} values")]
     return value, smap, problems
 
 

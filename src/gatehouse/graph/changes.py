@@ -43,3 +43,11 @@ class Change:
 
     revision: int
     ops: tuple[Operation, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Precondition:
+    """A relationship that must (or must not) exist when a write commits."""
+
+    relationship: Relationship
+    must_exist: bool

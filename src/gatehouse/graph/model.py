@@ -115,3 +115,6 @@ class Snapshot:
     revision: int
     objects: tuple[ObjectRecord, ...]
     relationships: tuple[Relationship, ...]
+    # Identifies the store's data set; a change means the data was lost or
+    # replaced and anything derived from it must be rebuilt.
+    epoch: str = ""

@@ -7,13 +7,17 @@ against each).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from gatehouse.graph.changes import Change, Operation
+from gatehouse.graph.changes import Change, Operation, Precondition
 from gatehouse.graph.model import Snapshot
+from gatehouse.policy.model import WriteRules
 
-ChangeListener = Callable[[Change], None]
+
+class ChangelogGap(Exception):
+    """The changelog cannot continue from the asked revision (trimmed, or the
+    store's data was lost or replaced): rebuild from a snapshot."""
 
 
 class GraphStore(Protocol):
@@ -27,22 +31,43 @@ class GraphStore(Protocol):
         """Whether acknowledged writes survive a restart of the process."""
         ...
 
+    @property
+    def description(self) -> str:
+        """What it is, for logs and health (never includes credentials)."""
+        ...
+
     async def head_revision(self) -> int:
         """The revision of the newest committed write (0 when empty)."""
         ...
 
     async def snapshot(self) -> Snapshot:
-        """Every object and relationship at one revision."""
+        """Objects and relationships from revision ``snapshot.revision`` on.
+
+        The content may already include some later changes; applying
+        ``follow(snapshot.revision)`` on top converges to the current state,
+        because every logged operation is idempotent.
+        """
         ...
 
-    async def write(self, ops: Sequence[Operation]) -> Change:
-        """Apply all of ``ops`` atomically or none of them; return the change."""
+    async def write(
+        self,
+        ops: Sequence[Operation],
+        preconditions: Sequence[Precondition] = (),
+        rules: WriteRules | None = None,
+    ) -> Change:
+        """Apply all of ``ops`` atomically or none of them; return the change.
+
+        Raises Aborted (a precondition failed), FailedPrecondition (a rule or
+        constraint refused), Unavailable (the store cannot be reached).
+        """
         ...
 
-    async def changes_after(self, revision: int) -> list[Change]:
-        """Committed changes with a revision above ``revision``, oldest first."""
+    def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
+        """Every change above ``after``, in order, then new ones as they commit.
+
+        Raises ChangelogGap when it cannot continue from ``after`` or the
+        store's epoch is no longer ``epoch``; Unavailable when unreachable.
+        """
         ...
 
-    def subscribe(self, listener: ChangeListener) -> None:
-        """Call ``listener`` with each change this store commits, in order."""
-        ...
+    async def close(self) -> None: ...

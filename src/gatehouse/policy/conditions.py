@@ -63,12 +63,30 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return out
 
 
+_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r"}
+_ESCAPE = re.compile(r"\\(.)")
+
+
+def _unescape(body: str) -> str:
+    def one(m: re.Match[str]) -> str:
+        char = m.group(1)
+        if char not in _ESCAPES:
+            raise ConditionError(f"unknown escape '\\{char}' in a string "
+                                 "(known: \\\\ \\' \\\" \\n \\t \\r)")
+        return _ESCAPES[char]
+
+    return _ESCAPE.sub(one, body)
+
+
 def _literal(tokens: list[tuple[str, str]], i: int) -> tuple[Any, int]:
     kind, value = tokens[i]
     if kind == "str":
-        return bytes(value[1:-1], "utf-8").decode("unicode_escape"), i + 1
+        return _unescape(value[1:-1]), i + 1
     if kind == "num":
-        return (float(value) if "." in value else int(value)), i + 1
+        try:
+            return (float(value) if "." in value else int(value)), i + 1
+        except ValueError:  # more digits than int() accepts
+            raise ConditionError(f"number {value[:20]}... is too long") from None
     if kind == "word" and value in ("true", "false"):
         return value == "true", i + 1
     if kind == "punct" and value == "[":

@@ -32,6 +32,7 @@ from gatehouse.policy.model import (
     Rule,
     TypeDef,
 )
+from gatehouse.policy.rules import write_rules
 from gatehouse.sourcemap import SourceMap, load
 
 TOP_KEYS = {"name", "description", "types", "permissions"}
@@ -85,7 +86,7 @@ class _Compiler:
             return []
         out: list[str] = []
         for i, item in enumerate(value):
-            if not isinstance(item, str) or not TYPE_RE.match(item):
+            if not isinstance(item, str) or not TYPE_RE.fullmatch(item):
                 self.err(doc, (*path, i), f"{item!r} is not a valid {what[:-1]} name "
                          "(lowercase letters, digits, '_')")
             elif item in out:
@@ -105,7 +106,7 @@ class _Compiler:
             return out
         for name, spec in raw.items():
             path = (*base, name)
-            if not TYPE_RE.match(name):
+            if not TYPE_RE.fullmatch(name):
                 self.err(doc, path, f"{name!r} is not a valid attribute name", at_key=True)
                 continue
             default, has_default = None, False
@@ -119,14 +120,17 @@ class _Compiler:
                 type_name = spec.get("type")
             else:
                 type_name = spec
+            # A broken attribute is still declared, so that conditions using it
+            # are not also reported as naming an undeclared attribute.
             if type_name not in ATTRIBUTE_TYPES:
                 self.err(doc, path, f"unknown attribute type {type_name!r} "
                          f"(known: {', '.join(ATTRIBUTE_TYPES)})")
+                out[name] = Attribute(name, "")
                 continue
             attr = Attribute(name, type_name, default, has_default)
             if has_default and not attr.accepts(default):
                 self.err(doc, (*path, "default"), f"default {default!r} is not a {type_name}")
-                continue
+                attr = Attribute(name, type_name)
             out[name] = attr
         return out
 
@@ -171,9 +175,13 @@ class _Compiler:
             cur = shaped[name]["parent"]
             while cur is not None:
                 if cur in seen:
-                    chain = " -> ".join([*seen, cur])
-                    self.err(src.doc, (*src.path, "parent"), f"parent types form a cycle: {chain}")
-                    shaped[name]["parent"] = None
+                    # Reported once, on the first type of the cycle; a type that
+                    # merely descends from a cycle is not part of it.
+                    if cur == name:
+                        chain = " -> ".join([*seen, cur])
+                        self.err(src.doc, (*src.path, "parent"),
+                                 f"parent types form a cycle: {chain}")
+                        shaped[name]["parent"] = None
                     break
                 seen.append(cur)
                 cur = shaped[cur]["parent"]
@@ -196,7 +204,7 @@ class _Compiler:
             elif raw:
                 for rel, targets in raw.items():
                     rpath = (*src.path, "relations", rel)
-                    if not TYPE_RE.match(rel):
+                    if not TYPE_RE.fullmatch(rel):
                         self.err(src.doc, rpath, f"{rel!r} is not a valid relation name",
                                  at_key=True)
                         continue
@@ -208,7 +216,7 @@ class _Compiler:
                     if not isinstance(names, list) or not names:
                         self.err(src.doc, rpath, "give the subject type, or a list of types")
                         continue
-                    bad = [t for t in names if t not in sources]
+                    bad = [t for t in names if not isinstance(t, str) or t not in sources]
                     if bad:
                         self.err(src.doc, rpath, f"unknown type {bad[0]!r} "
                                  f"(declared types: {_known(sources)})")
@@ -402,7 +410,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
             else:
                 for tname, body in raw_types.items():
                     path: tuple[str | int, ...] = ("types", tname)
-                    if not TYPE_RE.match(tname):
+                    if not TYPE_RE.fullmatch(tname):
                         comp.err(doc, path, f"{tname!r} is not a valid type name "
                                  "(lowercase letters, digits, '_')", at_key=True)
                         continue
@@ -435,6 +443,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
         types=MappingProxyType(types),
         subject_types=frozenset(n for n, t in types.items() if t.subject),
         tables=MappingProxyType(_tables(types, rules)),
+        write_rules=write_rules(types),
         files=tuple(f for f, _ in sources),
     )
 

@@ -106,6 +106,50 @@ class ActionTable:
 
 
 @dataclass(frozen=True, slots=True)
+class Exclusive:
+    """No subject holds relations from both sides within one tenant scope."""
+
+    name: str
+    left: frozenset[str]  # "type.relation"
+    right: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unique:
+    """At most one object of ``type`` per tenant scope holds ``relation``."""
+
+    name: str
+    type: str
+    relation: str
+
+
+@dataclass(frozen=True, slots=True)
+class MaxSubjects:
+    """At most ``limit`` subjects per object of ``type`` hold ``relation``."""
+
+    name: str
+    type: str
+    relation: str
+    limit: int
+
+
+Constraint = Exclusive | Unique | MaxSubjects
+
+# How an object's tenant scope is found, by its type:
+ROOT = "root"  # the object is a tenant root (organization): its own scope
+CHILD = "child"  # the object lives in its parent's scope (parent must be written first)
+GLOBAL = "global"  # no tenant (users): the global scope
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRules:
+    """What every store enforces on every write, compiled from the policy."""
+
+    scope_kind: Mapping[str, str]
+    constraints: tuple[Constraint, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     name: str
     version: str
@@ -113,3 +157,4 @@ class CompiledPolicy:
     subject_types: frozenset[str]
     tables: Mapping[str, Mapping[str, ActionTable]]
     files: tuple[str, ...]
+    write_rules: WriteRules = WriteRules({})

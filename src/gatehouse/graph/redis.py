@@ -1,0 +1,278 @@
+"""The Redis store: the production source of truth.
+
+Every write is one Lua script (``lua/write.lua``) that checks preconditions,
+tenancy and policy constraints, applies the batch, bumps the revision and
+appends the effective operations to the changelog stream — atomically.
+Key names carry the tenant as a hash tag so one organization's keys share a
+slot; the schema is documented in docs/storage.md.
+
+Run Redis with ``appendonly yes`` and ``appendfsync always`` so that an
+acknowledged write survives a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from importlib import resources
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gatehouse.errors import Aborted, FailedPrecondition, GatehouseError, Unavailable
+from gatehouse.graph.changes import (
+    Change,
+    DeleteObject,
+    DeleteRelationship,
+    Operation,
+    Precondition,
+    PutObject,
+    TouchRelationship,
+)
+from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
+from gatehouse.graph.store import ChangelogGap
+from gatehouse.policy.model import Exclusive, MaxSubjects, Unique, WriteRules
+
+CHANGELOG_MAXLEN = 1_000_000
+_ERROR = re.compile(r"GH (\w+) (\S+)\t(.*)", re.S)
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _ref(key: str) -> ObjectRef:
+    type_, _, id_ = key.partition(":")
+    return ObjectRef(type_, id_)
+
+
+def _rel(text: str) -> Relationship:
+    left, _, subj = text.rpartition("@")
+    res, _, rel = left.rpartition("#")
+    return Relationship(_ref(res), rel, _ref(subj))
+
+
+def _decode_ops(payload: str) -> tuple[Operation, ...]:
+    ops: list[Operation] = []
+    for item in json.loads(payload):
+        kind = item[0]
+        if kind == "t":
+            ops.append(TouchRelationship(Relationship(_ref(item[1]), item[2], _ref(item[3]))))
+        elif kind == "d":
+            ops.append(DeleteRelationship(Relationship(_ref(item[1]), item[2], _ref(item[3]))))
+        elif kind == "p":
+            ops.append(PutObject(_ref(item[1]), json.loads(item[2])))
+        elif kind == "x":
+            ops.append(DeleteObject(_ref(item[1])))
+    return tuple(ops)
+
+
+def _encode_op(op: Operation) -> list[str]:
+    if isinstance(op, TouchRelationship | DeleteRelationship):
+        r = op.relationship
+        kind = "t" if isinstance(op, TouchRelationship) else "d"
+        return [kind, r.resource.key, r.relation, r.subject.key]
+    if isinstance(op, PutObject):
+        return ["p", op.ref.key, json.dumps(dict(op.attributes), sort_keys=True)]
+    return ["x", op.ref.key]
+
+
+def _encode_rules(rules: WriteRules, ops: Sequence[Operation]) -> tuple[dict[str, str], list[Any]]:
+    types: set[str] = set()
+    for op in ops:
+        if isinstance(op, TouchRelationship | DeleteRelationship):
+            types.update((op.relationship.resource.type, op.relationship.subject.type))
+        else:
+            types.add(op.ref.type)
+    kinds = {t: rules.scope_kind[t] for t in types if t in rules.scope_kind}
+    cons: list[Any] = []
+    for c in rules.constraints:
+        if isinstance(c, MaxSubjects):
+            cons.append({"k": "mx", "n": c.name, "t": c.type, "r": c.relation, "m": c.limit})
+        elif isinstance(c, Unique):
+            cons.append({"k": "un", "n": c.name, "t": c.type, "r": c.relation})
+        elif isinstance(c, Exclusive):
+            cons.append({"k": "ex", "n": c.name, "l": sorted(c.left), "r": sorted(c.right)})
+    return kinds, cons
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + netloc))
+
+
+class RedisGraphStore:
+    """A GraphStore in Redis (or Valkey)."""
+
+    durable = True
+
+    def __init__(self, url: str, prefix: str = "gh", *,
+                 changelog_maxlen: int = CHANGELOG_MAXLEN) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.maxlen = changelog_maxlen
+        # redis-py's response types depend on decode_responses; we always decode.
+        self.client: Any = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+            health_check_interval=15,
+        )
+        # A separate connection pool for blocking XREADs so they never hold up writes.
+        self._tail: Any = aioredis.from_url(
+            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
+        )
+        lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
+        self._write = self.client.register_script(lua)
+
+    @property
+    def description(self) -> str:
+        return f"redis {redact(self.url)} (prefix {self.prefix!r})"
+
+    def _k(self, suffix: str) -> str:
+        return f"{self.prefix}:{suffix}"
+
+    def _scoped(self, scope: str, suffix: str) -> str:
+        return f"{self.prefix}:{{{scope}}}:{suffix}"
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        await self._tail.aclose()
+
+    async def ping(self) -> None:
+        try:
+            await self.client.ping()
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    async def epoch(self) -> str:
+        """The data set's epoch, created if Redis holds none yet."""
+        try:
+            meta = self._k("meta")
+            if await self.client.hsetnx(meta, "epoch", uuid.uuid4().hex):
+                await self.client.setnx(self._k("rev"), 0)
+            return str(await self.client.hget(meta, "epoch"))
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    async def head_revision(self) -> int:
+        try:
+            return int(await self.client.get(self._k("rev")) or 0)
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    async def write(
+        self,
+        ops: Sequence[Operation],
+        preconditions: Sequence[Precondition] = (),
+        rules: WriteRules | None = None,
+    ) -> Change:
+        kinds, cons = _encode_rules(rules or WriteRules({}), ops)
+        batch = {
+            "ops": [_encode_op(op) for op in ops],
+            "pre": [[1 if p.must_exist else 0, p.relationship.resource.key,
+                     p.relationship.relation, p.relationship.subject.key]
+                    for p in preconditions],
+            "kinds": kinds or {"": ""},
+            "cons": cons,
+            "maxlen": self.maxlen,
+        }
+        payload = json.dumps(batch, separators=(",", ":"))
+        if not batch["pre"]:
+            payload = payload.replace('"pre":[]', '"pre":{}')
+        if not cons:
+            payload = payload.replace('"cons":[]', '"cons":{}')
+        try:
+            rev = await self._write(args=[self.prefix, payload, uuid.uuid4().hex])
+        except ResponseError as exc:
+            raise _script_error(exc) from None
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable, nothing written: {exc}") from exc
+        return Change(int(rev), tuple(ops))
+
+    async def snapshot(self) -> Snapshot:
+        try:
+            epoch = await self.epoch()
+            revision = int(await self.client.get(self._k("rev")) or 0)
+            scopes = sorted(await self.client.smembers(self._k("scopes")))
+            rels: list[Relationship] = []
+            objects: list[ObjectRecord] = []
+            for i in range(0, len(scopes), 200):
+                pipe = self.client.pipeline(transaction=False)
+                for scope in scopes[i:i + 200]:
+                    pipe.smembers(self._scoped(scope, "rels"))
+                    pipe.hgetall(self._scoped(scope, "objs"))
+                results = await pipe.execute()
+                for j in range(0, len(results), 2):
+                    rels.extend(_rel(text) for text in results[j])
+                    objects.extend(ObjectRecord(_ref(k), json.loads(v))
+                                   for k, v in results[j + 1].items())
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+        return Snapshot(revision, tuple(objects), tuple(rels), epoch)
+
+    async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
+        log = self._k("log")
+        try:
+            if await self.client.hget(self._k("meta"), "epoch") != epoch:
+                raise ChangelogGap("redis lost or replaced its data (epoch changed)")
+            while True:
+                resp = await self._tail.xread({log: f"{after}-1"}, count=1000, block=1000)
+                if not resp:
+                    current = await self.client.hget(self._k("meta"), "epoch")
+                    if current != epoch:
+                        raise ChangelogGap("redis lost or replaced its data (epoch changed)")
+                    head = int(await self.client.get(self._k("rev")) or 0)
+                    if head < after:
+                        raise ChangelogGap(f"redis is at revision {head}, behind {after}")
+                    continue
+                for _stream, entries in resp:
+                    for entry_id, fields in entries:
+                        rev = int(entry_id.split("-", 1)[0])
+                        if rev != after + 1:
+                            raise ChangelogGap(
+                                f"the changelog jumps from {after} to {rev} (trimmed)"
+                            )
+                        yield Change(rev, _decode_ops(fields["ops"]))
+                        after = rev
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    async def changes_between(self, after: int, upto: int) -> list[Change]:
+        """Changes in (after, upto], for catching up; ChangelogGap if trimmed."""
+        out: list[Change] = []
+        try:
+            start = f"({after}-1"
+            while after < upto:
+                entries = await self.client.xrange(self._k("log"), start, f"{upto}-1",
+                                                   count=5000)
+                if not entries:
+                    break
+                for entry_id, fields in entries:
+                    rev = int(entry_id.split("-", 1)[0])
+                    if rev != after + 1:
+                        raise ChangelogGap(f"the changelog jumps from {after} to {rev}")
+                    out.append(Change(rev, _decode_ops(fields["ops"])))
+                    after = rev
+                start = f"({after}-1"
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+        if after < upto:
+            raise ChangelogGap(f"the changelog ends at {after}, before {upto}")
+        return out
+
+
+def _script_error(exc: ResponseError) -> GatehouseError:
+    m = _ERROR.search(str(exc))
+    if not m:
+        return Unavailable(f"redis script failed: {exc}")
+    kind, name, message = m.groups()
+    if kind == "ABORTED":
+        return Aborted(message)
+    return FailedPrecondition(name, message)

@@ -6,6 +6,7 @@ import grpc
 from google.rpc import code_pb2, status_pb2
 
 from gatehouse.errors import (
+    Aborted,
     FailedPrecondition,
     GatehouseError,
     InvalidArgument,
@@ -19,6 +20,7 @@ _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Aborted, grpc.StatusCode.ABORTED),
     (PolicyError, grpc.StatusCode.FAILED_PRECONDITION),
 )
 

@@ -1,0 +1,311 @@
+"""The in-memory graph index: edges both ways, ancestor chains, revisions, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+
+from gatehouse.graph.changes import (
+    Change,
+    DeleteObject,
+    DeleteRelationship,
+    Operation,
+    PutObject,
+    TouchRelationship,
+)
+from gatehouse.graph.index import GraphIndex, parse_key, type_of
+from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
+
+ORG_TREE = [
+    "workspace:acme#parent@organization:northwind",
+    "workspace:globex#parent@organization:northwind",
+    "data_flow:f1#parent@workspace:acme",
+    "connection:c1#parent@workspace:acme",
+    "data_flow:f1#owner@user:ben",
+    "workspace:acme#admin@user:adam",
+    "workspace:globex#admin@user:adam",
+]
+
+
+def touch(*texts: str) -> list[Operation]:
+    return [TouchRelationship(Relationship.parse(t)) for t in texts]
+
+
+def delete(*texts: str) -> list[Operation]:
+    return [DeleteRelationship(Relationship.parse(t)) for t in texts]
+
+
+def put(text: str, **attributes: object) -> PutObject:
+    return PutObject(ObjectRef.parse(text), attributes)
+
+
+def index_with(*texts: str) -> GraphIndex:
+    """An index at revision 1 holding the given relationships."""
+    index = GraphIndex()
+    index.apply([Change(1, tuple(touch(*texts)))])
+    return index
+
+
+class TestReading:
+    def test_forward_edges(self) -> None:
+        """holds and subjects answer who holds a relation on an object."""
+        index = index_with(*ORG_TREE)
+        assert index.holds("workspace:acme", "admin", "user:adam")
+        assert not index.holds("workspace:acme", "admin", "user:ben")
+        assert not index.holds("workspace:nowhere", "admin", "user:adam")
+        assert index.subjects("workspace:acme", "parent") == {"organization:northwind"}
+        assert index.subjects("workspace:acme", "guest") == frozenset()
+
+    def test_reverse_edges(self) -> None:
+        """objects answers which objects a subject holds a relation on."""
+        index = index_with(*ORG_TREE)
+        assert index.objects("user:adam", "admin") == {"workspace:acme", "workspace:globex"}
+        assert index.objects("organization:northwind", "parent") == {
+            "workspace:acme", "workspace:globex",
+        }
+        assert index.objects("user:ben", "admin") == frozenset()
+
+    def test_attributes(self) -> None:
+        """Objects carry their attributes; unknown objects have none."""
+        index = GraphIndex()
+        index.apply([Change(1, (put("connection:c1", shared=True),))])
+        assert index.attributes("connection:c1") == {"shared": True}
+        assert index.attributes("connection:nope") == {}
+
+    def test_put_object_replaces_attributes(self) -> None:
+        """Writing an object again replaces its attributes as a whole."""
+        index = GraphIndex()
+        index.apply([Change(1, (put("connection:c1", shared=True, source_type="csv"),)),
+                     Change(2, (put("connection:c1", shared=False),))])
+        assert index.attributes("connection:c1") == {"shared": False}
+
+    def test_objects_exist_through_edges_or_attributes(self) -> None:
+        """An object exists once it has attributes or takes part in a relationship."""
+        index = index_with("workspace:acme#admin@user:adam")
+        index.apply([Change(2, (put("user:solo"),))])
+        for key in ("workspace:acme", "user:adam", "user:solo"):
+            assert index.exists(key)
+        assert not index.exists("user:ghost")
+
+    def test_keys(self) -> None:
+        """Keys split into type and id at the first colon."""
+        assert type_of("data_flow:f1") == "data_flow"
+        assert parse_key("data_flow:a:b") == ("data_flow", "a:b")
+
+
+class TestChains:
+    def test_chain_holds_every_ancestor_by_type(self) -> None:
+        """An object's chain maps its own type and each ancestor's type to that object."""
+        index = index_with(*ORG_TREE)
+        assert index.chains["data_flow:f1"] == {
+            "data_flow": "data_flow:f1",
+            "workspace": "workspace:acme",
+            "organization": "organization:northwind",
+        }
+        assert index.chains["organization:northwind"] == {
+            "organization": "organization:northwind",
+        }
+
+    def test_chain_is_complete_whatever_the_order_edges_arrive_in(self) -> None:
+        """A child linked before its parent is linked still sees every ancestor."""
+        index = GraphIndex()
+        index.apply([Change(1, tuple(touch("data_flow:f1#parent@workspace:acme")))])
+        assert index.chains["data_flow:f1"] == {
+            "data_flow": "data_flow:f1", "workspace": "workspace:acme",
+        }
+        index.apply([Change(2, tuple(touch("workspace:acme#parent@organization:northwind")))])
+        assert index.chains["data_flow:f1"]["organization"] == "organization:northwind"
+
+    def test_moving_a_workspace_rechains_its_descendants(self) -> None:
+        """When a workspace moves to another organization, everything inside it follows."""
+        index = index_with(*ORG_TREE)
+        index.apply([Change(2, (
+            *delete("workspace:acme#parent@organization:northwind"),
+            *touch("workspace:acme#parent@organization:initech"),
+        ))])
+        for key in ("workspace:acme", "data_flow:f1", "connection:c1"):
+            assert index.chains[key]["organization"] == "organization:initech", key
+        assert index.chains["workspace:globex"]["organization"] == "organization:northwind"
+        assert index.objects("organization:northwind", "parent") == {"workspace:globex"}
+
+    def test_moving_a_flow_between_workspaces(self) -> None:
+        """A flow moved to a workspace of another organization reaches the new one only."""
+        index = index_with(*ORG_TREE, "workspace:other#parent@organization:elsewhere")
+        index.apply([Change(2, (
+            *delete("data_flow:f1#parent@workspace:acme"),
+            *touch("data_flow:f1#parent@workspace:other"),
+        ))])
+        assert index.chains["data_flow:f1"] == {
+            "data_flow": "data_flow:f1",
+            "workspace": "workspace:other",
+            "organization": "organization:elsewhere",
+        }
+
+    def test_removing_a_parent_edge_cuts_the_chain_below(self) -> None:
+        """Without its parent edge, an object and its descendants lose those ancestors."""
+        index = index_with(*ORG_TREE)
+        index.apply([Change(2, tuple(delete("workspace:acme#parent@organization:northwind")))])
+        assert "organization" not in index.chains["workspace:acme"]
+        assert index.chains["data_flow:f1"] == {
+            "data_flow": "data_flow:f1", "workspace": "workspace:acme",
+        }
+
+    def test_deleting_the_old_parent_after_adding_the_new_keeps_the_new(self) -> None:
+        """Adding the new parent before deleting the old one ends on the new parent."""
+        index = index_with(*ORG_TREE)
+        index.apply([Change(2, (
+            *touch("workspace:acme#parent@organization:initech"),
+            *delete("workspace:acme#parent@organization:northwind"),
+        ))])
+        assert index.chains["data_flow:f1"]["organization"] == "organization:initech"
+        assert index.parents["workspace:acme"] == "organization:initech"
+
+    def test_non_parent_relations_do_not_make_ancestors(self) -> None:
+        """Roles and ownership are edges, not ancestry."""
+        index = index_with(*ORG_TREE)
+        assert "user" not in index.chains["data_flow:f1"]
+        assert index.chains["user:adam"] == {"user": "user:adam"}
+
+
+class TestDeleting:
+    def test_deleting_a_relationship_removes_both_directions(self) -> None:
+        """A deleted relationship is gone forwards and backwards, and counted out."""
+        index = index_with(*ORG_TREE)
+        before = index.relationship_count
+        index.apply([Change(2, tuple(delete("workspace:acme#admin@user:adam")))])
+        assert not index.holds("workspace:acme", "admin", "user:adam")
+        assert index.objects("user:adam", "admin") == {"workspace:globex"}
+        assert index.relationship_count == before - 1
+
+    def test_objects_left_with_nothing_are_forgotten(self) -> None:
+        """An object with no attributes and no edges left no longer exists."""
+        index = index_with("workspace:acme#admin@user:adam")
+        index.apply([Change(2, tuple(delete("workspace:acme#admin@user:adam")))])
+        assert not index.exists("workspace:acme")
+        assert not index.exists("user:adam")
+        assert (index.forward, index.reverse, index.chains) == ({}, {}, {})
+        assert index.relationship_count == 0
+
+    def test_objects_with_attributes_stay(self) -> None:
+        """An object keeps existing while it has attributes, edges or not."""
+        index = GraphIndex()
+        index.apply([Change(1, (put("user:adam", email="a@x"),
+                                *touch("workspace:acme#admin@user:adam"))),
+                     Change(2, tuple(delete("workspace:acme#admin@user:adam")))])
+        assert index.exists("user:adam")
+        assert not index.exists("workspace:acme")
+
+    def test_deleting_an_object_keeps_its_edges(self) -> None:
+        """Deleting an object drops its attributes; it exists while relationships name it."""
+        index = index_with("workspace:acme#admin@user:adam")
+        index.apply([Change(2, (put("user:adam", email="a@x"),)),
+                     Change(3, (DeleteObject(ObjectRef.parse("user:adam")),))])
+        assert index.attributes("user:adam") == {}
+        assert index.exists("user:adam")
+        index.apply([Change(4, (put("user:solo"),)),
+                     Change(5, (DeleteObject(ObjectRef.parse("user:solo")),))])
+        assert not index.exists("user:solo")
+
+    def test_deleting_a_missing_relationship_changes_nothing(self) -> None:
+        """Deleting what is not there is a no-op, not an error."""
+        index = index_with(*ORG_TREE)
+        count = index.relationship_count
+        index.apply([Change(2, tuple(delete("workspace:acme#guest@user:nobody",
+                                            "workspace:acme#admin@user:ben")))])
+        assert index.relationship_count == count
+        assert index.revision == 2
+
+    def test_touching_twice_counts_once(self) -> None:
+        """Writing an existing relationship again changes nothing."""
+        index = index_with("workspace:acme#admin@user:adam")
+        index.apply([Change(2, tuple(touch("workspace:acme#admin@user:adam")))])
+        assert index.relationship_count == 1
+        assert index.revision == 2
+
+
+class TestRevisions:
+    def test_apply_advances_the_revision(self) -> None:
+        """After applying changes the index is at the last change's revision."""
+        index = GraphIndex()
+        assert index.revision == 0
+        index.apply([Change(1, tuple(touch("workspace:a#admin@user:x"))),
+                     Change(2, tuple(touch("workspace:b#admin@user:x")))])
+        assert index.revision == 2
+
+    def test_old_changes_are_skipped(self) -> None:
+        """A change at or below the index's revision is already applied and is ignored."""
+        index = index_with("workspace:acme#admin@user:adam")
+        index.apply([Change(3, tuple(delete("workspace:acme#admin@user:adam")))])
+        index.apply([Change(2, tuple(touch("workspace:acme#admin@user:adam"))),
+                     Change(3, tuple(touch("workspace:acme#admin@user:adam")))])
+        assert not index.holds("workspace:acme", "admin", "user:adam")
+        assert index.revision == 3
+
+    def test_snapshot_then_changes(self) -> None:
+        """An index built from a snapshot at R skips changes up to R and applies later ones."""
+        snapshot = Snapshot(
+            revision=5,
+            objects=(ObjectRecord(ObjectRef.parse("connection:c1"), {"shared": True}),),
+            relationships=tuple(Relationship.parse(t) for t in ORG_TREE),
+        )
+        index = GraphIndex.from_snapshot(snapshot)
+        assert index.revision == 5
+        assert index.attributes("connection:c1") == {"shared": True}
+        assert index.chains["connection:c1"]["organization"] == "organization:northwind"
+        index.apply([Change(5, tuple(delete("workspace:acme#admin@user:adam"))),
+                     Change(6, tuple(touch("workspace:acme#guest@user:gwen")))])
+        assert index.holds("workspace:acme", "admin", "user:adam")
+        assert index.holds("workspace:acme", "guest", "user:gwen")
+        assert index.revision == 6
+
+    def test_snapshot_equals_replayed_changes(self) -> None:
+        """Building from a snapshot and applying the same facts as changes give the same index."""
+        rels = tuple(Relationship.parse(t) for t in reversed(ORG_TREE))
+        from_snapshot = GraphIndex.from_snapshot(Snapshot(1, (), rels))
+        replayed = index_with(*ORG_TREE)
+        assert from_snapshot.forward == replayed.forward
+        assert from_snapshot.reverse == replayed.reverse
+        assert from_snapshot.chains == replayed.chains
+
+
+class TestWaitFor:
+    def test_reached_revision_returns_at_once(self) -> None:
+        """Waiting for a revision the index has reached is immediately true."""
+        index = index_with("workspace:a#admin@user:x")
+        assert asyncio.run(index.wait_for(1, timeout=0)) is True
+
+    def test_waits_until_the_revision_is_applied(self) -> None:
+        """A waiter wakes when a change at or past its revision is applied."""
+        index = GraphIndex()
+
+        async def scenario() -> tuple[bool, bool]:
+            waiter = asyncio.create_task(index.wait_for(2, timeout=5))
+            await asyncio.sleep(0)
+            index.apply([Change(1, tuple(touch("workspace:a#admin@user:x")))])
+            await asyncio.sleep(0)
+            early = waiter.done()
+            index.apply([Change(3, tuple(touch("workspace:b#admin@user:x")))])
+            return early, await waiter
+
+        early, reached = asyncio.run(scenario())
+        assert early is False
+        assert reached is True
+        assert index._waiters == []
+
+    def test_times_out(self) -> None:
+        """A revision that never arrives makes the wait false after the timeout."""
+        index = GraphIndex()
+        assert asyncio.run(index.wait_for(1, timeout=0.01)) is False
+        assert index._waiters == []
+
+    def test_many_waiters(self) -> None:
+        """Each waiter wakes for its own revision; later ones keep waiting."""
+        index = GraphIndex()
+
+        async def scenario() -> list[bool]:
+            first = asyncio.create_task(index.wait_for(1, timeout=5))
+            second = asyncio.create_task(index.wait_for(2, timeout=0.05))
+            await asyncio.sleep(0)
+            index.apply([Change(1, tuple(touch("workspace:a#admin@user:x")))])
+            return [await first, await second]
+
+        assert asyncio.run(scenario()) == [True, False]

@@ -1,22 +1,22 @@
-"""Build hook: generate gRPC code from protos/ before packaging."""
+"""Build hook: generate the gRPC code (package ``gatehouse.v1``) from protos/.
+
+Generation runs when this file is loaded — before setuptools discovers
+packages — so every build (wheel, editable install, sdist) sees the
+generated package. The output is git-ignored and never edited.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from setuptools import setup
-from setuptools.command.build_py import build_py
+from setuptools import find_packages, setup
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "tools"))
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tools"))
 
+import genproto  # noqa: E402 - needs the path above
 
-class BuildWithProtos(build_py):
-    def run(self) -> None:
-        import genproto
+genproto.generate()
 
-        genproto.generate()
-        super().run()
-
-
-setup(cmdclass={"build_py": BuildWithProtos})
+setup(packages=find_packages(where="src"), package_dir={"": "src"})

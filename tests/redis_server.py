@@ -63,7 +63,8 @@ class RedisServer:
         try:
             while True:
                 if self.proc.poll() is not None:
-                    log = (self.dir / "redis.log").read_text() if (self.dir / "redis.log").exists() else ""
+                    logfile = self.dir / "redis.log"
+                    log = logfile.read_text() if logfile.exists() else ""
                     raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{log}")
                 try:
                     if client.ping():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -100,7 +99,7 @@ class TestWriteRelationships:
         self, graph: pb_grpc.GraphServiceStub, authz: apb_grpc.AuthorizationServiceStub,
         text: str, field: str, reason: str,
     ) -> None:
-        """A bad tuple fails INVALID_ARGUMENT naming it, and the good item beside it is not applied."""
+        """A bad tuple fails INVALID_ARGUMENT naming it; the good item beside it is not applied."""
         good = update("workspace:globex#guest@user:half")
         with pytest.raises(grpc.RpcError) as info:
             graph.WriteRelationships(pb.WriteRelationshipsRequest(updates=[good, update(text)]))

@@ -79,9 +79,9 @@ class TestRunning:
             assert first.decision == pb.DECISION_DENY
             text = (policy / "policy.yaml").read_text()
             # Valid edit: workspace users may now delete every flow.
-            edited = text.replace("actions: [view, run, edit]\n      roles: [workspace.user]",
-                                  "actions: [view, run, edit, delete]\n      roles: [workspace.user]",
-                                  1)
+            edited = text.replace(
+                "actions: [view, run, edit]\n      roles: [workspace.user]",
+                "actions: [view, run, edit, delete]\n      roles: [workspace.user]", 1)
             assert edited != text
             (policy / "policy.yaml").write_text(edited)
             second = _wait_for_version_change(server.address, first.policy_version)

@@ -157,7 +157,8 @@ class TestBadLines:
     )
     def test_wrong_subject_type(self, rel: str, message: str) -> None:
         """A subject of a type the relation does not take is reported at its line."""
-        assert one_problem(f"relationships:\n  - {rel}\n") == f"d.yaml:2:5 relationships[0]: {message}"
+        expected = f"d.yaml:2:5 relationships[0]: {message}"
+        assert one_problem(f"relationships:\n  - {rel}\n") == expected
 
     def test_unknown_attribute(self) -> None:
         """An attribute the type does not declare is reported at the object's line."""

@@ -30,7 +30,7 @@ class TestValidateType:
 
     def test_empty_is_required(self) -> None:
         """An empty type says the field is required."""
-        with pytest.raises(InvalidArgument, match="resource.type: is required"):
+        with pytest.raises(InvalidArgument, match=r"^resource\.type: is required$"):
             validate_type("", "resource.type")
 
 
@@ -49,7 +49,7 @@ class TestValidateId:
 
     def test_empty_is_required(self) -> None:
         """An empty id says the field is required."""
-        with pytest.raises(InvalidArgument, match="subject.id: is required"):
+        with pytest.raises(InvalidArgument, match=r"^subject\.id: is required$"):
             validate_id("", "subject.id")
 
     @pytest.mark.xfail(strict=True, reason="known bug: ID_RE/TYPE_RE end in '$', which also "
@@ -101,7 +101,9 @@ class TestRelationship:
         """resource#relation@subject parses into its parts and prints back the same."""
         text = "workspace:acme#admin@user:adam"
         rel = Relationship.parse(text)
-        assert rel == Relationship(ObjectRef("workspace", "acme"), "admin", ObjectRef("user", "adam"))
+        assert rel == Relationship(
+            ObjectRef("workspace", "acme"), "admin", ObjectRef("user", "adam")
+        )
         assert str(rel) == text
 
     def test_surrounding_whitespace_is_ignored(self) -> None:

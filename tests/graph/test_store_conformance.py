@@ -132,8 +132,8 @@ class TestWrites:
         async def go(store: GraphStore) -> None:
             assert await store.head_revision() == 0
             c1 = await store.write(BASE, (), RULES)
-            c2 = await store.write([PutObject(ObjectRef("user", "u1"), {"email": "u1@x.io"})]
-                                   + touch("organization:o1#owner@user:u1"), (), RULES)
+            c2 = await store.write([PutObject(ObjectRef("user", "u1"), {"email": "u1@x.io"}),
+                                    *touch("organization:o1#owner@user:u1")], (), RULES)
             assert (c1.revision, c2.revision) == (1, 2)
             assert await store.head_revision() == 2
             snap = await store.snapshot()

@@ -355,6 +355,8 @@ class TestCompileErrors:
             ({"bogus": 1}, ("bogus",)),
         ],
     )
-    def test_error_points_at_the_part_that_is_wrong(self, spec: Any, subpath: tuple[Any, ...]) -> None:
+    def test_error_points_at_the_part_that_is_wrong(
+        self, spec: Any, subpath: tuple[Any, ...]
+    ) -> None:
         """The error carries the path inside the condition, so the loader can give its line."""
         assert compile_error(spec).subpath == subpath

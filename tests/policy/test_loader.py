@@ -101,7 +101,7 @@ class TestLoadPolicy:
         assert [str(p) for p in info.value.problems] == [f"{missing} is not a folder"]
 
     def test_test_suites_and_other_files_are_not_policy(self, tmp_path: Path) -> None:
-        """Only top-level *.yaml / *.yml files make the set; *_test.yaml suites and others do not."""
+        """Only top-level *.yaml and *.yml files make the set; *_test.yaml suites do not."""
         (tmp_path / "a.yaml").write_text(SMALL)
         (tmp_path / "b.yml").write_text("permissions: {}\n")
         (tmp_path / "roles_test.yaml").write_text("this is: [not a policy\n")
@@ -361,7 +361,8 @@ class TestCompileSourcesNeverCrashes:
         _compiles_or_reports(
             "types:\n"
             "  user: {subject: true, attributes: {email: string}}\n"
-            "  doc: {owned: true, roles: [editor], actions: [view], attributes: {shared: bool, name: string}}\n"
+            "  doc: {owned: true, roles: [editor], actions: [view],\n"
+            "        attributes: {shared: bool, name: string}}\n"
             "permissions:\n"
             f"  doc: [{{actions: [view], roles: [doc.editor], when: {condition}}}]\n"
         )

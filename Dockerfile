@@ -32,13 +32,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY tools/ tools/
 COPY protos/ protos/
 COPY src/ src/
-# setup.py generates the gRPC modules (gatehouse.v1) from protos/ during the
-# build, but setuptools discovers packages before that, so from a tree without
-# src/gatehouse/v1 the wheel would ship without gatehouse.v1. Generating first
-# makes the package visible to discovery; the check after the build fails the
-# image build if the generated modules are still missing.
-RUN python tools/genproto.py \
- && pip wheel --no-build-isolation --wheel-dir /wheels . \
+# setup.py generates the gRPC modules (package gatehouse.v1) from protos/ as
+# part of the build; .dockerignore keeps any local copy out. The check after
+# the build fails the image build if the wheel lacks the generated modules.
+RUN pip wheel --no-build-isolation --wheel-dir /wheels . \
  && python -c "import glob, sys, zipfile; names = zipfile.ZipFile(glob.glob('/wheels/gatehouse-*.whl')[0]).namelist(); missing = [n for n in ('gatehouse/v1/__init__.py', 'gatehouse/v1/authorization_pb2.py', 'gatehouse/v1/authorization_pb2_grpc.py') if n not in names]; sys.exit(f'wheel lacks {missing}' if missing else 0)"
 
 # --- runtime: the wheel installed into a slim image, run as a non-root user ---

@@ -52,8 +52,6 @@ class TestValidateId:
         with pytest.raises(InvalidArgument, match=r"^subject\.id: is required$"):
             validate_id("", "subject.id")
 
-    @pytest.mark.xfail(strict=True, reason="known bug: ID_RE/TYPE_RE end in '$', which also "
-                       "matches before a trailing newline (graph/model.py; see report)")
     def test_rejects_trailing_newline(self) -> None:
         """An id ending in a newline is not an id."""
         with pytest.raises(InvalidArgument):

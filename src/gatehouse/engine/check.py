@@ -84,7 +84,7 @@ def _applies(
     if rule.roles and not _holds_role(rule, chain, index, subject):
         return False
     cond = rule.condition
-    return cond is None or bool(cond(subject, resource, index, context))
+    return cond is None or cond(subject, resource, index, context) is True
 
 
 def check(
@@ -175,13 +175,14 @@ def explain(
             line += f" held: {'; '.join(held)}"
         if rule.condition is not None:
             try:
-                ok = bool(rule.condition(subject, resource, index, ctx))
+                value = rule.condition(subject, resource, index, ctx)
             except Exception as exc:
-                trace.append(f"{line}: condition `{rule.condition_text}` failed ({exc}): "
-                             "not applied")
-                continue
-            if not ok:
-                trace.append(f"{line}: condition `{rule.condition_text}` is false")
+                # check() denies outright when a condition raises; so does explain.
+                trace.append(f"{line}: condition `{rule.condition_text}` failed ({exc}): DENY")
+                return Explanation(False, f"deny: condition of {rule.source} failed", trace)
+            if value is not True:
+                state = "false" if value is False else "unknown (a fact it tests is missing)"
+                trace.append(f"{line}: condition `{rule.condition_text}` is {state}")
                 continue
             line += f", condition `{rule.condition_text}` is true"
         trace.append(f"{line}: APPLIES")

@@ -43,6 +43,8 @@ class Change:
 
     revision: int
     ops: tuple[Operation, ...]
+    # When the store committed it (Unix seconds), where the store records it.
+    committed_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ AttributeValue = bool | int | float | str | list[str]
 def validate_type(value: str, field_name: str) -> str:
     if not value:
         raise InvalidArgument(field_name, "is required")
-    if not TYPE_RE.match(value):
+    if not TYPE_RE.fullmatch(value):
         raise InvalidArgument(
             field_name, f"{value!r} is not a type name (lowercase letters, digits, '_')"
         )
@@ -35,7 +35,7 @@ def validate_type(value: str, field_name: str) -> str:
 def validate_id(value: str, field_name: str) -> str:
     if not value:
         raise InvalidArgument(field_name, "is required")
-    if not ID_RE.match(value):
+    if not ID_RE.fullmatch(value):
         raise InvalidArgument(
             field_name,
             f"{value!r} is not a valid id (1-256 of letters, digits and _ . - = + / |;"
@@ -91,7 +91,7 @@ class Relationship:
             raise InvalidArgument(
                 field_name, f"{text!r} is not of the form type:id#relation@type:id"
             )
-        if not RELATION_RE.match(relation):
+        if not RELATION_RE.fullmatch(relation):
             raise InvalidArgument(field_name, f"{relation!r} is not a relation name")
         return cls(
             ObjectRef.parse(resource, field_name + ".resource"),

@@ -12,6 +12,7 @@ acknowledged write survives a crash.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import uuid
@@ -22,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Aborted, FailedPrecondition, GatehouseError, Unavailable
@@ -129,7 +130,9 @@ class RedisGraphStore:
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
         )
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
-        self._write = self.client.register_script(lua)
+        self._script = self.client.register_script(lua)
+        self._queue: list[tuple[list[str], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
 
     @property
     def description(self) -> str:
@@ -189,12 +192,55 @@ class RedisGraphStore:
         if not cons:
             payload = payload.replace('"cons":[]', '"cons":{}')
         try:
-            rev = await self._write(args=[self.prefix, payload, uuid.uuid4().hex])
+            rev = await self._call([self.prefix, payload, uuid.uuid4().hex])
         except ResponseError as exc:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable, nothing written: {exc}") from exc
+            raise Unavailable(
+                f"redis unreachable ({exc}); if the connection dropped mid-call the write may "
+                "or may not have been applied"
+            ) from exc
         return Change(int(rev), tuple(ops))
+
+    async def _call(self, args: list[str]) -> Any:
+        """Run the write script. Calls made in the same event-loop turn share one
+        pipeline round trip (Redis still runs each script atomically, in order)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((args, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(lambda: loop.create_task(self._flush()))
+        return await fut
+
+    async def _flush(self) -> None:
+        queue, self._queue = self._queue, []
+        self._flush_scheduled = False
+        try:
+            results = await self._pipeline(queue)
+            if any(_noscript(r) for r in results):
+                await self.client.script_load(self._script.script)
+                retry = [item for item, r in zip(queue, results, strict=True) if _noscript(r)]
+                again = iter(await self._pipeline(retry))
+                results = [next(again) if _noscript(r) else r for r in results]
+        except BaseException as exc:
+            for _, fut in queue:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        for (_, fut), result in zip(queue, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(result, BaseException):
+                fut.set_exception(result)
+            else:
+                fut.set_result(result)
+
+    async def _pipeline(self, items: list[tuple[list[str], asyncio.Future[Any]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for args, _ in items:
+            pipe.evalsha(self._script.sha, 0, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
     async def snapshot(self) -> Snapshot:
         try:
@@ -239,33 +285,16 @@ class RedisGraphStore:
                             raise ChangelogGap(
                                 f"the changelog jumps from {after} to {rev} (trimmed)"
                             )
-                        yield Change(rev, _decode_ops(fields["ops"]))
+                        yield Change(rev, _decode_ops(fields["ops"]),
+                                     float(fields.get("ts", 0.0)))
                         after = rev
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 
-    async def changes_between(self, after: int, upto: int) -> list[Change]:
-        """Changes in (after, upto], for catching up; ChangelogGap if trimmed."""
-        out: list[Change] = []
-        try:
-            start = f"({after}-1"
-            while after < upto:
-                entries = await self.client.xrange(self._k("log"), start, f"{upto}-1",
-                                                   count=5000)
-                if not entries:
-                    break
-                for entry_id, fields in entries:
-                    rev = int(entry_id.split("-", 1)[0])
-                    if rev != after + 1:
-                        raise ChangelogGap(f"the changelog jumps from {after} to {rev}")
-                    out.append(Change(rev, _decode_ops(fields["ops"])))
-                    after = rev
-                start = f"({after}-1"
-        except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
-        if after < upto:
-            raise ChangelogGap(f"the changelog ends at {after}, before {upto}")
-        return out
+
+def _noscript(result: Any) -> bool:
+    return isinstance(result, NoScriptError) or (
+        isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"))
 
 
 def _script_error(exc: ResponseError) -> GatehouseError:

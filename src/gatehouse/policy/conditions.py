@@ -12,9 +12,13 @@ A condition is one of::
 Operators: ``== != < <= > >= in``, and ``not in``. Literals: true, false,
 numbers, quoted strings and [lists] of them.
 
-Semantics fail closed: a comparison whose attribute is missing (and has no
-declared default) or whose values have incomparable types is false, for
-``!=`` too, so a missing fact never grants anything.
+Semantics fail closed, with three values: a comparison whose attribute is
+missing (and has no declared default) or whose values have incomparable
+types is *unknown*, for ``!=`` too; ``not`` of unknown is unknown; ``all``
+and ``any`` follow Kleene logic; and a rule applies only when its condition
+is true. So a missing fact never grants anything, even under ``not``. (For
+deny rules this means a missing fact does not deny either: declare a
+default for attributes that deny rules test.)
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ class _Compiler:
                     inner, text = self.compile(value)
                 except ConditionError as exc:
                     raise ConditionError(str(exc), ("not", *exc.subpath)) from None
-                return (lambda s, r, f, c: not inner(s, r, f, c)), f"not ({text})"
+                return _negate(inner), f"not ({text})"
             raise ConditionError(f"unknown condition key {key!r} (known: all, any, not)", (key,))
         raise ConditionError("a condition is a string, a list, or {all|any|not: ...}")
 
@@ -148,17 +152,14 @@ class _Compiler:
         conds = tuple(parts)
         joiner = " and " if mode == "all" else " or "
         text = joiner.join(f"({t})" if " " in t else t for t in texts)
-        if mode == "all":
-            return (lambda s, r, f, c: all(p(s, r, f, c) for p in conds)), text
-        return (lambda s, r, f, c: any(p(s, r, f, c) for p in conds)), text
+        return (_all(conds) if mode == "all" else _any(conds)), text
 
     def _string(self, text: str) -> Condition:
         stripped = text.strip()
         if stripped == OWNER:
             return self._owner()
         if stripped == f"not {OWNER}":
-            owns = self._owner()
-            return lambda s, r, f, c: not owns(s, r, f, c)
+            return _negate(self._owner())
         tokens = _tokens(stripped)
         if not tokens:
             raise ConditionError("empty condition")
@@ -235,19 +236,58 @@ def _comparable(a: Any, b: Any) -> bool:
     return type(a) is type(b)
 
 
+def _negate(inner: Condition) -> Condition:
+    def negated(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool | None:
+        value = inner(s, r, f, c)
+        return None if value is None else not value
+
+    return negated
+
+
+def _all(parts: tuple[Condition, ...]) -> Condition:
+    def every(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool | None:
+        unknown = False
+        for part in parts:
+            value = part(s, r, f, c)
+            if value is False:
+                return False
+            if value is None:
+                unknown = True
+        return None if unknown else True
+
+    return every
+
+
+def _any(parts: tuple[Condition, ...]) -> Condition:
+    def some(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool | None:
+        unknown = False
+        for part in parts:
+            value = part(s, r, f, c)
+            if value is True:
+                return True
+            if value is None:
+                unknown = True
+        return None if unknown else False
+
+    return some
+
+
 def _comparison(op: str, left: Getter, right: Getter) -> Condition:
-    def compare(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool:
+    """A comparison is unknown (None) when a side is missing or the values are not
+    comparable; unknown stays unknown under not/all/any and never grants."""
+
+    def compare(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool | None:
         a = left(s, r, f, c)
         b = right(s, r, f, c)
         if a is _MISSING or b is _MISSING:
-            return False
+            return None
         if op in ("in", "not in"):
             if not isinstance(b, list):
-                return False
+                return None
             found = any(_comparable(a, x) and a == x for x in b)
             return found if op == "in" else not found
         if not _comparable(a, b):
-            return False
+            return None
         try:
             if op == "==":
                 return bool(a == b)
@@ -262,8 +302,8 @@ def _comparison(op: str, left: Getter, right: Getter) -> Condition:
             if op == ">=":
                 return bool(a >= b)
         except TypeError:
-            return False
-        return False
+            return None
+        return None
 
     return compare
 

@@ -19,8 +19,9 @@ class Facts(Protocol):
     def holds(self, obj: str, relation: str, subject: str) -> bool: ...
 
 
-# A compiled condition: (subject key, resource key, facts, request context) -> bool.
-Condition = Callable[[str, str, Facts, Mapping[str, Any]], bool]
+# A compiled condition: (subject key, resource key, facts, request context) ->
+# True, False, or None when unknown (a fact is missing); only True applies a rule.
+Condition = Callable[[str, str, Facts, Mapping[str, Any]], bool | None]
 
 
 class Effect(Enum):

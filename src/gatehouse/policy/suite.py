@@ -124,6 +124,13 @@ def parse_suite(path: Path) -> tuple[Suite | None, list[Problem]]:
             problems.append(smap.problem(tpath, "a test needs allow and/or deny action lists"))
             ok = False
         line = smap.position(tpath)[0]
+        allow, deny = test.get("allow", []), test.get("deny", [])
+        if isinstance(allow, list) and isinstance(deny, list):
+            both = sorted({a for a in allow if isinstance(a, str)} & set(deny))
+            if both:
+                problems.append(smap.problem((*tpath, "deny"), f"{both[0]!r} is expected to be "
+                                             "both allowed and denied"))
+                ok = False
         for verdict in ("allow", "deny"):
             actions = test.get(verdict, [])
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):

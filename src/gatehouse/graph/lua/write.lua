@@ -248,5 +248,7 @@ end
 local rev = redis.call("INCR", P .. ":rev")
 local payload = "[]"
 if #effective > 0 then payload = cjson.encode(effective) end
-redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops", payload)
+local now = redis.call("TIME")
+redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops", payload,
+  "ts", now[1] .. string.format(".%06d", tonumber(now[2])))
 return rev

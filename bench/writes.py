@@ -205,7 +205,8 @@ async def snapshot_phase(url: str, prefix: str, rels: list[Relationship]) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--concurrency", type=int, default=64)
@@ -237,7 +238,8 @@ def main() -> None:
         ("batch-of-100 writes/s", f"{results['batch_writes_per_s']:,.0f} "
          f"({results['relationships_per_s_in_batches']:,.0f} rel/s)", ""),
         ("index lag p50 / p99 / max", f"{results['index_lag_p50_ms']:.1f} / "
-         f"{results['index_lag_p99_ms']:.1f} / {results['index_lag_max_ms']:.1f} ms", "p99 < 50 ms"),
+         f"{results['index_lag_p99_ms']:.1f} / {results['index_lag_max_ms']:.1f} ms",
+         "p99 < 50 ms"),
         ("index bytes / relationship", f"{results['index_bytes_per_relationship']:,.0f}", ""),
         (f"snapshot load ({results['snapshot_relationships']:,} rel)",
          f"{results['snapshot_total_s']:.1f} s (read {results['snapshot_read_s']:.1f} + "

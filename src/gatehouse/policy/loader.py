@@ -20,22 +20,25 @@ from typing import Any
 from gatehouse.errors import PolicyError, Problem
 from gatehouse.graph.model import TYPE_RE
 from gatehouse.policy.conditions import ConditionError, compile_condition
+from gatehouse.policy.constraints import compile_constraints
 from gatehouse.policy.model import (
     ATTRIBUTE_TYPES,
     OWNER,
     PARENT,
+    ROOT,
     ActionTable,
     Attribute,
     CompiledPolicy,
+    Constraint,
     Effect,
     RoleRef,
     Rule,
     TypeDef,
 )
-from gatehouse.policy.rules import write_rules
+from gatehouse.policy.rules import scope_kinds, write_rules
 from gatehouse.sourcemap import SourceMap, load
 
-TOP_KEYS = {"name", "description", "types", "permissions"}
+TOP_KEYS = {"name", "description", "types", "permissions", "constraints"}
 TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "attributes",
              "relations"}
 RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
@@ -397,6 +400,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
     set_name = name
     type_sources: dict[str, _TypeSrc] = {}
     perm_sections: list[tuple[_Doc, str, Any]] = []
+    cons_sections: list[tuple[_Doc, Any]] = []
     for doc in docs:
         for key in sorted(set(doc.data) - TOP_KEYS):
             comp.err(doc, (key,), f"unknown top-level key {key!r} (known: {_known(TOP_KEYS)})",
@@ -425,6 +429,9 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
                         comp.err(doc, path, f"type {tname!r} must be a mapping (use {{}} for none)")
                         continue
                     type_sources[tname] = _TypeSrc(tname, body, doc, path)
+        raw_cons = doc.data.get("constraints")
+        if raw_cons is not None:
+            cons_sections.append((doc, raw_cons))
         raw_perms = doc.data.get("permissions")
         if raw_perms is not None:
             if not isinstance(raw_perms, dict):
@@ -435,6 +442,20 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
         comp.problems.append(Problem(docs[0].name, 1, 1, "types", "the policy declares no types"))
     types = comp.compile_types(type_sources)
     rules = comp.compile_rules(types, perm_sections)
+    roots = {n for n, k in scope_kinds(types).items() if k == ROOT}
+    constraints: list[Constraint] = []
+    seen_constraints: dict[str, str] = {}
+    for doc, raw in cons_sections:
+        def report(path: tuple[str | int, ...], msg: str, at_key: bool, doc: _Doc = doc) -> None:
+            comp.err(doc, path, msg, at_key=at_key)
+
+        for con in compile_constraints(types, raw, roots, report):
+            if con.name in seen_constraints:
+                report(("constraints", con.name), f"constraint {con.name!r} is already defined "
+                       f"in {seen_constraints[con.name]}", True)
+                continue
+            seen_constraints[con.name] = doc.name
+            constraints.append(con)
     if comp.problems:
         raise PolicyError(comp.problems)
     return CompiledPolicy(
@@ -443,7 +464,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
         types=MappingProxyType(types),
         subject_types=frozenset(n for n, t in types.items() if t.subject),
         tables=MappingProxyType(_tables(types, rules)),
-        write_rules=write_rules(types),
+        write_rules=write_rules(types, tuple(constraints)),
         files=tuple(f for f, _ in sources),
     )
 

@@ -1,0 +1,125 @@
+"""Compile the ``constraints:`` section: invariants every write must keep.
+
+::
+
+    constraints:
+      staff_or_client:
+        description: staff and clients never mix on one account
+        exclusive:
+          - [organization.owner, organization.admin, organization.member]
+          - [workspace.client]
+      one_ai_workspace:
+        max: {relation: organization.ai_workspace, limit: 1}
+      one_default_workspace:
+        unique: workspace.default
+
+``exclusive``: no subject holds a relation from both lists within one tenant
+(organization). ``unique``: at most one object of the type per tenant holds
+the relation. ``max``: at most ``limit`` subjects per object hold it. The
+scope is always the tenant; ``scope:`` may name the tenant root type to say
+so explicitly.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gatehouse.policy.model import Constraint, Exclusive, MaxSubjects, TypeDef, Unique
+
+NAME_RE = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
+KINDS = ("exclusive", "unique", "max")
+KEYS = {"description", "scope", *KINDS}
+
+Path = tuple[str | int, ...]
+Report = Callable[[Path, str, bool], None]
+
+
+def _relation_ref(types: Mapping[str, TypeDef], value: Any, path: Path,
+                  report: Report) -> tuple[str, str] | None:
+    if not isinstance(value, str) or "." not in value:
+        report(path, f"write a relation as type.relation, not {value!r}", False)
+        return None
+    type_, _, relation = value.partition(".")
+    tdef = types.get(type_)
+    if tdef is None:
+        report(path, f"unknown type {type_!r} (declared: {', '.join(sorted(types))})", False)
+        return None
+    if relation not in tdef.relations:
+        known = ", ".join(f"{type_}.{r}" for r in sorted(tdef.relations)) or "none"
+        report(path, f"{type_!r} has no relation {relation!r} (known: {known})", False)
+        return None
+    return type_, relation
+
+
+def compile_constraints(types: Mapping[str, TypeDef], raw: Any, roots: set[str],
+                        report: Report) -> tuple[Constraint, ...]:
+    """Compile the merged ``constraints`` mapping; problems go to ``report``."""
+    out: list[Constraint] = []
+    if raw is None:
+        return ()
+    if not isinstance(raw, dict):
+        report(("constraints",), "constraints must map names to constraint definitions", False)
+        return ()
+    for name, body in raw.items():
+        base: Path = ("constraints", name)
+        if not NAME_RE.fullmatch(name):
+            report(base, f"{name!r} is not a valid constraint name", True)
+            continue
+        if not isinstance(body, dict):
+            report(base, f"constraint {name!r} must be a mapping with one of: "
+                   f"{', '.join(KINDS)}", False)
+            continue
+        for key in sorted(set(body) - KEYS):
+            report((*base, key), f"unknown key {key!r} (known: {', '.join(sorted(KEYS))})", True)
+        kinds = [k for k in KINDS if k in body]
+        if len(kinds) != 1:
+            report(base, f"constraint {name!r} needs exactly one of: {', '.join(KINDS)}", True)
+            continue
+        scope = body.get("scope")
+        if scope is not None and scope not in roots:
+            report((*base, "scope"), f"constraints are scoped to the tenant; scope must be "
+                   f"{' or '.join(sorted(roots)) or 'a tenant root type'}, not {scope!r}", False)
+            continue
+        kind = kinds[0]
+        value = body[kind]
+        kpath: Path = (*base, kind)
+        if kind == "exclusive":
+            if (not isinstance(value, list) or len(value) != 2
+                    or not all(isinstance(side, list) and side for side in value)):
+                report(kpath, "exclusive takes two non-empty lists of type.relation", False)
+                continue
+            sides: list[frozenset[str]] = []
+            ok = True
+            for i, side in enumerate(value):
+                refs = set()
+                for j, item in enumerate(side):
+                    found = _relation_ref(types, item, (*kpath, i, j), report)
+                    if found is None:
+                        ok = False
+                    else:
+                        refs.add(f"{found[0]}.{found[1]}")
+                sides.append(frozenset(refs))
+            if ok and sides[0] & sides[1]:
+                report(kpath, f"{sorted(sides[0] & sides[1])[0]} is on both sides", False)
+                ok = False
+            if ok:
+                out.append(Exclusive(name, sides[0], sides[1]))
+        elif kind == "unique":
+            found = _relation_ref(types, value, kpath, report)
+            if found is not None:
+                out.append(Unique(name, found[0], found[1]))
+        else:
+            if not isinstance(value, dict) or set(value) - {"relation", "limit"}:
+                report(kpath, "max takes {relation: type.relation, limit: N}", False)
+                continue
+            found = _relation_ref(types, value.get("relation"), (*kpath, "relation"), report)
+            limit = value.get("limit")
+            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+                report((*kpath, "limit"), f"limit must be a whole number of at least 1, "
+                       f"not {limit!r}", False)
+                continue
+            if found is not None:
+                out.append(MaxSubjects(name, found[0], found[1], limit))
+    return tuple(out)

@@ -279,7 +279,7 @@ def generated_mix(orgs: list[Org], n: int, seed: int) -> tuple[list[Request], li
 def sample_mix(policy: CompiledPolicy, index: GraphIndex, n: int, seed: int) -> tuple[
         list[Request], list[str]]:
     """Every user x every object x every action of its type, shuffled and cycled to ``n``."""
-    keys = sorted(index.chains)
+    keys = sorted(index.up)
     users = [k for k in keys if type_of(k) in policy.subject_types]
     combos: list[Request] = []
     for resource in keys:
@@ -408,7 +408,7 @@ def measure(name: str, policy: CompiledPolicy, ops: Sequence[Operation],
         progress(f"{name}: run {i + 1}/{runs}: {len(reqs) / dt:,.0f} checks/s")
     result = Result(
         graph=name,
-        objects=len(index.chains),
+        objects=len(index.up),
         relationships=index.relationship_count,
         build_ms=build * 1000,
         index_bytes=held,

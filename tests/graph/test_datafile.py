@@ -49,7 +49,7 @@ class TestValidFiles:
         """Applied to an index, the example data gives each flow its workspace and organization."""
         index = GraphIndex()
         index.apply([Change(1, tuple(load_data_file(EXAMPLE, POLICY)))])
-        assert index.chains["data_flow:acme-gwen-report"] == {
+        assert index.chain("data_flow:acme-gwen-report") == {
             "data_flow": "data_flow:acme-gwen-report",
             "workspace": "workspace:acme",
             "organization": "organization:northwind",

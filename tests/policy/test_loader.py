@@ -148,7 +148,7 @@ class TestCompileSources:
             "split",
         )
         table = policy.tables["workspace"]["view"]
-        assert table.direct == (("workspace", frozenset({"admin"})),)
+        assert table.direct == (("workspace", frozenset({"admin"}), True),)
 
     def test_wildcard_grants_every_action_of_the_type(self) -> None:
         """actions: ["*"] grants each action the type declares."""
@@ -163,9 +163,9 @@ class TestCompileSources:
         """Unconditional grants become one set of relations per ancestor type."""
         policy = load_policy(COUPLER)
         table = policy.tables["data_flow"]["view"]
-        assert dict(table.direct) == {
-            "organization": frozenset({"owner"}),
-            "workspace": frozenset({"admin", "user"}),
+        assert {t: (rels, own) for t, rels, own in table.direct} == {
+            "organization": (frozenset({"owner"}), False),
+            "workspace": (frozenset({"admin", "user"}), False),
         }
         assert [r.condition_text for r in table.conditional] == ["owner"]
 

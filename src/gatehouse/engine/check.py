@@ -60,28 +60,30 @@ def validate_request(
     return object_key(subject_type, subject_id), object_key(resource_type, resource_id)
 
 
-def _holds_role(rule: Rule, chain: Mapping[str, str], index: GraphIndex, subject: str) -> bool:
-    forward = index.forward
+def _holds_role(rule: Rule, resource_type: str, resource: str, up: Mapping[str, str],
+                held: Mapping[str, Any] | None) -> bool:
+    if held is None:
+        return False
     for ref in rule.roles:
-        anc = chain.get(ref.type)
+        anc = resource if ref.type == resource_type else up.get(ref.type)
         if anc is not None:
-            rels = forward.get(anc)
-            if rels is not None:
-                holders = rels.get(ref.relation)
-                if holders is not None and subject in holders:
-                    return True
+            on = held.get(anc)
+            if on is not None and ref.relation in on:
+                return True
     return False
 
 
 def _applies(
     rule: Rule,
-    chain: Mapping[str, str],
+    resource_type: str,
+    up: Mapping[str, str],
+    held: Mapping[str, Any] | None,
     index: GraphIndex,
     subject: str,
     resource: str,
     context: Mapping[str, Any],
 ) -> bool:
-    if rule.roles and not _holds_role(rule, chain, index, subject):
+    if rule.roles and not _holds_role(rule, resource_type, resource, up, held):
         return False
     cond = rule.condition
     return cond is None or cond(subject, resource, index, context) is True
@@ -98,26 +100,25 @@ def check(
 ) -> bool:
     """True if allowed. Keys are ``type:id``; the request must be validated."""
     table = policy.tables[resource_type].get(action)
-    chain = index.chains.get(resource)
-    if table is None or chain is None:
+    up = index.up.get(resource)
+    if table is None or up is None:
         return False
+    held = index.held.get(subject)
+    if held is None:
+        return False  # every grant needs a role, and the subject holds none
     ctx = context if context is not None else _NO_CONTEXT
     try:
         for rule in table.denies:
-            if _applies(rule, chain, index, subject, resource, ctx):
+            if _applies(rule, resource_type, up, held, index, subject, resource, ctx):
                 return False
-        forward = index.forward
-        for anc_type, relations in table.direct:
-            anc = chain.get(anc_type)
+        for anc_type, relations, is_self in table.direct:
+            anc = resource if is_self else up.get(anc_type)
             if anc is not None:
-                rels = forward.get(anc)
-                if rels is not None:
-                    for relation in relations:
-                        holders = rels.get(relation)
-                        if holders is not None and subject in holders:
-                            return True
+                on = held.get(anc)
+                if on is not None and not relations.isdisjoint(on):
+                    return True
         for rule in table.conditional:
-            if _applies(rule, chain, index, subject, resource, ctx):
+            if _applies(rule, resource_type, up, held, index, subject, resource, ctx):
                 return True
     except Exception:  # a condition blew up: never allow because of an error
         return False
@@ -131,7 +132,8 @@ class Explanation:
     trace: list[str] = field(default_factory=list)
 
 
-def _roles_held(rule: Rule, chain: Mapping[str, str], index: GraphIndex, subject: str) -> list[str]:
+def _roles_held(rule: Rule, chain: Mapping[str, str], index: GraphIndex,
+                subject: str) -> list[str]:
     held = []
     for ref in rule.roles:
         anc = chain.get(ref.type)
@@ -156,7 +158,7 @@ def explain(
     ctx = context if context is not None else _NO_CONTEXT
     head = f"{subject} {action} {resource}"
     table = policy.tables[resource_type].get(action)
-    chain = index.chains.get(resource)
+    chain = index.chain(resource)
     if table is None or chain is None:
         return Explanation(False, f"deny: {resource} is not in the graph", [head])
     trace = [head, "ancestors: " + " -> ".join(chain.values())]

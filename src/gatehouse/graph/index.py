@@ -1,17 +1,28 @@
 """The in-memory index of the graph that every decision reads.
 
-It holds forward edges (object -> relation -> subjects), reverse edges
-(subject -> relation -> objects), attributes, and each object's ancestor
-chain as a ``{type: ancestor key}`` mapping that includes the object itself,
-so that "which workspace is this flow in?" is one dict look-up on the hot
-path. It is mutated only by :meth:`apply`, from the single event-loop
-thread, so a decision (which never awaits) always sees one revision.
+Layout, chosen for the hot path and for memory:
+
+* ``forward[obj][relation]`` — the subjects holding ``relation`` on ``obj``;
+* ``held[subject][obj]`` — the relations ``subject`` holds on ``obj``, so a
+  role check is "does any of these relations appear here?" after one look-up
+  per ancestor;
+* ``up[obj]`` — ``{type: ancestor key}`` for the object's ancestors (not the
+  object itself). All children of one parent share one such mapping, so a
+  workspace with 5,000 flows stores its lineage once;
+* ``children[obj]`` — objects whose parent is ``obj``, to re-derive lineage
+  when a parent moves.
+
+Small collections (most relations have one subject) are tuples and become
+sets past a few members; membership tests work the same on both.
+
+The index is mutated only by :meth:`apply`, from the event-loop thread, so a
+decision (which never awaits) sees one revision.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from gatehouse.graph.changes import (
@@ -24,46 +35,91 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.model import Relationship, Snapshot, object_key
 from gatehouse.policy.model import PARENT
 
-_EMPTY: Mapping[str, Any] = {}
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_SMALL = 8
+
+Members = tuple[str, ...] | set[str]
 
 
 def type_of(key: str) -> str:
     return key.partition(":")[0]
 
 
+def _add(table: dict[str, Members], key: str, value: str) -> bool:
+    cur = table.get(key)
+    if cur is None:
+        table[key] = (value,)
+        return True
+    if value in cur:
+        return False
+    if isinstance(cur, tuple):
+        table[key] = (*cur, value) if len(cur) < _SMALL else {*cur, value}
+    else:
+        cur.add(value)
+    return True
+
+
+def _remove(table: dict[str, Members], key: str, value: str) -> bool:
+    cur = table.get(key)
+    if cur is None or value not in cur:
+        return False
+    if isinstance(cur, tuple):
+        rest = tuple(v for v in cur if v != value)
+        if rest:
+            table[key] = rest
+        else:
+            del table[key]
+    else:
+        cur.discard(value)
+        if not cur:
+            del table[key]
+    return True
+
+
 class GraphIndex:
-    """Forward/reverse edges, attributes and ancestor chains at one revision."""
+    """Edges both ways, attributes and lineage at one revision."""
 
     def __init__(self) -> None:
         self.revision = 0
-        self.forward: dict[str, dict[str, set[str]]] = {}
-        self.reverse: dict[str, dict[str, set[str]]] = {}
+        self.forward: dict[str, dict[str, Members]] = {}
+        self.held: dict[str, dict[str, Members]] = {}
         self.attrs: dict[str, dict[str, Any]] = {}
-        self.parents: dict[str, str] = {}
-        self.chains: dict[str, dict[str, str]] = {}
+        self.up: dict[str, Mapping[str, str]] = {}
+        self.children: dict[str, set[str]] = {}
+        self._parent: dict[str, str] = {}
+        self._lineage: dict[str, Mapping[str, str]] = {}
         self.relationship_count = 0
-        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    # -- reading (Facts protocol) -------------------------------------------
+    # -- reading (the Facts protocol and friends) ---------------------------
 
     def attributes(self, key: str) -> Mapping[str, Any]:
         return self.attrs.get(key, _EMPTY)
 
     def holds(self, obj: str, relation: str, subject: str) -> bool:
-        rels = self.forward.get(obj)
+        rels = self.held.get(subject)
         if rels is None:
             return False
-        subjects = rels.get(relation)
-        return subjects is not None and subject in subjects
+        on = rels.get(obj)
+        return on is not None and relation in on
 
     def exists(self, key: str) -> bool:
-        return key in self.chains
+        return key in self.up
+
+    def chain(self, key: str) -> dict[str, str] | None:
+        """``{type: key}`` for the object and its ancestors, nearest first; None if unknown."""
+        up = self.up.get(key)
+        if up is None:
+            return None
+        return {type_of(key): key, **up}
+
+    def parent(self, key: str) -> str | None:
+        return self._parent.get(key)
 
     def subjects(self, obj: str, relation: str) -> frozenset[str]:
         return frozenset(self.forward.get(obj, {}).get(relation, ()))
 
     def objects(self, subject: str, relation: str) -> frozenset[str]:
-        return frozenset(self.reverse.get(subject, {}).get(relation, ()))
+        return frozenset(o for o, rels in self.held.get(subject, {}).items() if relation in rels)
 
     # -- building -----------------------------------------------------------
 
@@ -78,7 +134,7 @@ class GraphIndex:
         return index
 
     def apply(self, changes: Iterable[Change]) -> None:
-        """Apply changes in revision order; older revisions are skipped."""
+        """Apply changes in revision order; revisions already applied are skipped."""
         for change in changes:
             if change.revision <= self.revision:
                 continue
@@ -93,97 +149,87 @@ class GraphIndex:
                     self.attrs.pop(op.ref.key, None)
                     self._forget_if_unused(op.ref.key)
             self.revision = change.revision
-        self._wake()
 
     def _ensure(self, key: str) -> None:
-        if key not in self.chains:
-            self.chains[key] = {type_of(key): key}
+        if key not in self.up:
+            self.up[key] = _EMPTY
 
     def _put_object(self, key: str, attributes: dict[str, Any]) -> None:
         self.attrs[key] = attributes
         self._ensure(key)
 
     def _touch(self, rel: Relationship) -> None:
-        obj, subj = rel.resource.key, rel.subject.key
-        relation = rel.relation
-        subjects = self.forward.setdefault(obj, {}).setdefault(relation, set())
-        if subj in subjects:
+        obj, subj, relation = rel.resource.key, rel.subject.key, rel.relation
+        if not _add(self.forward.setdefault(obj, {}), relation, subj):
             return
-        subjects.add(subj)
-        self.reverse.setdefault(subj, {}).setdefault(relation, set()).add(obj)
+        _add(self.held.setdefault(subj, {}), obj, relation)
         self.relationship_count += 1
         self._ensure(obj)
         self._ensure(subj)
         if relation == PARENT:
-            self.parents[obj] = subj
-            self._rechain(obj)
+            self.children.setdefault(subj, set()).add(obj)
+            self._reparent(obj)
 
     def _delete(self, rel: Relationship) -> None:
-        obj, subj = rel.resource.key, rel.subject.key
-        relation = rel.relation
-        subjects = self.forward.get(obj, {}).get(relation)
-        if subjects is None or subj not in subjects:
+        obj, subj, relation = rel.resource.key, rel.subject.key, rel.relation
+        fwd = self.forward.get(obj)
+        if fwd is None or not _remove(fwd, relation, subj):
             return
-        subjects.discard(subj)
-        if not subjects:
-            del self.forward[obj][relation]
-            if not self.forward[obj]:
-                del self.forward[obj]
-        objs = self.reverse[subj][relation]
-        objs.discard(obj)
-        if not objs:
-            del self.reverse[subj][relation]
-            if not self.reverse[subj]:
-                del self.reverse[subj]
+        if not fwd:
+            del self.forward[obj]
+        held = self.held[subj]
+        _remove(held, obj, relation)
+        if not held:
+            del self.held[subj]
         self.relationship_count -= 1
-        if relation == PARENT and self.parents.get(obj) == subj:
-            del self.parents[obj]
-            self._rechain(obj)
+        if relation == PARENT:
+            kids = self.children.get(subj)
+            if kids is not None:
+                kids.discard(obj)
+                if not kids:
+                    del self.children[subj]
+            self._reparent(obj)
         self._forget_if_unused(obj)
         self._forget_if_unused(subj)
 
     def _forget_if_unused(self, key: str) -> None:
-        if key in self.attrs or key in self.forward or key in self.reverse:
+        if key in self.attrs or key in self.forward or key in self.held:
             return
-        self.chains.pop(key, None)
+        self.up.pop(key, None)
+        self._lineage.pop(key, None)
+        self._parent.pop(key, None)
 
-    def _rechain(self, root: str) -> None:
-        """Recompute the ancestor chains of ``root`` and all its descendants."""
+    def _lineage_of(self, parent: str) -> Mapping[str, str]:
+        """The shared ``up`` mapping for children of ``parent``."""
+        lineage = self._lineage.get(parent)
+        if lineage is None:
+            above = self.up.get(parent, _EMPTY)
+            lineage = MappingProxyType({type_of(parent): parent, **above})
+            self._lineage[parent] = lineage
+        return lineage
+
+    def _reparent(self, root: str) -> None:
+        """Re-derive the lineage of ``root`` and of everything below it."""
         stack = [root]
         seen: set[str] = set()
         while stack:
             key = stack.pop()
-            if key in seen:  # defensive: instance-level cycles are rejected on write
+            if key in seen:  # defensive: instance cycles are refused on write
                 continue
             seen.add(key)
-            chain = {type_of(key): key}
-            parent = self.parents.get(key)
-            if parent is not None:
-                for t, anc in self.chains.get(parent, {type_of(parent): parent}).items():
-                    chain.setdefault(t, anc)
-            self.chains[key] = chain
-            stack.extend(self.reverse.get(key, {}).get(PARENT, ()))
-
-    # -- freshness ----------------------------------------------------------
-
-    async def wait_for(self, revision: int, timeout: float | None) -> bool:
-        """Wait until the index has applied ``revision``; False on timeout."""
-        if self.revision >= revision:
-            return True
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append((revision, fut))
-        try:
-            await asyncio.wait_for(asyncio.shield(fut), timeout)
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            self._waiters = [(r, f) for r, f in self._waiters if f is not fut]
-
-    def _wake(self) -> None:
-        for revision, fut in self._waiters:
-            if revision <= self.revision and not fut.done():
-                fut.set_result(None)
+            parents = self.forward.get(key, {}).get(PARENT, ())
+            # Normally one parent; while a snapshot is being caught up there can
+            # briefly be two. Pick deterministically; the replay settles it.
+            parent = min(parents) if parents else None
+            if parent is None:
+                self._parent.pop(key, None)
+                if key in self.up:
+                    self.up[key] = _EMPTY
+            else:
+                self._parent[key] = parent
+                self.up[key] = self._lineage_of(parent)
+            self._lineage.pop(key, None)  # its children's shared mapping is stale
+            stack.extend(self.children.get(key, ()))
 
 
 def parse_key(key: str) -> tuple[str, str]:

@@ -9,6 +9,7 @@ are hashed once, interned, and compared by identity on the hot path.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,8 +47,6 @@ def validate_id(value: str, field_name: str) -> str:
 
 def object_key(type_: str, id_: str) -> str:
     """The canonical interned key of an object."""
-    import sys
-
     return sys.intern(f"{type_}:{id_}")
 
 

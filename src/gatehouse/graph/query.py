@@ -39,8 +39,8 @@ def _candidates(index: GraphIndex, f: RelationshipFilter) -> Iterator[tuple[str,
                 yield res, relation, subj
     elif f.subject_type and f.subject_id:
         subj = f"{f.subject_type}:{f.subject_id}"
-        for relation, objects in index.reverse.get(subj, {}).items():
-            for res in objects:
+        for res, held in index.held.get(subj, {}).items():
+            for relation in held:
                 yield res, relation, subj
     else:
         for res, relations in index.forward.items():

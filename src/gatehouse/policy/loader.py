@@ -371,7 +371,7 @@ def _tables(
                         direct.setdefault(ref.type, set()).add(ref.relation)
             per_action[sys.intern(action)] = ActionTable(
                 denies=denies,
-                direct=tuple((t, frozenset(rels)) for t, rels in direct.items()),
+                direct=tuple((t, frozenset(rels), t == tname) for t, rels in direct.items()),
                 conditional=tuple(r for r in grants if r.condition is not None),
                 grants=grants,
             )

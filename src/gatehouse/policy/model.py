@@ -99,8 +99,9 @@ class ActionTable:
     """Everything needed to decide one (resource type, action) pair."""
 
     denies: tuple[Rule, ...]
-    # Unconditional grants merged by ancestor type: ((type, relations), ...).
-    direct: tuple[tuple[str, frozenset[str]], ...]
+    # Unconditional grants merged by ancestor type: ((type, relations, is the
+    # resource's own type), ...).
+    direct: tuple[tuple[str, frozenset[str], bool], ...]
     conditional: tuple[Rule, ...]
     # All allow rules in source order, for explanations.
     grants: tuple[Rule, ...]

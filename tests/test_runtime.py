@@ -1,0 +1,55 @@
+"""The runtime: the index follows the store, and reads can wait for a revision."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gatehouse.graph.changes import TouchRelationship
+from gatehouse.graph.memory import MemoryGraphStore
+from gatehouse.graph.model import Relationship
+from gatehouse.policy import load_policy
+from gatehouse.runtime import CheckInput, Consistency, Runtime
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICY = load_policy(ROOT / "policies/coupler")
+
+
+def touch(text: str) -> list[TouchRelationship]:
+    return [TouchRelationship(Relationship.parse(text))]
+
+
+class TestFollowing:
+    def test_wait_for_returns_when_the_follower_applies_the_revision(self) -> None:
+        """A reader waiting for a write's revision wakes once the index has it, and sees it."""
+        async def scenario() -> tuple[bool, bool, bool]:
+            runtime = await Runtime.start(POLICY, MemoryGraphStore())
+            try:
+                too_early = await runtime.wait_for(1, timeout=0.05)
+                waiter = asyncio.create_task(runtime.wait_for(2, timeout=5))
+                await runtime.write(touch("workspace:w#parent@organization:o"))
+                rev = await runtime.write(touch("workspace:w#admin@user:a"))
+                reached = await waiter
+                await runtime.ensure(Consistency("at_least_as_fresh", rev), 5)
+                out = runtime.check(CheckInput("user", "a", "manage_members", "workspace", "w"))
+                return too_early, reached, out.allowed
+            finally:
+                await runtime.close()
+
+        assert asyncio.run(scenario()) == (False, True, True)
+
+    def test_fully_consistent_waits_for_the_store_head(self) -> None:
+        """A fully consistent read answers at or after the store's newest revision."""
+        async def scenario() -> tuple[int, int]:
+            store = MemoryGraphStore()
+            runtime = await Runtime.start(POLICY, store)
+            try:
+                await store.write(touch("workspace:w#parent@organization:o"), (),
+                                  POLICY.write_rules)
+                await runtime.ensure(Consistency("fully_consistent"), 5)
+                return runtime.index.revision, await store.head_revision()
+            finally:
+                await runtime.close()
+
+        index_rev, head = asyncio.run(scenario())
+        assert index_rev == head == 1

@@ -97,7 +97,7 @@ def run(request: pytest.FixtureRequest) -> Callable[..., None]:
 
 
 async def rels_of(store: GraphStore) -> set[str]:
-    return {str(r) for r in (await store.snapshot()).relationships}
+    return {str(r) for r in (await store.snapshot()).all_relationships()}
 
 
 async def refused(store: GraphStore, ops: list[Operation], name: str,
@@ -138,7 +138,7 @@ class TestWrites:
             assert await store.head_revision() == 2
             snap = await store.snapshot()
             assert snap.revision == 2 and snap.epoch
-            assert {str(r) for r in snap.relationships} == {
+            assert {str(r) for r in snap.all_relationships()} == {
                 "workspace:w1#parent@organization:o1", "workspace:w2#parent@organization:o1",
                 "workspace:x1#parent@organization:o2", "flow:f1#parent@workspace:w1",
                 "organization:o1#owner@user:u1"}

@@ -21,6 +21,7 @@ decision (which never awaits) sees one revision.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
@@ -125,11 +126,36 @@ class GraphIndex:
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> GraphIndex:
+        """Build in bulk: all edges first, then every lineage once, top down."""
         index = cls()
+        intern = sys.intern
+        forward, held, up, children = index.forward, index.held, index.up, index.children
+        count = 0
         for record in snapshot.objects:
-            index._put_object(record.ref.key, dict(record.attributes))
-        for rel in snapshot.relationships:
-            index._touch(rel)
+            key = intern(record.ref.key)
+            index.attrs[key] = dict(record.attributes)
+            up.setdefault(key, _EMPTY)
+        for res, relation, subj in snapshot.iter_edges():
+            res, relation, subj = intern(res), intern(relation), intern(subj)
+            if not _add(forward.setdefault(res, {}), relation, subj):
+                continue
+            _add(held.setdefault(subj, {}), res, relation)
+            count += 1
+            up.setdefault(res, _EMPTY)
+            up.setdefault(subj, _EMPTY)
+            if relation == PARENT:
+                children.setdefault(subj, set()).add(res)
+        index.relationship_count = count
+        # Lineage, top down from every object without a parent.
+        stack = [key for key in up if PARENT not in forward.get(key, _EMPTY)]
+        while stack:
+            key = stack.pop()
+            for child in children.get(key, ()):
+                parent = min(forward[child][PARENT])
+                if parent == key:
+                    index._parent[child] = key
+                    up[child] = index._lineage_of(key)
+                    stack.append(child)
         index.revision = snapshot.revision
         return index
 

@@ -37,7 +37,7 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
+from gatehouse.graph.model import ObjectRecord, ObjectRef, Snapshot
 from gatehouse.graph.plan import BatchPlan, StateReader, plan_batch
 from gatehouse.graph.store import ChangelogGap
 from gatehouse.policy.model import WriteRules
@@ -86,17 +86,15 @@ class MemoryGraphStore:
 
     async def snapshot(self) -> Snapshot:
         st = self._state
-        rels = [
-            Relationship(ObjectRef.parse(res), rel, ObjectRef.parse(subj))
-            for (res, rel), subjects in st.forward.items()
-            for subj in subjects
-        ]
+        edges = tuple(
+            (res, rel, subj) for (res, rel), subjects in st.forward.items() for subj in subjects
+        )
         return Snapshot(
             revision=self._revision,
             objects=tuple(ObjectRecord(ObjectRef.parse(k), dict(a))
                           for k, a in sorted(st.objects.items())),
-            relationships=tuple(sorted(rels)),
             epoch=self._epoch,
+            edges=edges,
         )
 
     async def write(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,11 +109,29 @@ class ObjectRecord:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """Every object and relationship of the graph at one revision."""
+    """Every object and relationship of the graph at one revision.
+
+    Relationships come either as values (``relationships``) or, from stores
+    that read them in bulk, as ``(resource key, relation, subject key)``
+    triples (``edges``), which avoids building a million small objects.
+    """
 
     revision: int
     objects: tuple[ObjectRecord, ...]
-    relationships: tuple[Relationship, ...]
+    relationships: tuple[Relationship, ...] = ()
     # Identifies the store's data set; a change means the data was lost or
     # replaced and anything derived from it must be rebuilt.
     epoch: str = ""
+    edges: tuple[tuple[str, str, str], ...] = ()
+
+    def iter_edges(self) -> Iterator[tuple[str, str, str]]:
+        for rel in self.relationships:
+            yield rel.resource.key, rel.relation, rel.subject.key
+        yield from self.edges
+
+    def all_relationships(self) -> list[Relationship]:
+        out = list(self.relationships)
+        for res, relation, subj in self.edges:
+            out.append(Relationship(ObjectRef(*res.split(":", 1)), relation,
+                                    ObjectRef(*subj.split(":", 1))))
+        return sorted(out)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
@@ -41,6 +43,7 @@ from gatehouse.graph.store import ChangelogGap
 from gatehouse.policy.model import Exclusive, MaxSubjects, Unique, WriteRules
 
 CHANGELOG_MAXLEN = 1_000_000
+_NO_RULES = WriteRules({})
 _ERROR = re.compile(r"GH (\w+) (\S+)\t(.*)", re.S)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
@@ -48,12 +51,6 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 def _ref(key: str) -> ObjectRef:
     type_, _, id_ = key.partition(":")
     return ObjectRef(type_, id_)
-
-
-def _rel(text: str) -> Relationship:
-    left, _, subj = text.rpartition("@")
-    res, _, rel = left.rpartition("#")
-    return Relationship(_ref(res), rel, _ref(subj))
 
 
 def _decode_ops(payload: str) -> tuple[Operation, ...]:
@@ -81,14 +78,9 @@ def _encode_op(op: Operation) -> list[str]:
     return ["x", op.ref.key]
 
 
-def _encode_rules(rules: WriteRules, ops: Sequence[Operation]) -> tuple[dict[str, str], list[Any]]:
-    types: set[str] = set()
-    for op in ops:
-        if isinstance(op, TouchRelationship | DeleteRelationship):
-            types.update((op.relationship.resource.type, op.relationship.subject.type))
-        else:
-            types.add(op.ref.type)
-    kinds = {t: rules.scope_kind[t] for t in types if t in rules.scope_kind}
+def _encode_rules(rules: WriteRules) -> str:
+    """The JSON fragment for the script's "kinds" and "cons" (same for every write)."""
+    kinds = dict(rules.scope_kind) or {"": ""}
     cons: list[Any] = []
     for c in rules.constraints:
         if isinstance(c, MaxSubjects):
@@ -97,7 +89,9 @@ def _encode_rules(rules: WriteRules, ops: Sequence[Operation]) -> tuple[dict[str
             cons.append({"k": "un", "n": c.name, "t": c.type, "r": c.relation})
         elif isinstance(c, Exclusive):
             cons.append({"k": "ex", "n": c.name, "l": sorted(c.left), "r": sorted(c.right)})
-    return kinds, cons
+    # cjson decodes [] and {} alike as an empty table; {} keeps "kinds" a map.
+    cons_json = json.dumps(cons, separators=(",", ":")) if cons else "{}"
+    return f'"kinds":{json.dumps(kinds, separators=(",", ":"))},"cons":{cons_json}'
 
 
 def redact(url: str) -> str:
@@ -132,6 +126,7 @@ class RedisGraphStore:
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
         self._script = self.client.register_script(lua)
         self._queue: list[tuple[list[str], asyncio.Future[Any]]] = []
+        self._rules_json: dict[int, tuple[WriteRules, str]] = {}
         self._flush_scheduled = False
 
     @property
@@ -176,23 +171,25 @@ class RedisGraphStore:
         preconditions: Sequence[Precondition] = (),
         rules: WriteRules | None = None,
     ) -> Change:
-        kinds, cons = _encode_rules(rules or WriteRules({}), ops)
-        batch = {
-            "ops": [_encode_op(op) for op in ops],
-            "pre": [[1 if p.must_exist else 0, p.relationship.resource.key,
-                     p.relationship.relation, p.relationship.subject.key]
-                    for p in preconditions],
-            "kinds": kinds or {"": ""},
-            "cons": cons,
-            "maxlen": self.maxlen,
-        }
-        payload = json.dumps(batch, separators=(",", ":"))
-        if not batch["pre"]:
-            payload = payload.replace('"pre":[]', '"pre":{}')
-        if not cons:
-            payload = payload.replace('"cons":[]', '"cons":{}')
+        rules = rules or _NO_RULES
+        cached = self._rules_json.get(id(rules))
+        if cached is None or cached[0] is not rules:
+            if len(self._rules_json) > 8:
+                self._rules_json.clear()
+            cached = (rules, _encode_rules(rules))
+            self._rules_json[id(rules)] = cached
+        dumps = json.dumps
+        ops_json = dumps([_encode_op(op) for op in ops], separators=(",", ":"))
+        pre = [[1 if p.must_exist else 0, p.relationship.resource.key,
+                p.relationship.relation, p.relationship.subject.key]
+               for p in preconditions]
+        pre_json = dumps(pre, separators=(",", ":")) if pre else "{}"
+        payload = (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'
+                   f'"maxlen":{self.maxlen}}}')
         try:
-            rev = await self._call([self.prefix, payload, uuid.uuid4().hex])
+            # The last argument becomes the epoch only if Redis has none (a new or
+            # wiped data set), so it must be fresh every time.
+            rev = await self._call([self.prefix, payload, os.urandom(12).hex()])
         except ResponseError as exc:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:
@@ -247,8 +244,9 @@ class RedisGraphStore:
             epoch = await self.epoch()
             revision = int(await self.client.get(self._k("rev")) or 0)
             scopes = sorted(await self.client.smembers(self._k("scopes")))
-            rels: list[Relationship] = []
+            edges: list[tuple[str, str, str]] = []
             objects: list[ObjectRecord] = []
+            intern = sys.intern
             for i in range(0, len(scopes), 200):
                 pipe = self.client.pipeline(transaction=False)
                 for scope in scopes[i:i + 200]:
@@ -256,12 +254,15 @@ class RedisGraphStore:
                     pipe.hgetall(self._scoped(scope, "objs"))
                 results = await pipe.execute()
                 for j in range(0, len(results), 2):
-                    rels.extend(_rel(text) for text in results[j])
+                    for text in results[j]:
+                        left, _, subj = text.rpartition("@")
+                        res, _, rel = left.rpartition("#")
+                        edges.append((intern(res), intern(rel), intern(subj)))
                     objects.extend(ObjectRecord(_ref(k), json.loads(v))
                                    for k, v in results[j + 1].items())
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
-        return Snapshot(revision, tuple(objects), tuple(rels), epoch)
+        return Snapshot(revision, tuple(objects), (), epoch, tuple(edges))
 
     async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
         log = self._k("log")

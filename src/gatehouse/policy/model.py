@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from types import MappingProxyType
 from typing import Any, Protocol
 
 PARENT = "parent"
@@ -151,6 +152,88 @@ class WriteRules:
     constraints: tuple[Constraint, ...] = ()
 
 
+# -- usage and plans ------------------------------------------------------------
+
+# Metric kinds and what their workspace value is:
+#   count      objects of a type in the workspace (the workspace itself counts 1)
+#   members    distinct identities (a subject attribute, e.g. email) of subjects
+#              holding any of the listed relations on the workspace, plus the
+#              listed organization-level relations (counted in every workspace)
+#   accounts   connected accounts, counted per source type: tenant-based (each
+#              distinct selected tenant), connection-based (each distinct
+#              credential), url-based (each connection)
+#   distinct   distinct values of an attribute over objects of a type in the workspace
+#   recorded   usage events recorded through RecordUsage, aggregated by
+#              count / sum / max / distinct / latest
+# Roll-up to the organization: count, accounts, recorded count/sum/latest sum
+# across workspaces; members and distinct take the distinct union; max takes the max.
+
+METRIC_KINDS = ("count", "members", "accounts", "distinct", "recorded")
+AGGREGATES = ("count", "sum", "max", "distinct", "latest")
+ACCOUNT_KINDS = ("tenant", "connection", "url")
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    name: str
+    kind: str
+    description: str = ""
+    # count / distinct: the object type counted; accounts: the connection type
+    object_type: str = ""
+    # members: the identity attribute of the subject; distinct: the object attribute
+    attribute: str = ""
+    # members: relations on the workspace ("workspace.admin") and on the organization
+    relations: tuple[tuple[str, str], ...] = ()
+    # accounts: attribute names and source type -> kind
+    source_attribute: str = "source_type"
+    credential_attribute: str = "credential_id"
+    tenants_attribute: str = "tenants"
+    source_kinds: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    default_kind: str = "connection"
+    # recorded: how events aggregate; "month" resets each calendar month (UTC)
+    aggregate: str = ""
+    period: str = ""
+    unit: str = ""
+
+    @property
+    def rollup(self) -> str:
+        if self.kind in ("members", "distinct") or self.aggregate == "distinct":
+            return "distinct"
+        if self.aggregate == "max":
+            return "max"
+        return "sum"
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str
+    # metric name -> limit; a metric absent here is unlimited
+    limits: Mapping[str, float]
+    features: frozenset[str]
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageModel:
+    """Plans and metrics of a policy set."""
+
+    metrics: Mapping[str, Metric] = field(default_factory=lambda: MappingProxyType({}))
+    plans: Mapping[str, Plan] = field(default_factory=lambda: MappingProxyType({}))
+    fallback: str | None = None
+    # The organization attribute that names its plan.
+    plan_attribute: str = "plan"
+    tenant_type: str = "organization"
+    workspace_type: str = "workspace"
+
+    def resolve_plan(self, name: Any) -> tuple[Plan | None, bool]:
+        """The plan named, or the fallback (second value True) when unknown or missing."""
+        if isinstance(name, str) and name in self.plans:
+            return self.plans[name], False
+        if self.fallback is not None:
+            return self.plans[self.fallback], True
+        return None, True
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     name: str
@@ -160,3 +243,4 @@ class CompiledPolicy:
     tables: Mapping[str, Mapping[str, ActionTable]]
     files: tuple[str, ...]
     write_rules: WriteRules = WriteRules({})
+    usage: UsageModel = UsageModel()

@@ -12,7 +12,6 @@ acknowledged write survives a crash.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Aborted, FailedPrecondition, GatehouseError, Unavailable
@@ -41,6 +40,7 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
 from gatehouse.graph.store import ChangelogGap
 from gatehouse.policy.model import Exclusive, MaxSubjects, Unique, WriteRules
+from gatehouse.redisscript import PipelinedScript
 
 CHANGELOG_MAXLEN = 1_000_000
 _NO_RULES = WriteRules({})
@@ -124,10 +124,8 @@ class RedisGraphStore:
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
         )
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
-        self._script = self.client.register_script(lua)
-        self._queue: list[tuple[list[str], asyncio.Future[Any]]] = []
+        self._call = PipelinedScript(self.client, lua)
         self._rules_json: dict[int, tuple[WriteRules, str]] = {}
-        self._flush_scheduled = False
 
     @property
     def description(self) -> str:
@@ -199,46 +197,6 @@ class RedisGraphStore:
             ) from exc
         return Change(int(rev), tuple(ops))
 
-    async def _call(self, args: list[str]) -> Any:
-        """Run the write script. Calls made in the same event-loop turn share one
-        pipeline round trip (Redis still runs each script atomically, in order)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, fut))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(lambda: loop.create_task(self._flush()))
-        return await fut
-
-    async def _flush(self) -> None:
-        queue, self._queue = self._queue, []
-        self._flush_scheduled = False
-        try:
-            results = await self._pipeline(queue)
-            if any(_noscript(r) for r in results):
-                await self.client.script_load(self._script.script)
-                retry = [item for item, r in zip(queue, results, strict=True) if _noscript(r)]
-                again = iter(await self._pipeline(retry))
-                results = [next(again) if _noscript(r) else r for r in results]
-        except BaseException as exc:
-            for _, fut in queue:
-                if not fut.done():
-                    fut.set_exception(exc)
-            return
-        for (_, fut), result in zip(queue, results, strict=True):
-            if fut.done():
-                continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
-
-    async def _pipeline(self, items: list[tuple[list[str], asyncio.Future[Any]]]) -> list[Any]:
-        pipe = self.client.pipeline(transaction=False)
-        for args, _ in items:
-            pipe.evalsha(self._script.sha, 0, *args)
-        return list(await pipe.execute(raise_on_error=False))
-
     async def snapshot(self) -> Snapshot:
         try:
             epoch = await self.epoch()
@@ -291,11 +249,6 @@ class RedisGraphStore:
                         after = rev
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
-
-
-def _noscript(result: Any) -> bool:
-    return isinstance(result, NoScriptError) or (
-        isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"))
 
 
 def _script_error(exc: ResponseError) -> GatehouseError:

@@ -34,11 +34,13 @@ from gatehouse.policy.model import (
     RoleRef,
     Rule,
     TypeDef,
+    UsageModel,
 )
 from gatehouse.policy.rules import scope_kinds, write_rules
+from gatehouse.policy.usage import compile_usage
 from gatehouse.sourcemap import SourceMap, load
 
-TOP_KEYS = {"name", "description", "types", "permissions", "constraints"}
+TOP_KEYS = {"name", "description", "types", "permissions", "constraints", "metrics", "plans"}
 TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "attributes",
              "relations"}
 RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
@@ -401,6 +403,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
     type_sources: dict[str, _TypeSrc] = {}
     perm_sections: list[tuple[_Doc, str, Any]] = []
     cons_sections: list[tuple[_Doc, Any]] = []
+    usage_sections: dict[str, tuple[_Doc, Any]] = {}
     for doc in docs:
         for key in sorted(set(doc.data) - TOP_KEYS):
             comp.err(doc, (key,), f"unknown top-level key {key!r} (known: {_known(TOP_KEYS)})",
@@ -429,6 +432,13 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
                         comp.err(doc, path, f"type {tname!r} must be a mapping (use {{}} for none)")
                         continue
                     type_sources[tname] = _TypeSrc(tname, body, doc, path)
+        for section in ("metrics", "plans"):
+            if section in doc.data:
+                if section in usage_sections:
+                    comp.err(doc, (section,), f"{section!r} is already defined in "
+                             f"{usage_sections[section][0].name}", at_key=True)
+                else:
+                    usage_sections[section] = (doc, doc.data[section])
         raw_cons = doc.data.get("constraints")
         if raw_cons is not None:
             cons_sections.append((doc, raw_cons))
@@ -456,6 +466,16 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
                 continue
             seen_constraints[con.name] = doc.name
             constraints.append(con)
+    usage = UsageModel()
+    if usage_sections:
+        docs_by_section = {k: v[0] for k, v in usage_sections.items()}
+
+        def usage_report(path: tuple[str | int, ...], msg: str, at_key: bool) -> None:
+            doc = docs_by_section.get(str(path[0])) or next(iter(docs_by_section.values()))
+            comp.err(doc, path, msg, at_key=at_key)
+
+        usage = compile_usage(types, roots, usage_sections.get("metrics", (None, None))[1],
+                              usage_sections.get("plans", (None, None))[1], usage_report)
     if comp.problems:
         raise PolicyError(comp.problems)
     return CompiledPolicy(
@@ -465,6 +485,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
         subject_types=frozenset(n for n, t in types.items() if t.subject),
         tables=MappingProxyType(_tables(types, rules)),
         write_rules=write_rules(types, tuple(constraints)),
+        usage=usage,
         files=tuple(f for f, _ in sources),
     )
 

@@ -1,0 +1,1 @@
+"""Usage and plans: metrics computed from the graph and recorded events."""

@@ -1,0 +1,78 @@
+"""Recorded usage in Redis: one atomic script per event (dedup + fold).
+
+Keys, per organization (hash tag = the organization key, like the graph's):
+
+  P:{organization:acme}:ev:<event id>   set NX with EX = the dedup window
+  P:{organization:acme}:u:<period>      hash of counters; fields joined by \\x1f:
+      v  <ws> <metric>          number (count, sum, max)
+      d  <ws> <metric> <dim>    "1" (distinct)
+      l  <ws> <metric> <dim>    "<event time> <amount>" (latest)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gatehouse.errors import Unavailable
+from gatehouse.redisscript import PipelinedScript
+from gatehouse.usage.events import Counters, UsageEvent, period_of
+
+SEP = "\x1f"
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+class RedisUsageStore:
+    def __init__(self, url: str, prefix: str = "gh") -> None:
+        self.prefix = prefix
+        self.client: Any = aioredis.from_url(url, decode_responses=True, socket_timeout=10,
+                                             socket_connect_timeout=5, health_check_interval=15)
+        lua = resources.files("gatehouse.usage").joinpath("lua/record.lua").read_text()
+        self._record = PipelinedScript(self.client, lua)
+
+    async def record(self, event: UsageEvent, window_seconds: int) -> bool:
+        m = event.metric
+        args = [self.prefix, event.organization, event.event_id, str(window_seconds),
+                period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
+                _num(event.amount), event.dimension, _num(event.event_time)]
+        try:
+            return bool(await self._record(args))
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+
+    async def counters(self, organization: str, periods: Mapping[str, str]) -> dict[str, Counters]:
+        names = list(periods)
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for period in names:
+                pipe.hgetall(f"{self.prefix}:{{{organization}}}:u:{period}")
+            results = await pipe.execute()
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+        out: dict[str, Counters] = {}
+        for period, fields in zip(names, results, strict=True):
+            c = Counters()
+            for key, value in fields.items():
+                parts = key.split(SEP)
+                if parts[0] == "v" and len(parts) == 3:
+                    c.values[(parts[1], parts[2])] = float(value)
+                elif parts[0] == "d" and len(parts) == 4:
+                    c.distinct.setdefault((parts[1], parts[2]), set()).add(parts[3])
+                elif parts[0] == "l" and len(parts) == 4:
+                    t, _, amount = value.partition(" ")
+                    c.latest.setdefault((parts[1], parts[2]), {})[parts[3]] = \
+                        (float(t), float(amount))
+            out[period] = c
+        return out
+
+    async def close(self) -> None:
+        await self.client.aclose()

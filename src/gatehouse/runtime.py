@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,12 +30,30 @@ from gatehouse.errors import (
 )
 from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
 from gatehouse.graph.index import GraphIndex
-from gatehouse.graph.model import ObjectRef, Relationship
+from gatehouse.graph.model import ObjectRef, Relationship, object_key, validate_id
 from gatehouse.graph.query import RelationshipFilter, read_relationships
 from gatehouse.graph.schema import object_problems, relationship_problem
 from gatehouse.graph.store import ChangelogGap, GraphStore
 from gatehouse.policy.loader import load_policy, policy_files
-from gatehouse.policy.model import CompiledPolicy
+from gatehouse.policy.model import CompiledPolicy, UsageModel
+from gatehouse.usage.compute import UsageReport, UsageView
+from gatehouse.usage.compute import report as usage_report
+from gatehouse.usage.events import (
+    ALL_TIME,
+    DEDUP_WINDOW_SECONDS,
+    FUTURE_SKEW_SECONDS,
+    UsageEvent,
+    UsageStore,
+)
+from gatehouse.usage.limits import (
+    AddMember,
+    ConnectAccount,
+    LimitDecision,
+    Proposal,
+    RecordAmount,
+    check_limit,
+)
+from gatehouse.usage.memory import MemoryUsageStore
 
 log = logging.getLogger("gatehouse.runtime")
 
@@ -49,6 +70,20 @@ class Consistency:
         if not text.isdigit() or len(text) > 20 or int(text) >= 2**64:
             raise InvalidArgument(field, f"{text!r} is not a revision (a decimal uint64)")
         return cls("at_least_as_fresh", int(text))
+
+
+_PERIOD_RE = re.compile(r"\d{4}-(0[1-9]|1[0-2])")
+SEP_CHAR = "\x1f"
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    event_id: str
+    workspace_id: str
+    metric: str
+    amount: float
+    dimension: str = ""
+    event_time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +115,11 @@ class Runtime:
     """
 
     def __init__(self, policy: CompiledPolicy, store: GraphStore, index: GraphIndex, epoch: str,
-                 policy_dir: Path | None = None) -> None:
+                 policy_dir: Path | None = None, usage_store: UsageStore | None = None) -> None:
         self._policy = policy
         self.store = store
+        self.usage_store: UsageStore = usage_store or MemoryUsageStore()
+        self.usage_window = DEDUP_WINDOW_SECONDS
         self.index = index
         self.epoch = epoch
         self.policy_dir = policy_dir
@@ -93,10 +130,11 @@ class Runtime:
 
     @classmethod
     async def start(cls, policy: CompiledPolicy, store: GraphStore,
-                    policy_dir: Path | None = None) -> Runtime:
+                    policy_dir: Path | None = None,
+                    usage_store: UsageStore | None = None) -> Runtime:
         """Build the index from a snapshot and start following the changelog."""
         index, epoch = await cls._snapshot_index(store)
-        runtime = cls(policy, store, index, epoch, policy_dir)
+        runtime = cls(policy, store, index, epoch, policy_dir, usage_store)
         runtime._follower = asyncio.create_task(runtime._follow_loop(), name="index-follower")
         return runtime
 
@@ -106,6 +144,7 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follower
         await self.store.close()
+        await self.usage_store.close()
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -245,6 +284,112 @@ class Runtime:
         start = self.index.revision if after is None else after
         async for change in self.store.follow(start, self.epoch):
             yield change
+
+    # -- usage --------------------------------------------------------------
+
+    def _usage_model(self) -> UsageModel:
+        model = self._policy.usage
+        if not model.metrics:
+            raise FailedPrecondition("usage", f"policy {self._policy.name!r} declares no metrics")
+        return model
+
+    def _organization(self, model: UsageModel, org_id: str, field: str = "organization_id"
+                      ) -> str:
+        validate_id(org_id, field)
+        key = object_key(model.tenant_type, org_id)
+        if not self.index.exists(key):
+            raise NotFound(f"{key} is not in the graph")
+        return key
+
+    def _workspace(self, model: UsageModel, org: str, ws_id: str, field: str) -> str:
+        validate_id(ws_id, field)
+        key = object_key(model.workspace_type, ws_id)
+        if self.index.parent(key) != org:
+            raise NotFound(f"{key} is not a workspace of {org}")
+        return key
+
+    async def _view(self, model: UsageModel, org: str, period: str) -> UsageView:
+        periods = {ALL_TIME: ALL_TIME, period: period}
+        counters = await self.usage_store.counters(org, periods)
+        return UsageView(model, self.index, org, counters, period)
+
+    async def compute_usage(self, org_id: str, ws_id: str = "", metrics: Sequence[str] = (),
+                            period: str = "") -> UsageReport:
+        model = self._usage_model()
+        org = self._organization(model, org_id)
+        ws = self._workspace(model, org, ws_id, "workspace_id") if ws_id else None
+        for i, name in enumerate(metrics):
+            if name not in model.metrics:
+                raise InvalidArgument(f"metrics[{i}]", f"unknown metric {name!r} (declared: "
+                                      f"{', '.join(sorted(model.metrics))})")
+        if period and not _PERIOD_RE.fullmatch(period):
+            raise InvalidArgument("period", f"{period!r} is not a month like 2026-11")
+        period = period or time.strftime("%Y-%m", time.gmtime())
+        revision = self.index.revision
+        view = await self._view(model, org, period)
+        return usage_report(view, ws, revision, metrics or None)
+
+    async def record_usage(self, org_id: str, events: Sequence[EventInput]) -> list[bool]:
+        """Validate every event, then record each once; True marks a duplicate."""
+        model = self._usage_model()
+        if not events:
+            raise InvalidArgument("events", "give at least one event")
+        if len(events) > 1000:
+            raise InvalidArgument("events", f"{len(events)} events; at most 1000 per call")
+        org = self._organization(model, org_id)
+        now = time.time()
+        checked: list[UsageEvent] = []
+        for i, e in enumerate(events):
+            f = f"events[{i}]"
+            if not e.event_id or len(e.event_id) > 200 or not e.event_id.isprintable():
+                raise InvalidArgument(f"{f}.event_id", "is required: 1-200 printable characters")
+            metric = model.metrics.get(e.metric)
+            if metric is None:
+                raise InvalidArgument(f"{f}.metric", f"unknown metric {e.metric!r} (declared: "
+                                      f"{', '.join(sorted(model.metrics))})")
+            if metric.kind != "recorded":
+                raise InvalidArgument(f"{f}.metric", f"{e.metric!r} is computed from the graph "
+                                      f"(kind {metric.kind}); only recorded metrics take events")
+            if not math.isfinite(e.amount) or e.amount < 0:
+                raise InvalidArgument(f"{f}.amount", f"must be a finite number >= 0, not "
+                                      f"{e.amount!r}")
+            if len(e.dimension) > 256 or not e.dimension.isprintable() or SEP_CHAR in e.dimension:
+                raise InvalidArgument(f"{f}.dimension", "at most 256 printable characters")
+            if metric.aggregate == "distinct" and not e.dimension:
+                raise InvalidArgument(f"{f}.dimension", f"{e.metric!r} counts distinct "
+                                      "dimensions; give one")
+            when = e.event_time if e.event_time is not None else now
+            if when > now + FUTURE_SKEW_SECONDS or when < now - self.usage_window:
+                raise InvalidArgument(f"{f}.event_time", "must be within the dedup window "
+                                      f"({self.usage_window // 86400} days) and not in the future")
+            ws = self._workspace(model, org, e.workspace_id, f"{f}.workspace_id")
+            checked.append(UsageEvent(e.event_id, org, ws.partition(":")[2], metric, e.amount,
+                                      e.dimension, when))
+        return [await self.usage_store.record(ev, self.usage_window) for ev in checked]
+
+    async def check_limit(self, org_id: str, proposal: Proposal) -> tuple[LimitDecision, str,
+                                                                         int]:
+        model = self._usage_model()
+        org = self._organization(model, org_id)
+        period = time.strftime("%Y-%m", time.gmtime())
+        if isinstance(proposal, AddMember | ConnectAccount | RecordAmount):
+            ws = self._workspace(model, org, proposal.workspace, "change.workspace_id")
+            proposal = dataclasses.replace(proposal, workspace=ws)
+        if isinstance(proposal, RecordAmount):
+            metric = model.metrics.get(proposal.metric)
+            if metric is None or metric.kind != "recorded":
+                raise InvalidArgument("record.metric", f"{proposal.metric!r} is not a recorded "
+                                      "metric")
+            if not math.isfinite(proposal.amount) or proposal.amount < 0:
+                raise InvalidArgument("record.amount", "must be a finite number >= 0")
+        if isinstance(proposal, AddMember) and not proposal.identity.strip():
+            raise InvalidArgument("add_member.email", "is required")
+        if isinstance(proposal, ConnectAccount) and not proposal.source_type:
+            raise InvalidArgument("connect_account.source_type", "is required")
+        revision = self.index.revision
+        view = await self._view(model, org, period)
+        plan = view.plan.name if view.plan else ""
+        return check_limit(view, proposal), plan, revision
 
     # -- consistency --------------------------------------------------------
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from gatehouse.api.authorization import AuthorizationServicer
 from gatehouse.api.graph import GraphServicer
+from gatehouse.api.usage import UsageServicer
 from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
 from gatehouse.graph.datafile import load_data_file
 from gatehouse.graph.memory import MemoryGraphStore
@@ -22,12 +23,21 @@ from gatehouse.graph.store import GraphStore
 from gatehouse.policy.loader import load_policy
 from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.runtime import Runtime
-from gatehouse.v1 import authorization_pb2, authorization_pb2_grpc, graph_pb2, graph_pb2_grpc
+from gatehouse.usage.events import UsageStore
+from gatehouse.usage.memory import MemoryUsageStore
+from gatehouse.v1 import (
+    authorization_pb2,
+    authorization_pb2_grpc,
+    graph_pb2,
+    graph_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 
 log = logging.getLogger("gatehouse.server")
 
 READ_SERVICES = ("gatehouse.v1.AuthorizationService",)
-WRITE_SERVICES = ("gatehouse.v1.GraphService",)
+WRITE_SERVICES = ("gatehouse.v1.GraphService", "gatehouse.v1.UsageService")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,16 +85,26 @@ def open_store(config: ServerConfig) -> GraphStore:
     return MemoryGraphStore()
 
 
+def open_usage_store(config: ServerConfig) -> UsageStore:
+    if config.redis_url:
+        from gatehouse.usage.redis import RedisUsageStore
+
+        return RedisUsageStore(config.redis_url, config.redis_prefix)
+    return MemoryUsageStore()
+
+
 async def build_runtime(config: ServerConfig) -> Runtime:
     """Load the policy and data (raising PolicyError/DataFileError) and index them."""
     policy = await asyncio.to_thread(load_policy, config.policy_dir)
     store = open_store(config)
+    usage = open_usage_store(config)
     try:
         if config.data_file is not None:
             await load_data(store, policy, config.data_file)
-        return await Runtime.start(policy, store, config.policy_dir)
+        return await Runtime.start(policy, store, config.policy_dir, usage)
     except BaseException:
         await store.close()
+        await usage.close()
         raise
 
 
@@ -102,11 +122,13 @@ class Server:
             AuthorizationServicer(runtime), self.grpc
         )
         graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(runtime), self.grpc)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(runtime), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [
             authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
             graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name,
+            usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

@@ -1,0 +1,116 @@
+"""gatehouse.v1.UsageService: protobuf in, runtime calls, protobuf out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from gatehouse.api import convert
+from gatehouse.api.errors import abort
+from gatehouse.errors import GatehouseError, InvalidArgument
+from gatehouse.runtime import EventInput, Runtime
+from gatehouse.usage.compute import MetricUsage
+from gatehouse.usage.limits import (
+    AddMember,
+    ConnectAccount,
+    CreateWorkspace,
+    Proposal,
+    RecordAmount,
+)
+from gatehouse.v1 import usage_pb2 as pb
+from gatehouse.v1 import usage_pb2_grpc as pb_grpc
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _metric_msg(m: MetricUsage) -> pb.MetricUsage:
+    msg = pb.MetricUsage(name=m.metric.name, value=m.value, over=m.over, unit=m.metric.unit,
+                         description=m.metric.description)
+    if m.limit is not None:
+        msg.limit = m.limit
+    for b in m.breakdown:
+        msg.breakdown.add(dimension=b.dimension, key=b.key, value=b.value)
+    return msg
+
+
+def _proposal(req: pb.CheckLimitRequest) -> Proposal:
+    which = req.WhichOneof("change")
+    if which == "create_workspace":
+        return CreateWorkspace()
+    if which == "add_member":
+        return AddMember(req.add_member.workspace_id, req.add_member.email)
+    if which == "connect_account":
+        c = req.connect_account
+        return ConnectAccount(c.workspace_id, c.source_type, c.credential_id, tuple(c.tenants))
+    if which == "record":
+        r = req.record
+        return RecordAmount(r.metric, r.workspace_id, r.amount, r.dimension)
+    raise InvalidArgument("change", "give one of create_workspace, add_member, "
+                          "connect_account, record")
+
+
+class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def ComputeUsage(
+        self, request: pb.ComputeUsageRequest, context: Context
+    ) -> pb.ComputeUsageResponse:
+        try:
+            await self.runtime.ensure(convert.consistency(request.consistency),
+                                      context.time_remaining())
+            report = await self.runtime.compute_usage(
+                request.organization_id, request.workspace_id, list(request.metrics),
+                request.period)
+        except GatehouseError as exc:
+            await abort(context, exc)
+            raise
+        resp = pb.ComputeUsageResponse(
+            organization_id=request.organization_id, workspace_id=request.workspace_id,
+            plan=report.plan.name if report.plan else "",
+            plan_is_fallback=report.plan_is_fallback,
+            features=sorted(report.plan.features) if report.plan else [],
+            revision=str(report.revision), period=report.period)
+        resp.metrics.extend(_metric_msg(m) for m in report.metrics)
+        return resp
+
+    async def RecordUsage(
+        self, request: pb.RecordUsageRequest, context: Context
+    ) -> pb.RecordUsageResponse:
+        try:
+            events = [
+                EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
+                           (e.event_time.seconds + e.event_time.nanos / 1e9)
+                           if e.HasField("event_time") else None)
+                for e in request.events
+            ]
+            duplicates = await self.runtime.record_usage(request.organization_id, events)
+        except GatehouseError as exc:
+            await abort(context, exc)
+            raise
+        resp = pb.RecordUsageResponse()
+        for e, dup in zip(request.events, duplicates, strict=True):
+            resp.results.add(event_id=e.event_id, duplicate=dup)
+        return resp
+
+    async def CheckLimit(
+        self, request: pb.CheckLimitRequest, context: Context
+    ) -> pb.CheckLimitResponse:
+        try:
+            proposal = _proposal(request)
+            await self.runtime.ensure(convert.consistency(request.consistency),
+                                      context.time_remaining())
+            decision, plan, revision = await self.runtime.check_limit(
+                request.organization_id, proposal)
+        except GatehouseError as exc:
+            await abort(context, exc)
+            raise
+        resp = pb.CheckLimitResponse(allowed=decision.allowed, reason=decision.reason,
+                                     plan=plan, revision=str(revision))
+        for c in decision.checks:
+            item = resp.checks.add(metric=c.metric.name, current=c.current,
+                                   proposed=c.proposed, allowed=c.allowed)
+            if c.limit is not None:
+                item.limit = c.limit
+        return resp

@@ -36,7 +36,7 @@ from gatehouse.graph.schema import object_problems, relationship_problem
 from gatehouse.graph.store import ChangelogGap, GraphStore
 from gatehouse.policy.loader import load_policy, policy_files
 from gatehouse.policy.model import CompiledPolicy, UsageModel
-from gatehouse.usage.compute import UsageReport, UsageView
+from gatehouse.usage.compute import UsageReport, UsageView, WorkspaceFacts, workspace_facts
 from gatehouse.usage.compute import report as usage_report
 from gatehouse.usage.events import (
     ALL_TIME,
@@ -120,6 +120,8 @@ class Runtime:
         self.store = store
         self.usage_store: UsageStore = usage_store or MemoryUsageStore()
         self.usage_window = DEDUP_WINDOW_SECONDS
+        # workspace key -> ((index generation, policy version, workspace version), facts)
+        self._facts_cache: dict[str, tuple[tuple[int, str, int], WorkspaceFacts]] = {}
         self.index = index
         self.epoch = epoch
         self.policy_dir = policy_dir
@@ -311,7 +313,21 @@ class Runtime:
     async def _view(self, model: UsageModel, org: str, period: str) -> UsageView:
         periods = {ALL_TIME: ALL_TIME, period: period}
         counters = await self.usage_store.counters(org, periods)
-        return UsageView(model, self.index, org, counters, period)
+        index, version = self.index, self._policy.version
+        cache = self._facts_cache
+        if len(cache) > 200_000:
+            cache.clear()
+
+        def facts(ws: str) -> WorkspaceFacts:
+            stamp = (index.generation, version, index.version(ws))
+            hit = cache.get(ws)
+            if hit is not None and hit[0] == stamp:
+                return hit[1]
+            fresh = workspace_facts(model, index, ws)
+            cache[ws] = (stamp, fresh)
+            return fresh
+
+        return UsageView(model, index, org, counters, period, facts)
 
     async def compute_usage(self, org_id: str, ws_id: str = "", metrics: Sequence[str] = (),
                             period: str = "") -> UsageReport:

@@ -306,3 +306,35 @@ class TestCheckLimit:
                                                       metrics=["bogus"]))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.details().startswith("metrics[0]:")
+
+
+class TestFreshness:
+    def test_usage_follows_graph_writes(self, usage: pb_grpc.UsageServiceStub,
+                                        graph: gpb_grpc.GraphServiceStub) -> None:
+        """Usage read at a write's revision reflects it: a new flow's destination, a
+        member's changed email, a removed connection."""
+        before = compute(usage, "acct")
+        flow = gpb.ObjectUpdate(operation=gpb.ObjectUpdate.OPERATION_PUT,
+                                object=ref(f"data_flow:fresh-{uuid.uuid4().hex[:6]}"))
+        flow.attributes.update({"destination_type": f"dest-{uuid.uuid4().hex[:6]}"})
+        graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[update(
+            f"{flow.object.type}:{flow.object.id}#parent@workspace:engineering")]))
+        w = graph.WriteObjects(gpb.WriteObjectsRequest(updates=[flow]))
+        after = compute(usage, "acct", at=w.revision)
+        assert after["destination_types"].value == before["destination_types"].value + 1
+
+        ex_before = compute(usage, "example")["users"].value
+        alias = gpb.ObjectUpdate(operation=gpb.ObjectUpdate.OPERATION_PUT,
+                                 object=ref("user:user1-alias"))
+        alias.attributes.update({"email": f"someone-else-{uuid.uuid4().hex[:4]}@example.com"})
+        w = graph.WriteObjects(gpb.WriteObjectsRequest(updates=[alias]))
+        assert compute(usage, "example", at=w.revision)["users"].value == ex_before + 1
+        alias.attributes.update({"email": "user1@example.com"})
+        w = graph.WriteObjects(gpb.WriteObjectsRequest(updates=[alias]))
+        assert compute(usage, "example", at=w.revision)["users"].value == ex_before
+
+        w = graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[update(
+            "connection:e-csv-2#parent@workspace:engineering",
+            gpb.RelationshipUpdate.OPERATION_DELETE)]))
+        now = compute(usage, "acct", at=w.revision)
+        assert breakdown(now["accounts"], "source_type")["csv"] == 1

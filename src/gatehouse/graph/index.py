@@ -21,6 +21,7 @@ decision (which never awaits) sees one revision.
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
@@ -37,6 +38,7 @@ from gatehouse.graph.model import Relationship, Snapshot, object_key
 from gatehouse.policy.model import PARENT
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
+_GENERATIONS = itertools.count(1)
 _SMALL = 8
 
 Members = tuple[str, ...] | set[str]
@@ -81,6 +83,9 @@ class GraphIndex:
     """Edges both ways, attributes and lineage at one revision."""
 
     def __init__(self) -> None:
+        # Distinguishes this index from any other built in this process (caches
+        # of derived values key on it; object ids may be reused).
+        self.generation = next(_GENERATIONS)
         self.revision = 0
         self.forward: dict[str, dict[str, Members]] = {}
         self.held: dict[str, dict[str, Members]] = {}
@@ -90,6 +95,9 @@ class GraphIndex:
         self._parent: dict[str, str] = {}
         self._lineage: dict[str, Mapping[str, str]] = {}
         self.relationship_count = 0
+        # key -> the revision at which it, something below it, or an attribute of
+        # one of its members last changed (for caches of derived values, e.g. usage).
+        self.versions: dict[str, int] = {}
 
     # -- reading (the Facts protocol and friends) ---------------------------
 
@@ -115,6 +123,10 @@ class GraphIndex:
 
     def parent(self, key: str) -> str | None:
         return self._parent.get(key)
+
+    def version(self, key: str) -> int:
+        """The revision at which ``key``'s subtree last changed (0 if never since start)."""
+        return self.versions.get(key, 0)
 
     def subjects(self, obj: str, relation: str) -> frozenset[str]:
         return frozenset(self.forward.get(obj, {}).get(relation, ()))
@@ -164,17 +176,36 @@ class GraphIndex:
         for change in changes:
             if change.revision <= self.revision:
                 continue
+            rev = change.revision
             for op in change.ops:
-                if isinstance(op, TouchRelationship):
-                    self._touch(op.relationship)
-                elif isinstance(op, DeleteRelationship):
-                    self._delete(op.relationship)
+                if isinstance(op, TouchRelationship | DeleteRelationship):
+                    key = op.relationship.resource.key
+                    self._bump(key, rev)  # its old ancestors ...
+                    if isinstance(op, TouchRelationship):
+                        self._touch(op.relationship)
+                    else:
+                        self._delete(op.relationship)
+                    self._bump(key, rev)  # ... and its new ones
                 elif isinstance(op, PutObject):
                     self._put_object(op.ref.key, dict(op.attributes))
+                    self._bump_member(op.ref.key, rev)
                 elif isinstance(op, DeleteObject):
+                    self._bump_member(op.ref.key, rev)
                     self.attrs.pop(op.ref.key, None)
                     self._forget_if_unused(op.ref.key)
-            self.revision = change.revision
+            self.revision = rev
+
+    def _bump(self, key: str, rev: int) -> None:
+        versions = self.versions
+        versions[key] = rev
+        for anc in self.up.get(key, _EMPTY).values():
+            versions[anc] = rev
+
+    def _bump_member(self, key: str, rev: int) -> None:
+        """An object's attributes changed: so did everything it holds a relation on."""
+        self._bump(key, rev)
+        for obj in self.held.get(key, _EMPTY):
+            self._bump(obj, rev)
 
     def _ensure(self, key: str) -> None:
         if key not in self.up:

@@ -4,13 +4,18 @@ Workspace values follow each metric's kind (see ``gatehouse.policy.model``);
 organization values roll the workspaces up: sums for counts, accounts and
 recorded sums/counts/latest; the distinct union for members and distinct
 values (so a person in three workspaces is one user); the max for maxima.
+
+Everything a workspace contributes is gathered in one pass over its
+descendants into :class:`WorkspaceFacts`, which callers may cache by the
+index's per-object version: an organization of 1,000 workspaces then only
+recomputes the workspaces that changed.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gatehouse.graph.index import GraphIndex, type_of
@@ -48,6 +53,23 @@ class UsageReport:
     period: str
 
 
+@dataclass(slots=True)
+class AccountFacts:
+    per_source: Counter[str] = field(default_factory=Counter)
+    tenants: set[tuple[str, str]] = field(default_factory=set)
+    credentials: set[tuple[str, str]] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class WorkspaceFacts:
+    """What one workspace contributes to every graph-derived metric."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    identities: dict[str, frozenset[str]] = field(default_factory=dict)
+    accounts: dict[str, AccountFacts] = field(default_factory=dict)
+    distinct: dict[str, frozenset[Any]] = field(default_factory=dict)
+
+
 def _id(key: str) -> str:
     return key.partition(":")[2]
 
@@ -59,79 +81,97 @@ def _identity(index: GraphIndex, subject: str, attribute: str) -> str:
     return subject  # no such attribute: the subject itself is the identity
 
 
+def identities(index: GraphIndex, metric: Metric, holder_type: str, holder: str) -> set[str]:
+    out: set[str] = set()
+    for type_, relation in metric.relations:
+        if type_ == holder_type:
+            for subject in index.forward.get(holder, {}).get(relation, ()):
+                out.add(_identity(index, subject, metric.attribute))
+    return out
+
+
+def workspace_facts(model: UsageModel, index: GraphIndex, ws: str) -> WorkspaceFacts:
+    """One pass over the workspace's descendants for all graph metrics."""
+    facts = WorkspaceFacts()
+    by_type: dict[str, list[Metric]] = {}
+    for m in model.metrics.values():
+        if m.kind in ("accounts", "distinct"):
+            by_type.setdefault(m.object_type, []).append(m)
+            if m.kind == "accounts":
+                facts.accounts[m.name] = AccountFacts()
+        elif m.kind == "members":
+            facts.identities[m.name] = frozenset(
+                identities(index, m, model.workspace_type, ws))
+    values: dict[str, set[Any]] = {m.name: set() for ms in by_type.values() for m in ms
+                                   if m.kind == "distinct"}
+    attributes = index.attributes
+    children = index.children
+    stack = list(children.get(ws, ()))
+    while stack:
+        key = stack.pop()
+        t = type_of(key)
+        facts.counts[t] += 1
+        for m in by_type.get(t, ()):
+            attrs = attributes(key)
+            if m.kind == "distinct":
+                v = attrs.get(m.attribute)
+                if v is not None and v != "":
+                    values[m.name].add(v if not isinstance(v, list) else tuple(v))
+                continue
+            acc = facts.accounts[m.name]
+            source = attrs.get(m.source_attribute)
+            source = source if isinstance(source, str) and source else "unknown"
+            kind = m.source_kinds.get(source, m.default_kind)
+            if kind == "tenant":
+                for tenant in attrs.get(m.tenants_attribute) or ():
+                    if (source, tenant) not in acc.tenants:
+                        acc.tenants.add((source, tenant))
+                        acc.per_source[source] += 1
+            elif kind == "connection":
+                cred = attrs.get(m.credential_attribute) or key
+                if (source, cred) not in acc.credentials:
+                    acc.credentials.add((source, cred))
+                    acc.per_source[source] += 1
+            else:
+                acc.per_source[source] += 1
+        kids = children.get(key)
+        if kids:
+            stack.extend(kids)
+    facts.distinct = {name: frozenset(v) for name, v in values.items()}
+    return facts
+
+
+FactsSource = Callable[[str], WorkspaceFacts]
+
+
 class UsageView:
     """Everything one organization's usage is computed from."""
 
     def __init__(self, model: UsageModel, index: GraphIndex, org: str,
-                 counters: Mapping[str, Counters], period: str) -> None:
+                 counters: Mapping[str, Counters], period: str,
+                 facts: FactsSource | None = None) -> None:
         self.model = model
         self.index = index
         self.org = org
         self.counters = counters
         self.period = period
+        self._facts = facts or (lambda ws: workspace_facts(model, index, ws))
         attrs = index.attributes(org)
         self.plan, self.plan_is_fallback = model.resolve_plan(attrs.get(model.plan_attribute))
         self.workspaces = sorted(
             k for k in index.children.get(org, ()) if type_of(k) == model.workspace_type)
 
-    # -- per-workspace facts -------------------------------------------------
+    def facts(self, ws: str) -> WorkspaceFacts:
+        return self._facts(ws)
 
-    def descendants(self, key: str, type_: str) -> Iterator[str]:
-        stack = list(self.index.children.get(key, ()))
-        while stack:
-            k = stack.pop()
-            if type_of(k) == type_:
-                yield k
-            stack.extend(self.index.children.get(k, ()))
+    def org_identities(self, metric: Metric) -> set[str]:
+        return identities(self.index, metric, self.model.tenant_type, self.org)
 
-    def identities(self, metric: Metric, ws: str | None) -> set[str]:
-        out: set[str] = set()
-        index = self.index
-        for type_, relation in metric.relations:
-            holder = self.org if type_ == self.model.tenant_type else ws
-            if holder is None:
-                continue
-            for subject in index.forward.get(holder, {}).get(relation, ()):
-                out.add(_identity(index, subject, metric.attribute))
-        return out
-
-    def accounts(self, metric: Metric, ws: str) -> Counter[str]:
-        """Accounts per source type in one workspace."""
-        return self.account_keys(metric, ws)[0]
-
-    def account_keys(self, metric: Metric, ws: str
-                     ) -> tuple[Counter[str], set[tuple[str, str]], set[tuple[str, str]]]:
-        """Per source type counts, and the (source, tenant) and (source, credential)
-        pairs already counted in one workspace."""
-        tenants: set[tuple[str, str]] = set()
-        credentials: set[tuple[str, str]] = set()
-        per_source: Counter[str] = Counter()
-        for conn in self.descendants(ws, metric.object_type):
-            attrs = self.index.attributes(conn)
-            source = attrs.get(metric.source_attribute)
-            source = source if isinstance(source, str) and source else "unknown"
-            kind = metric.source_kinds.get(source, metric.default_kind)
-            if kind == "tenant":
-                for tenant in attrs.get(metric.tenants_attribute) or ():
-                    if (source, tenant) not in tenants:
-                        tenants.add((source, tenant))
-                        per_source[source] += 1
-            elif kind == "connection":
-                cred = attrs.get(metric.credential_attribute) or conn
-                if (source, cred) not in credentials:
-                    credentials.add((source, cred))
-                    per_source[source] += 1
-            else:
-                per_source[source] += 1
-        return per_source, tenants, credentials
-
-    def distinct_values(self, metric: Metric, ws: str) -> set[Any]:
-        out = set()
-        for obj in self.descendants(ws, metric.object_type):
-            value = self.index.attributes(obj).get(metric.attribute)
-            if value is not None and value != "":
-                out.add(value)
-        return out
+    def all_identities(self, metric: Metric) -> set[str]:
+        everyone = self.org_identities(metric)
+        for ws in self.workspaces:
+            everyone |= self.facts(ws).identities[metric.name]
+        return everyone
 
     def recorded(self, metric: Metric) -> Counters:
         return self.counters.get(metric_period(metric, self.period), Counters())
@@ -139,45 +179,55 @@ class UsageView:
     # -- metric values -------------------------------------------------------
 
     def workspace_value(self, metric: Metric, ws: str) -> tuple[float, tuple[Breakdown, ...]]:
-        if metric.kind == "count":
+        kind = metric.kind
+        if kind == "count":
             if metric.object_type == self.model.workspace_type:
                 return 1.0, ()
             if metric.object_type == self.model.tenant_type:
                 return 0.0, ()
-            return float(sum(1 for _ in self.descendants(ws, metric.object_type))), ()
-        if metric.kind == "members":
-            return float(len(self.identities(metric, ws))), ()
-        if metric.kind == "accounts":
-            per = self.accounts(metric, ws)
+            return float(self.facts(ws).counts[metric.object_type]), ()
+        if kind == "members":
+            ids = self.facts(ws).identities[metric.name] | self.org_identities(metric)
+            return float(len(ids)), ()
+        if kind == "accounts":
+            per = self.facts(ws).accounts[metric.name].per_source
             return float(sum(per.values())), tuple(
                 Breakdown("source_type", k, float(v)) for k, v in sorted(per.items()))
-        if metric.kind == "distinct":
-            return float(len(self.distinct_values(metric, ws))), ()
+        if kind == "distinct":
+            return float(len(self.facts(ws).distinct[metric.name])), ()
         return self.recorded(metric).value(_id(ws), metric), ()
 
     def org_value(self, metric: Metric) -> tuple[float, tuple[Breakdown, ...]]:
-        per_ws = [(ws, self.workspace_value(metric, ws)) for ws in self.workspaces]
-        by_ws = tuple(Breakdown("workspace", _id(ws), v) for ws, (v, _) in per_ws)
-        if metric.kind == "members":
-            everyone = self.identities(metric, None)
-            for ws in self.workspaces:
-                everyone |= self.identities(metric, ws)
-            return float(len(everyone)), by_ws
-        if metric.kind == "distinct":
-            values: set[Any] = set()
-            for ws in self.workspaces:
-                values |= self.distinct_values(metric, ws)
-            return float(len(values)), by_ws
-        if metric.kind == "count" and metric.object_type == self.model.tenant_type:
+        kind = metric.kind
+        if kind == "count" and metric.object_type == self.model.tenant_type:
             return 1.0, ()
-        if metric.kind == "accounts":
+        if kind == "members":
+            org_ids = self.org_identities(metric)
+            everyone = set(org_ids)
+            parts = []
+            for ws in self.workspaces:
+                ids = self.facts(ws).identities[metric.name]
+                everyone |= ids
+                parts.append(Breakdown("workspace", _id(ws), float(len(ids | org_ids))))
+            return float(len(everyone)), tuple(parts)
+        if kind == "distinct":
+            values: set[Any] = set()
+            parts = []
+            for ws in self.workspaces:
+                mine = self.facts(ws).distinct[metric.name]
+                values |= mine
+                parts.append(Breakdown("workspace", _id(ws), float(len(mine))))
+            return float(len(values)), tuple(parts)
+        if kind == "accounts":
             total: Counter[str] = Counter()
-            for _, (_, parts) in per_ws:
-                for b in parts:
-                    total[b.key] += int(b.value)
-            return float(sum(total.values())), by_ws + tuple(
+            parts = []
+            for ws in self.workspaces:
+                per = self.facts(ws).accounts[metric.name].per_source
+                total.update(per)
+                parts.append(Breakdown("workspace", _id(ws), float(sum(per.values()))))
+            return float(sum(total.values())), tuple(parts) + tuple(
                 Breakdown("source_type", k, float(v)) for k, v in sorted(total.items()))
-        if metric.kind == "recorded":
+        if kind == "recorded":
             # Every workspace that recorded usage this period counts, deleted ones too.
             c = self.recorded(metric)
             recorded_ws = sorted({w for (w, m) in (*c.values, *c.distinct, *c.latest)
@@ -191,7 +241,9 @@ class UsageView:
             if metric.rollup == "max":
                 return max((b.value for b in by_ws), default=0.0), by_ws
             return float(sum(b.value for b in by_ws)), by_ws
-        return float(sum(v for _, (v, _) in per_ws)), by_ws
+        per_ws = [(ws, self.workspace_value(metric, ws)[0]) for ws in self.workspaces]
+        return float(sum(v for _, v in per_ws)), tuple(
+            Breakdown("workspace", _id(ws), v) for ws, v in per_ws)
 
     def limit(self, metric: Metric) -> float | None:
         if self.plan is None:

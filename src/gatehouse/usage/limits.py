@@ -102,15 +102,13 @@ def _proposed(view: UsageView, metric: Metric, p: Proposal) -> Callable[[float],
     if isinstance(p, AddMember):
         if metric.kind != "members":
             return None
-        known = view.identities(metric, None)
-        for ws in view.workspaces:
-            known |= view.identities(metric, ws)
-        new = p.identity.strip().lower() not in known
+        new = p.identity.strip().lower() not in view.all_identities(metric)
         return lambda cur: cur + (1 if new else 0)
     if isinstance(p, ConnectAccount):
         if metric.kind != "accounts":
             return None
-        _, tenants, creds = view.account_keys(metric, p.workspace)
+        acc = view.facts(p.workspace).accounts[metric.name]
+        tenants, creds = acc.tenants, acc.credentials
         kind = metric.source_kinds.get(p.source_type, metric.default_kind)
         if kind == "tenant":
             added = len({t for t in p.tenants if (p.source_type, t) not in tenants})

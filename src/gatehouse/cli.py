@@ -20,6 +20,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gatehouse.server import ServerConfig, serve
 
     logs.configure(args.log_level)
+    if not 0 < args.usage_dedup_days <= 3650:
+        print("gatehouse: --usage-dedup-days must be between 0 and 3650", file=sys.stderr)
+        return 2
     if args.workers != 1 and not args.redis_url:
         print("gatehouse: --workers above 1 needs a shared store (Redis); the memory store "
               "holds one process's data, so run with --workers 1", file=sys.stderr)
@@ -40,6 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         redis_prefix=args.redis_prefix,
         watch_policy=not args.no_watch,
         reuse_port=args.reuse_port,
+        usage_dedup_days=args.usage_dedup_days,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -125,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "GATEHOUSE_REDIS_URL); without it, the ephemeral memory store")
     serve.add_argument("--redis-prefix", default=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gh"),
                        help="key prefix in Redis (env GATEHOUSE_REDIS_PREFIX)")
+    serve.add_argument("--usage-dedup-days", type=float,
+                       default=float(os.environ.get("GATEHOUSE_USAGE_DEDUP_DAYS", "35")),
+                       help="how long a RecordUsage event id is remembered, so a retry never "
+                       "counts twice (env GATEHOUSE_USAGE_DEDUP_DAYS; default 35)")
     serve.add_argument("--reuse-port", action="store_true",
                        help="set SO_REUSEPORT so several processes can share the port")
     serve.add_argument("--workers", type=int, default=1, help="server processes (memory store: 1)")

@@ -36,7 +36,13 @@ from gatehouse.graph.schema import object_problems, relationship_problem
 from gatehouse.graph.store import ChangelogGap, GraphStore
 from gatehouse.policy.loader import load_policy, policy_files
 from gatehouse.policy.model import CompiledPolicy, UsageModel
-from gatehouse.usage.compute import UsageReport, UsageView, WorkspaceFacts, workspace_facts
+from gatehouse.usage.compute import (
+    MetricUsage,
+    UsageReport,
+    UsageView,
+    WorkspaceFacts,
+    workspace_facts,
+)
 from gatehouse.usage.compute import report as usage_report
 from gatehouse.usage.events import (
     ALL_TIME,
@@ -120,6 +126,8 @@ class Runtime:
         self.store = store
         self.usage_store: UsageStore = usage_store or MemoryUsageStore()
         self.usage_window = DEDUP_WINDOW_SECONDS
+        # organization key -> ((index generation, org version, policy version), metrics)
+        self._org_cache: dict[str, tuple[tuple[int, int, str], dict[str, MetricUsage]]] = {}
         # workspace key -> ((index generation, policy version, workspace version), facts)
         self._facts_cache: dict[str, tuple[tuple[int, str, int], WorkspaceFacts]] = {}
         self.index = index
@@ -343,7 +351,27 @@ class Runtime:
         period = period or time.strftime("%Y-%m", time.gmtime())
         revision = self.index.revision
         view = await self._view(model, org, period)
-        return usage_report(view, ws, revision, metrics or None)
+        if ws is not None:
+            return usage_report(view, ws, revision, metrics or None)
+        # Organization level: graph-derived metrics are reused while nothing in the
+        # organization changed; recorded ones are read fresh every time.
+        index = self.index
+        stamp = (index.generation, index.version(org), self._policy.version)
+        cached = self._org_cache.get(org)
+        if cached is None or cached[0] != stamp:
+            graph_metrics = [m.name for m in model.metrics.values() if m.kind != "recorded"]
+            graph_part = usage_report(view, None, revision, graph_metrics).metrics
+            if len(self._org_cache) > 10_000:
+                self._org_cache.clear()
+            cached = (stamp, {m.metric.name: m for m in graph_part})
+            self._org_cache[org] = cached
+        recorded = [m.name for m in model.metrics.values() if m.kind == "recorded"]
+        fresh = {m.metric.name: m
+                 for m in usage_report(view, None, revision, recorded).metrics}
+        chosen = list(metrics) or list(model.metrics)
+        parts = tuple(cached[1].get(n) or fresh[n] for n in chosen)
+        return UsageReport(org, None, view.plan, view.plan_is_fallback, parts, revision,
+                           view.period)
 
     async def record_usage(self, org_id: str, events: Sequence[EventInput]) -> list[bool]:
         """Validate every event, then record each once; True marks a duplicate."""

@@ -50,6 +50,7 @@ class ServerConfig:
     watch_policy: bool = True
     grace_seconds: float = 5.0
     reuse_port: bool = False
+    usage_dedup_days: float = 35.0
 
 
 def _load_order(policy: CompiledPolicy, op: Operation) -> tuple[int, int]:
@@ -101,7 +102,9 @@ async def build_runtime(config: ServerConfig) -> Runtime:
     try:
         if config.data_file is not None:
             await load_data(store, policy, config.data_file)
-        return await Runtime.start(policy, store, config.policy_dir, usage)
+        runtime = await Runtime.start(policy, store, config.policy_dir, usage)
+        runtime.usage_window = int(config.usage_dedup_days * 86400)
+        return runtime
     except BaseException:
         await store.close()
         await usage.close()

@@ -150,3 +150,34 @@ class TestRedisCrash:
         finally:
             server.stop()
             redis.stop()
+
+
+class TestDataFileOnRedis:
+    def test_loading_the_same_data_file_again_changes_nothing(self, tmp_path: Path,
+                                                              redis_server: RedisServer) -> None:
+        """A restart that loads --data again leaves exactly the same relationships."""
+        prefix = f"idem{uuid.uuid4().hex[:6]}"
+        args = ["--policy", "policies/coupler", "--data", "examples/coupler.data.yaml",
+                "--redis-url", redis_server.url, "--redis-prefix", prefix]
+
+        def read_all(server: object) -> list[str]:
+            stub = pb_grpc.GraphServiceStub(server.channel())  # type: ignore[attr-defined]
+            out = []
+            for rtype in ("organization", "workspace", "data_flow", "connection", "dashboard",
+                          "ai_chat"):
+                req = pb.ReadRelationshipsRequest(
+                    filter=pb.RelationshipFilter(resource_type=rtype),
+                    consistency=apb.Consistency(fully_consistent=True))
+                out += [str(m.relationship) for m in stub.ReadRelationships(req)
+                        if m.HasField("relationship")]
+            return sorted(out)
+
+        first = start_server(tmp_path, *args)
+        before = read_all(first)
+        first.stop()
+        second = start_server(tmp_path, *args)
+        try:
+            assert read_all(second) == before
+            assert len(before) == 33
+        finally:
+            second.stop()

@@ -52,7 +52,7 @@ def metrics(resp: pb.ComputeUsageResponse) -> dict[str, pb.MetricUsage]:
 
 
 def breakdown(m: pb.MetricUsage, dimension: str) -> dict[str, float]:
-    return {b.key: b.value for b in m.breakdown if b.dimension == dimension}
+    return dict(m.by_workspace if dimension == "workspace" else m.by_source_type)
 
 
 def compute(usage: pb_grpc.UsageServiceStub, org: str, ws: str = "",
@@ -338,3 +338,52 @@ class TestFreshness:
             gpb.RelationshipUpdate.OPERATION_DELETE)]))
         now = compute(usage, "acct", at=w.revision)
         assert breakdown(now["accounts"], "source_type")["csv"] == 1
+
+
+class TestAggregations:
+    def test_distinct_and_latest_through_a_policy_that_declares_them(
+        self, tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer
+    ) -> None:
+        """`distinct` counts each dimension once across workspaces; `latest` keeps the
+        newest amount per dimension, so a late event never overwrites a newer one."""
+        import shutil
+
+        from tests.conftest import ROOT
+
+        tmp = tmp_path_factory.mktemp("aggs")
+        policy = tmp / "policy"
+        shutil.copytree(ROOT / "policies/coupler", policy, ignore=shutil.ignore_patterns("tests"))
+        text = (policy / "policy.yaml").read_text()
+        text = text.replace("metrics:\n", "metrics:\n  active_sources:\n    recorded: distinct\n"
+                            "  stored_rows:\n    recorded: latest\n", 1)
+        (policy / "policy.yaml").write_text(text)
+        for store in ("memory", "redis"):
+            args = ["--policy", str(policy), "--data", DATA]
+            if store == "redis":
+                args += ["--redis-url", redis_server.url, "--redis-prefix",
+                         f"agg{uuid.uuid4().hex[:6]}"]
+            server = start_server(tmp, *args)
+            try:
+                stub = pb_grpc.UsageServiceStub(server.channel())
+                now = time.time()
+                stub.RecordUsage(pb.RecordUsageRequest(organization_id="example", events=[
+                    event("d1", "a", "active_sources", dim="src-1"),
+                    event("d2", "a", "active_sources", dim="src-1"),
+                    event("d3", "b", "active_sources", dim="src-1"),
+                    event("d4", "b", "active_sources", dim="src-2"),
+                    event("l1", "a", "stored_rows", 100, "table-1", when=now - 60),
+                    event("l2", "a", "stored_rows", 300, "table-1", when=now - 10),
+                    event("l3", "a", "stored_rows", 200, "table-1", when=now - 30),  # late
+                    event("l4", "b", "stored_rows", 50, "table-9", when=now - 5),
+                ]))
+                with pytest.raises(grpc.RpcError) as info:
+                    stub.RecordUsage(pb.RecordUsageRequest(organization_id="example", events=[
+                        event("d5", "a", "active_sources")]))
+                assert info.value.details().startswith("events[0].dimension")
+                got = compute(stub, "example")
+                assert got["active_sources"].value == 2, store
+                assert breakdown(got["active_sources"], "workspace") == {"a": 1, "b": 2}
+                assert got["stored_rows"].value == 350, store
+                assert compute(stub, "example", "a")["stored_rows"].value == 300
+            finally:
+                server.stop()

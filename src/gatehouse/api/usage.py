@@ -24,13 +24,28 @@ from gatehouse.v1 import usage_pb2_grpc as pb_grpc
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
+_MSG_CACHE: dict[int, tuple[MetricUsage, pb.MetricUsage]] = {}
+
+
 def _metric_msg(m: MetricUsage) -> pb.MetricUsage:
+    """The message for ``m``; the runtime reuses unchanged results, and so do we."""
+    hit = _MSG_CACHE.get(id(m))
+    if hit is not None and hit[0] is m:
+        return hit[1]
+    msg = _build_metric_msg(m)
+    if len(_MSG_CACHE) > 10_000:
+        _MSG_CACHE.clear()
+    _MSG_CACHE[id(m)] = (m, msg)
+    return msg
+
+
+def _build_metric_msg(m: MetricUsage) -> pb.MetricUsage:
     msg = pb.MetricUsage(name=m.metric.name, value=m.value, over=m.over, unit=m.metric.unit,
                          description=m.metric.description)
     if m.limit is not None:
         msg.limit = m.limit
-    for b in m.breakdown:
-        msg.breakdown.add(dimension=b.dimension, key=b.key, value=b.value)
+    msg.by_workspace.update(m.breakdown.by_workspace)
+    msg.by_source_type.update(m.breakdown.by_source_type)
     return msg
 
 

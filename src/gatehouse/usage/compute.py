@@ -25,9 +25,14 @@ from gatehouse.usage.events import ALL_TIME, Counters
 
 @dataclass(frozen=True, slots=True)
 class Breakdown:
-    dimension: str  # "workspace" or "source_type"
-    key: str
-    value: float
+    """Where a value comes from: per workspace (organization level) and per
+    source type (accounts)."""
+
+    by_workspace: Mapping[str, float] = field(default_factory=dict)
+    by_source_type: Mapping[str, float] = field(default_factory=dict)
+
+
+NO_BREAKDOWN = Breakdown()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +40,7 @@ class MetricUsage:
     metric: Metric
     value: float
     limit: float | None
-    breakdown: tuple[Breakdown, ...] = ()
+    breakdown: Breakdown = NO_BREAKDOWN
 
     @property
     def over(self) -> bool:
@@ -160,17 +165,25 @@ class UsageView:
         self.plan, self.plan_is_fallback = model.resolve_plan(attrs.get(model.plan_attribute))
         self.workspaces = sorted(
             k for k in index.children.get(org, ()) if type_of(k) == model.workspace_type)
+        self.workspace_ids = [_id(ws) for ws in self.workspaces]
+        self._all: list[WorkspaceFacts] | None = None
 
     def facts(self, ws: str) -> WorkspaceFacts:
         return self._facts(ws)
+
+    def all_facts(self) -> list[WorkspaceFacts]:
+        """Facts of every workspace, in ``self.workspaces`` order (looked up once)."""
+        if self._all is None:
+            self._all = [self._facts(ws) for ws in self.workspaces]
+        return self._all
 
     def org_identities(self, metric: Metric) -> set[str]:
         return identities(self.index, metric, self.model.tenant_type, self.org)
 
     def all_identities(self, metric: Metric) -> set[str]:
         everyone = self.org_identities(metric)
-        for ws in self.workspaces:
-            everyone |= self.facts(ws).identities[metric.name]
+        for facts in self.all_facts():
+            everyone |= facts.identities[metric.name]
         return everyone
 
     def recorded(self, metric: Metric) -> Counters:
@@ -178,72 +191,81 @@ class UsageView:
 
     # -- metric values -------------------------------------------------------
 
-    def workspace_value(self, metric: Metric, ws: str) -> tuple[float, tuple[Breakdown, ...]]:
+    def workspace_value(self, metric: Metric, ws: str) -> tuple[float, Breakdown]:
         kind = metric.kind
         if kind == "count":
             if metric.object_type == self.model.workspace_type:
-                return 1.0, ()
+                return 1.0, NO_BREAKDOWN
             if metric.object_type == self.model.tenant_type:
-                return 0.0, ()
-            return float(self.facts(ws).counts[metric.object_type]), ()
+                return 0.0, NO_BREAKDOWN
+            return float(self.facts(ws).counts[metric.object_type]), NO_BREAKDOWN
         if kind == "members":
             ids = self.facts(ws).identities[metric.name] | self.org_identities(metric)
-            return float(len(ids)), ()
+            return float(len(ids)), NO_BREAKDOWN
         if kind == "accounts":
             per = self.facts(ws).accounts[metric.name].per_source
-            return float(sum(per.values())), tuple(
-                Breakdown("source_type", k, float(v)) for k, v in sorted(per.items()))
+            return float(sum(per.values())), Breakdown(
+                by_source_type={k: float(v) for k, v in sorted(per.items())})
         if kind == "distinct":
-            return float(len(self.facts(ws).distinct[metric.name])), ()
-        return self.recorded(metric).value(_id(ws), metric), ()
+            return float(len(self.facts(ws).distinct[metric.name])), NO_BREAKDOWN
+        return self.recorded(metric).value(_id(ws), metric), NO_BREAKDOWN
 
-    def org_value(self, metric: Metric) -> tuple[float, tuple[Breakdown, ...]]:
+    def org_value(self, metric: Metric) -> tuple[float, Breakdown]:
         kind = metric.kind
         if kind == "count" and metric.object_type == self.model.tenant_type:
-            return 1.0, ()
+            return 1.0, NO_BREAKDOWN
         if kind == "members":
             org_ids = self.org_identities(metric)
             everyone = set(org_ids)
-            parts = []
-            for ws in self.workspaces:
-                ids = self.facts(ws).identities[metric.name]
-                everyone |= ids
-                parts.append(Breakdown("workspace", _id(ws), float(len(ids | org_ids))))
-            return float(len(everyone)), tuple(parts)
+            per_ws: dict[str, float] = {}
+            name = metric.name
+            for ws_id, facts in zip(self.workspace_ids, self.all_facts(), strict=True):
+                ids = facts.identities[name]
+                everyone.update(ids)
+                per_ws[ws_id] = float(len(ids.union(org_ids)) if org_ids else len(ids))
+            return float(len(everyone)), Breakdown(by_workspace=per_ws)
         if kind == "distinct":
             values: set[Any] = set()
-            parts = []
-            for ws in self.workspaces:
-                mine = self.facts(ws).distinct[metric.name]
-                values |= mine
-                parts.append(Breakdown("workspace", _id(ws), float(len(mine))))
-            return float(len(values)), tuple(parts)
+            per_ws = {}
+            for ws_id, facts in zip(self.workspace_ids, self.all_facts(), strict=True):
+                mine = facts.distinct[metric.name]
+                values.update(mine)
+                per_ws[ws_id] = float(len(mine))
+            return float(len(values)), Breakdown(by_workspace=per_ws)
         if kind == "accounts":
-            total: Counter[str] = Counter()
-            parts = []
-            for ws in self.workspaces:
-                per = self.facts(ws).accounts[metric.name].per_source
-                total.update(per)
-                parts.append(Breakdown("workspace", _id(ws), float(sum(per.values()))))
-            return float(sum(total.values())), tuple(parts) + tuple(
-                Breakdown("source_type", k, float(v)) for k, v in sorted(total.items()))
+            total: dict[str, int] = {}
+            per_ws = {}
+            for ws_id, facts in zip(self.workspace_ids, self.all_facts(), strict=True):
+                per = facts.accounts[metric.name].per_source
+                n = 0
+                for source, count in per.items():
+                    total[source] = total.get(source, 0) + count
+                    n += count
+                per_ws[ws_id] = float(n)
+            return float(sum(total.values())), Breakdown(
+                by_workspace=per_ws,
+                by_source_type={k: float(v) for k, v in sorted(total.items())})
         if kind == "recorded":
             # Every workspace that recorded usage this period counts, deleted ones too.
             c = self.recorded(metric)
             recorded_ws = sorted({w for (w, m) in (*c.values, *c.distinct, *c.latest)
                                   if m == metric.name})
-            by_ws = tuple(Breakdown("workspace", w, c.value(w, metric)) for w in recorded_ws)
+            by_ws = {w: c.value(w, metric) for w in recorded_ws}
+            parts = Breakdown(by_workspace=by_ws)
             if metric.rollup == "distinct":
                 union: set[str] = set()
                 for w in recorded_ws:
                     union |= c.members(w, metric)
-                return float(len(union)), by_ws
+                return float(len(union)), parts
             if metric.rollup == "max":
-                return max((b.value for b in by_ws), default=0.0), by_ws
-            return float(sum(b.value for b in by_ws)), by_ws
-        per_ws = [(ws, self.workspace_value(metric, ws)[0]) for ws in self.workspaces]
-        return float(sum(v for _, v in per_ws)), tuple(
-            Breakdown("workspace", _id(ws), v) for ws, v in per_ws)
+                return max(by_ws.values(), default=0.0), parts
+            return float(sum(by_ws.values())), parts
+        if kind == "count" and metric.object_type == self.model.workspace_type:
+            return float(len(self.workspaces)), Breakdown(
+                by_workspace=dict.fromkeys(self.workspace_ids, 1.0))
+        per_ws = {ws_id: self.workspace_value(metric, ws)[0]
+                  for ws_id, ws in zip(self.workspace_ids, self.workspaces, strict=True)}
+        return float(sum(per_ws.values())), Breakdown(by_workspace=per_ws)
 
     def limit(self, metric: Metric) -> float | None:
         if self.plan is None:

@@ -11,6 +11,7 @@ Keys, per organization (hash tag = the organization key, like the graph's):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from importlib import resources
 from typing import Any
@@ -41,11 +42,11 @@ class RedisUsageStore:
 
     async def record(self, event: UsageEvent, window_seconds: int) -> bool:
         m = event.metric
-        args = [self.prefix, event.organization, event.event_id, str(window_seconds),
-                period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
-                _num(event.amount), event.dimension, _num(event.event_time)]
+        fields = [event.organization, event.event_id, str(window_seconds),
+                  period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
+                  _num(event.amount), event.dimension, _num(event.event_time)]
         try:
-            return bool(await self._record(args))
+            return bool(await self._record([self.prefix, json.dumps(fields)]))
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 

@@ -1,10 +1,13 @@
 -- gatehouse: record one usage event, once. Mirrors gatehouse/usage/memory.py.
--- ARGV: prefix, org, event_id, window_seconds, period, workspace, metric,
---       aggregate, amount, dimension, event_time
+-- ARGV[1]: prefix; ARGV[2]: JSON [org, event_id, window_seconds, period,
+--   workspace, metric, aggregate, amount, dimension, event_time] (one
+--   argument, as packing many small arguments costs the client more)
 -- Returns 1 if the event id was already seen within the window (nothing
 -- changed), else 0.
-local P, org, id, window, period = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local ws, metric, agg, amount, dim, t = ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local P = ARGV[1]
+local a = cjson.decode(ARGV[2])
+local org, id, window, period = a[1], a[2], a[3], a[4]
+local ws, metric, agg, amount, dim, t = a[5], a[6], a[7], a[8], a[9], a[10]
 local tag = P .. ":{" .. org .. "}:"
 if not redis.call("SET", tag .. "ev:" .. id, "1", "NX", "EX", window) then
   return 1

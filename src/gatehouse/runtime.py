@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gatehouse import engine
+from gatehouse.engine.listing import list_accessible
 from gatehouse.errors import (
     FailedPrecondition,
     GatehouseError,
@@ -30,7 +31,7 @@ from gatehouse.errors import (
 )
 from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
 from gatehouse.graph.index import GraphIndex
-from gatehouse.graph.model import ObjectRef, Relationship, object_key, validate_id
+from gatehouse.graph.model import ObjectRef, Relationship, object_key, validate_id, validate_type
 from gatehouse.graph.query import RelationshipFilter, read_relationships
 from gatehouse.graph.schema import object_problems, relationship_problem
 from gatehouse.graph.store import ChangelogGap, GraphStore
@@ -101,6 +102,31 @@ class CheckInput:
     resource_id: str
     context: Mapping[str, Any] | None = None
     explain: bool = False
+
+
+MAX_LIST_PAGE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ListInput:
+    subject_type: str
+    subject_id: str
+    resource_type: str
+    action: str
+    within_type: str = ""
+    within_id: str = ""
+    page_size: int = 0
+    after: str | None = None
+    context: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListOutput:
+    ids: list[str]
+    after: str | None
+    complete: bool
+    revision: int
+    policy_version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,6 +493,28 @@ class Runtime:
         allowed = engine.check(policy, index, subject, req.action, req.resource_type, resource,
                                req.context)
         return CheckOutput(allowed, index.revision, policy.version)
+
+    def list_accessible(self, req: ListInput, deadline: float | None) -> ListOutput:
+        """One page of ListAccessible, from one index revision."""
+        policy, index = self._policy, self.index
+        subject, _ = engine.validate_request(
+            policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x")
+        within = None
+        if req.within_type or req.within_id:
+            validate_type(req.within_type, "within.type")
+            validate_id(req.within_id, "within.id")
+            lineage = policy.types[req.resource_type].lineage
+            if req.within_type not in lineage:
+                raise InvalidArgument("within.type", f"{req.within_type!r} is not "
+                                      f"{req.resource_type!r} or one of its ancestors "
+                                      f"({' -> '.join(lineage)})")
+            within = object_key(req.within_type, req.within_id)
+        if req.page_size > MAX_LIST_PAGE:
+            raise InvalidArgument("page_size", f"at most {MAX_LIST_PAGE}")
+        page = list_accessible(policy, index, subject, req.action, req.resource_type,
+                               within=within, after=req.after, limit=req.page_size or 1000,
+                               deadline=deadline, context=req.context)
+        return ListOutput(page.ids, page.after, page.complete, index.revision, policy.version)
 
     def check_many(self, reqs: Sequence[CheckInput]) -> list[CheckOutput | GatehouseError]:
         """Decide each request against one policy and one revision, in order."""

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from gatehouse.api import convert
 from gatehouse.api.errors import abort, to_rpc_status
-from gatehouse.errors import GatehouseError
-from gatehouse.runtime import Runtime
+from gatehouse.errors import GatehouseError, InvalidArgument
+from gatehouse.runtime import Consistency, ListInput, Runtime
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
 MAX_BULK_ITEMS = 1000
+LIST_CHUNK = 1000
+# A page stops after this long (or just before the call's deadline) and says
+# it is incomplete, with a cursor to continue.
+LIST_TIME_BUDGET = 2.0
+
+
+def _query_tag(req: pb.ListAccessibleRequest) -> str:
+    raw = "\0".join((req.subject.type, req.subject.id, req.resource_type, req.action,
+                     req.within.type, req.within.id))
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def _encode_list_cursor(revision: int, after: str, tag: str) -> str:
+    raw = json.dumps([revision, after, tag], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_list_cursor(text: str, tag: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        revision, after, got = json.loads(raw)
+        if not (isinstance(revision, int) and isinstance(after, str) and isinstance(got, str)):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise InvalidArgument("cursor", "is not a cursor this service returned") from None
+    if got != tag:
+        raise InvalidArgument("cursor", "belongs to another listing (subject, resource_type, "
+                              "action and within must stay the same)")
+    return revision, after
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: ignore[misc]
@@ -55,3 +92,40 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             else:
                 item.response.CopyFrom(convert.check_response(result))
         return resp
+
+    async def ListAccessible(
+        self, request: pb.ListAccessibleRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ListAccessibleResponse]:
+        try:
+            tag = _query_tag(request)
+            consistency = convert.consistency(request.consistency)
+            after = None
+            if request.cursor:
+                revision, after = _decode_list_cursor(request.cursor, tag)
+                if consistency.mode == "minimize_latency":
+                    consistency = Consistency("at_least_as_fresh", revision)
+            remaining = context.time_remaining()
+            await self.runtime.ensure(consistency, remaining)
+            budget = LIST_TIME_BUDGET
+            remaining = context.time_remaining()
+            if remaining is not None:
+                budget = min(budget, max(0.0, remaining - 0.05))
+            req = ListInput(
+                request.subject.type, request.subject.id, request.resource_type,
+                request.action, request.within.type, request.within.id, request.page_size,
+                after, MessageToDict(request.context) if request.HasField("context") else None)
+            out = self.runtime.list_accessible(req, time.monotonic() + budget)
+        except GatehouseError as exc:
+            await abort(context, exc)
+            raise
+        ids = out.ids
+        chunks = [ids[i:i + LIST_CHUNK] for i in range(0, len(ids), LIST_CHUNK)] or [[]]
+        for chunk in chunks[:-1]:
+            yield pb.ListAccessibleResponse(resource_ids=chunk)
+        yield pb.ListAccessibleResponse(
+            resource_ids=chunks[-1],
+            next_cursor=_encode_list_cursor(out.revision, out.after, tag)
+            if out.after is not None else "",
+            revision=str(out.revision), complete=out.complete,
+            policy_version=out.policy_version)

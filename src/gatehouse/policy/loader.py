@@ -352,8 +352,19 @@ class _Compiler:
             roles=tuple(roles),
             condition=condition,
             condition_text=text,
+            owner_required=_requires_owner(raw.get("when")),
             source=f"{doc.name}:{line}:{col} {render_path(path)}",
         )
+
+
+def _requires_owner(spec: Any) -> bool:
+    if isinstance(spec, str):
+        return spec.strip() == OWNER
+    if isinstance(spec, list):
+        return any(_requires_owner(x) for x in spec)
+    if isinstance(spec, dict) and len(spec) == 1 and isinstance(spec.get("all"), list):
+        return any(_requires_owner(x) for x in spec["all"])
+    return False
 
 
 def _tables(

@@ -93,6 +93,9 @@ class Rule:
     condition_text: str
     # "policy.yaml:31:7 permissions.data_flow[1]" — where the rule was written.
     source: str
+    # The condition can only hold when the subject owns the resource (`owner`,
+    # alone or inside all/a list): listings then start from what the subject owns.
+    owner_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,9 +27,12 @@ def _serve(args: argparse.Namespace) -> int:
         print("gatehouse: --workers above 1 needs a shared store (Redis); the memory store "
               "holds one process's data, so run with --workers 1", file=sys.stderr)
         return 2
-    if args.workers != 1:
-        print("gatehouse: --workers above 1 is not available yet; run one process per core "
-              "with --reuse-port instead", file=sys.stderr)
+    if args.workers < 1 or args.workers > 64:
+        print("gatehouse: --workers must be between 1 and 64", file=sys.stderr)
+        return 2
+    if args.workers > 1 and args.listen.rsplit(":", 1)[-1] == "0":
+        print("gatehouse: --workers above 1 needs a fixed port to share, not :0",
+              file=sys.stderr)
         return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
@@ -48,6 +51,17 @@ def _serve(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
     try:
+        if args.workers > 1:
+            from gatehouse.workers import run_workers
+
+            # The Redis URL (it may hold a password) goes by environment, not argv.
+            child = ["--listen", args.listen, "--policy", args.policy,
+                     "--redis-prefix", args.redis_prefix, "--reuse-port",
+                     "--log-level", args.log_level,
+                     "--usage-dedup-days", str(args.usage_dedup_days)]
+            if args.no_watch:
+                child.append("--no-watch")
+            return run_workers(config, args.workers, child)
         asyncio.run(serve(config))
     except (PolicyError, DataFileError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
@@ -135,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "counts twice (env GATEHOUSE_USAGE_DEDUP_DAYS; default 35)")
     serve.add_argument("--reuse-port", action="store_true",
                        help="set SO_REUSEPORT so several processes can share the port")
-    serve.add_argument("--workers", type=int, default=1, help="server processes (memory store: 1)")
+    serve.add_argument("--workers", type=int,
+                       default=int(os.environ.get("GATEHOUSE_WORKERS", "1")),
+                       help="server processes sharing the port (SO_REUSEPORT), each with its "
+                       "own index; above 1 needs --redis-url (env GATEHOUSE_WORKERS)")
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -19,4 +19,9 @@ import genproto  # noqa: E402 - needs the path above
 
 genproto.generate()
 
-setup(packages=find_packages(where="src"), package_dir={"": "src"})
+# Namespace discovery also picks up the data folders (lua/) as packages, so
+# their files ship as package data.
+setup(
+    packages=find_namespace_packages(where="src", include=["gatehouse", "gatehouse.*"]),
+    package_dir={"": "src"},
+)

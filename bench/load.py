@@ -146,6 +146,14 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(v[:8]) - v[3] - v[4] - v[7]) / tick, v[7] / tick
+
+
 def self_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -186,11 +194,11 @@ async def run_load(call: Call, payloads: Sequence[bytes], concurrency: int, warm
 
     tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
     await asyncio.sleep(warmup)
-    w0, c0 = time.perf_counter_ns(), self_cpu_seconds()
+    w0, c0, m0 = time.perf_counter_ns(), self_cpu_seconds(), machine_cpu()
     s0 = proc_cpu_seconds(server_pid) if server_pid else 0.0
     errors_before = len(errors)
     await asyncio.sleep(duration)
-    w1, c1 = time.perf_counter_ns(), self_cpu_seconds()
+    w1, c1, m1 = time.perf_counter_ns(), self_cpu_seconds(), machine_cpu()
     s1 = proc_cpu_seconds(server_pid) if server_pid else 0.0
     errors_in_window = len(errors) - errors_before
     stop = True
@@ -208,6 +216,8 @@ async def run_load(call: Call, payloads: Sequence[bytes], concurrency: int, warm
         "p99_ms": percentile(lat, 99) / 1e6,
         "client_cpu_s": c1 - c0,
         "server_cpu_s": (s1 - s0) if server_pid else None,
+        "machine_busy_s": m1[0] - m0[0],  # every process and the kernel, all CPUs
+        "machine_steal_s": m1[1] - m0[1],
         "errors": errors_in_window,
         "first_errors": errors[:3],
     }

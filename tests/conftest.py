@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,16 @@ def start_server(tmp: Path, *args: str, cwd: Path = ROOT) -> ServerProcess:
     )
     wait_serving(address, proc, log_path)
     return ServerProcess(address, proc, log_path)
+
+
+def start_on_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                   store: str, *args: str) -> ServerProcess:
+    """Start a server on the memory store, or on the session's Redis under a fresh prefix."""
+    extra: list[str] = []
+    if store == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        extra = ["--redis-url", redis.url, "--redis-prefix", f"t{uuid.uuid4().hex[:8]}"]
+    return start_server(tmp_path_factory.mktemp(store), *args, *extra)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -13,8 +12,7 @@ from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import authorization_pb2_grpc as apb_grpc
 from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
-from tests.conftest import ServerProcess, start_server
-from tests.redis_server import RedisServer
+from tests.conftest import ServerProcess, start_on_store
 
 
 def ref(text: str) -> apb.ObjectReference:
@@ -47,11 +45,8 @@ def as_text(r: pb.Relationship) -> str:
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
-    args = ["--policy", "policies/coupler", "--data", "examples/coupler.data.yaml"]
-    if request.param == "redis":
-        redis: RedisServer = request.getfixturevalue("redis_server")
-        args += ["--redis-url", redis.url, "--redis-prefix", f"g{uuid.uuid4().hex[:8]}"]
-    proc = start_server(tmp_path_factory.mktemp(f"graph-{request.param}"), *args)
+    proc = start_on_store(request, tmp_path_factory, request.param, "--policy",
+                          "policies/coupler", "--data", "examples/coupler.data.yaml")
     yield proc
     proc.stop()
 

@@ -18,7 +18,7 @@ from gatehouse.v1 import graph_pb2 as gpb
 from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
 from gatehouse.v1 import usage_pb2 as pb
 from gatehouse.v1 import usage_pb2_grpc as pb_grpc
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, start_on_store, start_server
 from tests.e2e.test_graph_service import ref, update
 from tests.redis_server import RedisServer
 
@@ -28,11 +28,8 @@ DATA = "tests/testdata/usage/billing.data.yaml"
 @pytest.fixture(scope="module", params=["memory", "redis"])
 def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[ServerProcess]:
-    args = ["--policy", "policies/coupler", "--data", DATA]
-    if request.param == "redis":
-        redis: RedisServer = request.getfixturevalue("redis_server")
-        args += ["--redis-url", redis.url, "--redis-prefix", f"u{uuid.uuid4().hex[:8]}"]
-    proc = start_server(tmp_path_factory.mktemp(f"usage-{request.param}"), *args)
+    proc = start_on_store(request, tmp_path_factory, request.param, "--policy",
+                          "policies/coupler", "--data", DATA)
     yield proc
     proc.stop()
 

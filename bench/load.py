@@ -139,11 +139,26 @@ def decode(target: str, raw: bytes, msg: Any) -> list[bool | None]:
 # -- measuring ---------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of every thread of ``pid``, in seconds (Linux /proc)."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` and of its live child processes (``--workers``), in
+    seconds (Linux /proc)."""
+    total = 0
+    fields = _stat(pid)
+    total += int(fields[11]) + int(fields[12])
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                child = _stat(int(entry))
+            except OSError:
+                continue
+            if int(child[1]) == pid:
+                total += int(child[11]) + int(child[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def machine_cpu() -> tuple[float, float]:

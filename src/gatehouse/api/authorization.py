@@ -71,8 +71,6 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
     ) -> pb.CheckBulkResponse:
         try:
             if len(request.items) > MAX_BULK_ITEMS:
-                from gatehouse.errors import InvalidArgument
-
                 raise InvalidArgument(
                     "items", f"{len(request.items)} items; at most {MAX_BULK_ITEMS} per call"
                 )
@@ -83,14 +81,21 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             raise
         policy = self.runtime.policy
         results = self.runtime.check_many([convert.check_input(i) for i in request.items])
-        resp = pb.CheckBulkResponse(revision=str(self.runtime.index.revision),
-                                    policy_version=policy.version)
+        revision = str(self.runtime.index.revision)
+        resp = pb.CheckBulkResponse(revision=revision, policy_version=policy.version)
+        add = resp.results.add
+        allow, deny = pb.DECISION_ALLOW, pb.DECISION_DENY
         for result in results:
-            item = resp.results.add()
+            item = add()
             if isinstance(result, GatehouseError):
                 item.error.CopyFrom(to_rpc_status(result))
-            else:
+            elif result.explanation is not None:
                 item.response.CopyFrom(convert.check_response(result))
+            else:  # filled in place: no intermediate message per item
+                r = item.response
+                r.decision = allow if result.allowed else deny
+                r.revision = revision
+                r.policy_version = result.policy_version
         return resp
 
     async def ListAccessible(

@@ -33,22 +33,24 @@ def validate_request(
 
     Raises InvalidArgument naming the field (``subject.type``, ``action``, ...).
     """
-    validate_type(subject_type, prefix + "subject.type")
-    validate_id(subject_id, prefix + "subject.id")
-    validate_type(resource_type, prefix + "resource.type")
-    validate_id(resource_id, prefix + "resource.id")
+    # Names the policy declares are valid by construction: only unknown ones need
+    # the syntax check (which gives the more precise message).
     if subject_type not in policy.subject_types:
+        validate_type(subject_type, prefix + "subject.type")
         raise InvalidArgument(
             prefix + "subject.type",
             f"{subject_type!r} is not a subject type (subject types: "
             f"{', '.join(sorted(policy.subject_types))})",
         )
+    validate_id(subject_id, prefix + "subject.id")
     tdef = policy.types.get(resource_type)
     if tdef is None:
+        validate_type(resource_type, prefix + "resource.type")
         raise InvalidArgument(
             prefix + "resource.type",
             f"unknown type {resource_type!r} (declared: {', '.join(sorted(policy.types))})",
         )
+    validate_id(resource_id, prefix + "resource.id")
     if not action:
         raise InvalidArgument(prefix + "action", "is required")
     if action not in policy.tables[resource_type]:

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _table import print_rows
+
 from gatehouse.engine import check
 from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
 from gatehouse.graph.datafile import load_data_file
@@ -459,12 +461,7 @@ def print_table(results: list[Result], meta: dict[str, Any]) -> None:
                      mib(r.index_bytes), f"{r.index_bytes / r.relationships:,.0f}",
                      f"{r.requests:,}", f"{r.median:,.0f}", f"{1e9 / r.median:,.0f}",
                      f"{100 * r.allow_ratio:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    for j, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(rows)
     print()
     for r in results:
         spread = f"{min(r.runs):,.0f} to {max(r.runs):,.0f}"

@@ -57,6 +57,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _table import print_rows  # noqa: E402 - a sibling module of this script
+
 from bench import dataset  # noqa: E402
 from tests.conftest import free_port, wait_serving  # noqa: E402
 
@@ -427,12 +429,7 @@ def print_table(summary: dict[tuple[str, int], dict[str, Any]], rat: list[dict[s
                      f"{s['p50_ms']:.2f}", f"{s['p99_ms']:.2f}", f"{s['server_cpu_s']:.1f}",
                      f"{s['client_cpu_s']:.1f}", f"{max(0.0, s['other_cpu_s']):.1f}",
                      f"{s['steal_s']:.1f}", f"{s['server_us_per_decision']:,.0f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    for j, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(row, widths, strict=True))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(rows)
     print()
     for r in rat:
         runs = ", ".join(f"{x:.2f}" for x in r["per_round"])

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,12 @@ class CheckOutput:
     explanation: engine.Explanation | None = None
 
 
+class BulkOutput(NamedTuple):
+    results: list[CheckOutput | GatehouseError]
+    revision: int
+    policy_version: str
+
+
 class Runtime:
     """Policy + store + index of one server process.
 
@@ -145,6 +152,11 @@ class Runtime:
     changelog cannot continue (trimmed, or the store lost its data) the index
     is rebuilt from a snapshot and swapped in whole. Decisions read
     ``self.index`` once per request, so each sees one revision.
+
+    Threads: everything here runs on the event loop's thread except
+    ``check``/``check_many``, which the transport also calls from its poll
+    thread. The index changes only under ``index_lock`` (follower), and those
+    two read it under the same lock, so a decision never sees half a change.
     """
 
     def __init__(self, policy: CompiledPolicy, store: GraphStore, index: GraphIndex, epoch: str,
@@ -158,6 +170,7 @@ class Runtime:
         # workspace key -> ((index generation, policy version, workspace version), facts)
         self._facts_cache: dict[str, tuple[tuple[int, str, int], WorkspaceFacts]] = {}
         self.index = index
+        self.index_lock = threading.Lock()
         self.epoch = epoch
         self.policy_dir = policy_dir
         self.store_healthy = True
@@ -219,7 +232,8 @@ class Runtime:
                 self._set_store_health(True)
                 backoff = 0.05
                 async for change in self.store.follow(self.index.revision, self.epoch):
-                    self.index.apply((change,))
+                    with self.index_lock:
+                        self.index.apply((change,))
                     self._advance()
             except ChangelogGap as exc:
                 log.warning("rebuilding the index from a snapshot", extra={"reason": str(exc)})
@@ -229,7 +243,8 @@ class Runtime:
                     self._set_store_health(False)
                     await asyncio.sleep(backoff)
                     continue
-                self.index, self.epoch = index, epoch
+                with self.index_lock:
+                    self.index, self.epoch = index, epoch
                 self._advance()
             except Unavailable as exc:
                 self._set_store_health(False)
@@ -464,6 +479,14 @@ class Runtime:
 
     # -- consistency --------------------------------------------------------
 
+    def fresh_enough(self, consistency: Consistency) -> bool:
+        """Whether the index already answers ``consistency`` without waiting or asking."""
+        if consistency.mode == "minimize_latency":
+            return True
+        if consistency.mode == "fully_consistent":
+            return False
+        return self.index.revision >= consistency.revision
+
     async def ensure(self, consistency: Consistency, timeout: float | None) -> None:
         """Bring the index to the freshness asked for, within ``timeout`` seconds."""
         if consistency.mode == "minimize_latency":
@@ -480,7 +503,12 @@ class Runtime:
 
     # -- decisions ----------------------------------------------------------
 
-    def check(self, req: CheckInput, prefix: str = "") -> CheckOutput:
+    def check(self, req: CheckInput) -> CheckOutput:
+        """One decision; safe to call from any thread."""
+        with self.index_lock:
+            return self._check(req, "")
+
+    def _check(self, req: CheckInput, prefix: str) -> CheckOutput:
         policy = self._policy
         index = self.index
         subject, resource = engine.validate_request(
@@ -517,15 +545,20 @@ class Runtime:
                                deadline=deadline, context=req.context)
         return ListOutput(page.ids, page.after, page.complete, index.revision, policy.version)
 
-    def check_many(self, reqs: Sequence[CheckInput]) -> list[CheckOutput | GatehouseError]:
-        """Decide each request against one policy and one revision, in order."""
+    def check_many(self, reqs: Sequence[CheckInput]) -> BulkOutput:
+        """Decide each request against one policy and one revision, in order.
+
+        Safe to call from any thread; holds the index lock for the whole batch.
+        """
         out: list[CheckOutput | GatehouseError] = []
-        for i, req in enumerate(reqs):
-            try:
-                out.append(self.check(req, prefix=f"items[{i}]."))
-            except GatehouseError as exc:
-                out.append(exc)
-        return out
+        check = self._check
+        with self.index_lock:
+            for i, req in enumerate(reqs):
+                try:
+                    out.append(check(req, f"items[{i}]."))
+                except GatehouseError as exc:
+                    out.append(exc)
+            return BulkOutput(out, self.index.revision, self._policy.version)
 
     # -- policy reload ------------------------------------------------------
 
@@ -579,4 +612,5 @@ class Runtime:
         if new.version != self._policy.version:
             log.info("policy reloaded", extra={"old_version": self._policy.version,
                                                "policy_version": new.version})
-        self._policy = new
+        with self.index_lock:  # a CheckBulk on the poll thread sees one policy throughout
+            self._policy = new

@@ -9,9 +9,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gatehouse.api.authorization import AuthorizationServicer
 from gatehouse.api.graph import GraphServicer
@@ -23,6 +22,7 @@ from gatehouse.graph.store import GraphStore
 from gatehouse.policy.loader import load_policy
 from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.runtime import Runtime
+from gatehouse.transport import CoreServer
 from gatehouse.usage.events import UsageStore
 from gatehouse.usage.memory import MemoryUsageStore
 from gatehouse.v1 import (
@@ -117,13 +117,16 @@ class Server:
     def __init__(self, config: ServerConfig, runtime: Runtime) -> None:
         self.config = config
         self.runtime = runtime
-        self.grpc = grpc.aio.server(
+        self.grpc = CoreServer(
             options=[("grpc.so_reuseport", 1 if config.reuse_port else 0),
                      ("grpc.max_receive_message_length", 8 << 20)]
         )
+        authorization = AuthorizationServicer(runtime)
         authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
-            AuthorizationServicer(runtime), self.grpc
+            authorization, self.grpc
         )
+        self.grpc.add_inline(f"/{READ_SERVICES[0]}/Check", authorization.check_inline)
+        self.grpc.add_inline(f"/{READ_SERVICES[0]}/CheckBulk", authorization.check_bulk_inline)
         graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(runtime), self.grpc)
         usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(runtime), self.grpc)
         self.health = health.aio.HealthServicer()
@@ -135,7 +138,8 @@ class Server:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
-        reflection.enable_server_reflection(names, self.grpc)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(names), self.grpc)
         self.port = self.grpc.add_insecure_port(config.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")

@@ -11,11 +11,13 @@ from typing import Any
 
 import grpc
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import DecodeError
 
 from gatehouse.api import convert
-from gatehouse.api.errors import abort, to_rpc_status
+from gatehouse.api.errors import abort, inline_abort, to_rpc_status, undecodable
 from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.runtime import Consistency, ListInput, Runtime
+from gatehouse.transport import Defer
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -55,34 +57,18 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def Check(
-        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
-    ) -> pb.CheckResponse:
-        try:
-            consistency = convert.consistency(request.consistency)
-            await self.runtime.ensure(consistency, context.time_remaining())
-            return convert.check_response(self.runtime.check(convert.check_input(request)))
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise  # unreachable: abort raises
+    # Check and CheckBulk are answered inline on the transport's poll thread
+    # (check_inline, check_bulk_inline) whenever the index is fresh enough; the
+    # coroutines below serve the calls that must wait for it first.
 
-    async def CheckBulk(
-        self, request: pb.CheckBulkRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
-    ) -> pb.CheckBulkResponse:
-        try:
-            if len(request.items) > MAX_BULK_ITEMS:
-                raise InvalidArgument(
-                    "items", f"{len(request.items)} items; at most {MAX_BULK_ITEMS} per call"
-                )
-            consistency = convert.consistency(request.consistency)
-            await self.runtime.ensure(consistency, context.time_remaining())
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
-        policy = self.runtime.policy
-        results = self.runtime.check_many([convert.check_input(i) for i in request.items])
-        revision = str(self.runtime.index.revision)
-        resp = pb.CheckBulkResponse(revision=revision, policy_version=policy.version)
+    def _check(self, request: pb.CheckRequest) -> pb.CheckResponse:
+        return convert.check_response(self.runtime.check(convert.check_input(request)))
+
+    def _check_bulk(self, request: pb.CheckBulkRequest) -> pb.CheckBulkResponse:
+        results, rev, version = self.runtime.check_many(
+            [convert.check_input(i) for i in request.items])
+        revision = str(rev)
+        resp = pb.CheckBulkResponse(revision=revision, policy_version=version)
         add = resp.results.add
         allow, deny = pb.DECISION_ALLOW, pb.DECISION_DENY
         for result in results:
@@ -97,6 +83,59 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
                 r.revision = revision
                 r.policy_version = result.policy_version
         return resp
+
+    @staticmethod
+    def _bulk_size(request: pb.CheckBulkRequest) -> None:
+        if len(request.items) > MAX_BULK_ITEMS:
+            raise InvalidArgument(
+                "items", f"{len(request.items)} items; at most {MAX_BULK_ITEMS} per call"
+            )
+
+    def check_inline(self, raw: bytes) -> bytes:
+        try:
+            request = pb.CheckRequest.FromString(raw)
+            if not self.runtime.fresh_enough(convert.consistency(request.consistency)):
+                raise Defer
+            return self._check(request).SerializeToString()
+        except GatehouseError as exc:
+            raise inline_abort(exc) from None
+        except DecodeError:
+            raise undecodable() from None
+
+    def check_bulk_inline(self, raw: bytes) -> bytes:
+        try:
+            request = pb.CheckBulkRequest.FromString(raw)
+            self._bulk_size(request)
+            if not self.runtime.fresh_enough(convert.consistency(request.consistency)):
+                raise Defer
+            return self._check_bulk(request).SerializeToString()
+        except GatehouseError as exc:
+            raise inline_abort(exc) from None
+        except DecodeError:
+            raise undecodable() from None
+
+    async def Check(
+        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    ) -> pb.CheckResponse:
+        try:
+            consistency = convert.consistency(request.consistency)
+            await self.runtime.ensure(consistency, context.time_remaining())
+            return self._check(request)
+        except GatehouseError as exc:
+            await abort(context, exc)
+            raise  # unreachable: abort raises
+
+    async def CheckBulk(
+        self, request: pb.CheckBulkRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+    ) -> pb.CheckBulkResponse:
+        try:
+            self._bulk_size(request)
+            consistency = convert.consistency(request.consistency)
+            await self.runtime.ensure(consistency, context.time_remaining())
+        except GatehouseError as exc:
+            await abort(context, exc)
+            raise
+        return self._check_bulk(request)
 
     async def ListAccessible(
         self, request: pb.ListAccessibleRequest,

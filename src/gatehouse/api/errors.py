@@ -14,6 +14,7 @@ from gatehouse.errors import (
     PolicyError,
     Unavailable,
 )
+from gatehouse.transport import Abort
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -38,8 +39,17 @@ def to_rpc_status(exc: GatehouseError) -> status_pb2.Status:
     return status_pb2.Status(code=code.value[0], message=str(exc))
 
 
+def inline_abort(exc: GatehouseError) -> Abort:
+    """The same status, for handlers answering on the transport's poll thread."""
+    return Abort(status_code(exc), str(exc))
+
+
+def undecodable() -> Abort:
+    return Abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid protobuf message")
+
+
 async def abort(context: grpc.aio.ServicerContext, exc: GatehouseError) -> None:  # type: ignore[type-arg]
     await context.abort(status_code(exc), str(exc))
 
 
-__all__ = ["abort", "code_pb2", "status_code", "to_rpc_status"]
+__all__ = ["abort", "code_pb2", "inline_abort", "status_code", "to_rpc_status", "undecodable"]

@@ -7,9 +7,7 @@ import hashlib
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
@@ -17,7 +15,7 @@ from gatehouse.api import convert
 from gatehouse.api.errors import abort, inline_abort, to_rpc_status, undecodable
 from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.runtime import Consistency, ListInput, Runtime
-from gatehouse.transport import Defer
+from gatehouse.transport import Defer, ServicerContext
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -115,7 +113,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             raise undecodable() from None
 
     async def Check(
-        self, request: pb.CheckRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+        self, request: pb.CheckRequest, context: ServicerContext
     ) -> pb.CheckResponse:
         try:
             consistency = convert.consistency(request.consistency)
@@ -126,7 +124,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             raise  # unreachable: abort raises
 
     async def CheckBulk(
-        self, request: pb.CheckBulkRequest, context: grpc.aio.ServicerContext  # type: ignore[type-arg]
+        self, request: pb.CheckBulkRequest, context: ServicerContext
     ) -> pb.CheckBulkResponse:
         try:
             self._bulk_size(request)
@@ -139,7 +137,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
 
     async def ListAccessible(
         self, request: pb.ListAccessibleRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: ServicerContext,
     ) -> AsyncIterator[pb.ListAccessibleResponse]:
         try:
             tag = _query_tag(request)

@@ -14,7 +14,7 @@ from gatehouse.errors import (
     PolicyError,
     Unavailable,
 )
-from gatehouse.transport import Abort
+from gatehouse.transport import Abort, ServicerContext
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -48,7 +48,7 @@ def undecodable() -> Abort:
     return Abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid protobuf message")
 
 
-async def abort(context: grpc.aio.ServicerContext, exc: GatehouseError) -> None:  # type: ignore[type-arg]
+async def abort(context: ServicerContext, exc: GatehouseError) -> None:
     await context.abort(status_code(exc), str(exc))
 
 

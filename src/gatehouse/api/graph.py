@@ -7,7 +7,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
@@ -27,6 +26,7 @@ from gatehouse.graph.model import ObjectRef, Relationship, validate_id, validate
 from gatehouse.graph.query import RelationshipFilter
 from gatehouse.graph.store import ChangelogGap
 from gatehouse.runtime import Consistency, Runtime
+from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
@@ -34,7 +34,7 @@ from gatehouse.v1 import graph_pb2_grpc as pb_grpc
 MAX_BATCH = 1000
 MAX_PAGE = 1000
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = ServicerContext
 
 
 def _ref(msg: apb.ObjectReference, field: str) -> ObjectRef:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
-
 from gatehouse.api import convert
 from gatehouse.api.errors import abort
 from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.runtime import EventInput, Runtime
+from gatehouse.transport import ServicerContext
 from gatehouse.usage.compute import MetricUsage
 from gatehouse.usage.limits import (
     AddMember,
@@ -21,7 +18,7 @@ from gatehouse.usage.limits import (
 from gatehouse.v1 import usage_pb2 as pb
 from gatehouse.v1 import usage_pb2_grpc as pb_grpc
 
-Context = grpc.aio.ServicerContext[Any, Any]
+Context = ServicerContext
 
 
 _MSG_CACHE: dict[int, tuple[MetricUsage, pb.MetricUsage]] = {}

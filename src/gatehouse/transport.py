@@ -64,6 +64,8 @@ _SHUTDOWN = object()
 _RECV_INLINE = 1
 _FINISHED = 2
 _ASYNC = 3
+_RECV_ASYNC = 4
+_CLOSE = 5
 # A deadline this far out means the client set none.
 _NO_DEADLINE = 1e12
 
@@ -103,6 +105,7 @@ class ServicerContext:
         self._details = ""
         self._cancelled = False
         self._done = False
+        self._task: asyncio.Task[None] | None = None
 
     def time_remaining(self) -> float | None:
         if self._deadline >= _NO_DEADLINE:
@@ -217,7 +220,7 @@ class CoreServer:
         assert loop is not None
         timeout_type = cygrpc.CompletionType.queue_timeout
         shutdown_type = cygrpc.CompletionType.queue_shutdown
-        server, request, inline = self._server, _REQUEST, self._inline
+        server, request, inline, handlers = self._server, _REQUEST, self._inline, self._handlers
         while True:
             ev = cq.poll(time.time() + 1.0)
             tag = ev.tag
@@ -238,6 +241,10 @@ class CoreServer:
                     if fn is not None:
                         ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),),
                                                    (_RECV_INLINE, ev, fn))
+                    elif (h := handlers.get(method)) is not None and not h.request_streaming:
+                        # Read the one request here: the loop gets the call once, complete.
+                        ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),),
+                                                   (_RECV_ASYNC, ev))
                     else:
                         loop.call_soon_threadsafe(self._spawn, ev, None)
                 elif tag is _SHUTDOWN:
@@ -250,6 +257,19 @@ class CoreServer:
                         self._answer_inline(tag[1], tag[2], ev)
                     elif kind == _ASYNC:
                         loop.call_soon_threadsafe(_resolve, tag[1], ev)
+                    elif kind == _RECV_ASYNC:
+                        if ev.success:
+                            raw = ev.batch_operations[0].message()
+                            if raw is None:
+                                tag[1].call.start_server_batch(_no_request_ops(), (_FINISHED,))
+                            else:
+                                loop.call_soon_threadsafe(self._spawn, tag[1], raw)
+                    elif kind == _CLOSE:
+                        ctx = tag[1]
+                        ctx._done = True
+                        if ev.batch_operations[0].cancelled():
+                            ctx._cancelled = True
+                            loop.call_soon_threadsafe(_cancel, ctx._task)
             except Exception:  # the poll thread must not die
                 log.exception("error handling a completion")
 
@@ -259,8 +279,8 @@ class CoreServer:
             return  # cancelled before the request arrived
         raw = ev.batch_operations[0].message()
         if raw is None:
-            ops = _status_ops(cygrpc.StatusCode.internal,
-                              "a unary method needs exactly one request message", True)
+            call.start_server_batch(_no_request_ops(), (_FINISHED,))
+            return
         else:
             try:
                 ops = _status_ops(_OK, "", True, fn(raw))
@@ -312,40 +332,36 @@ class CoreServer:
             deadline = _NO_DEADLINE
         handler = self._find(method, metadata)
         if handler is None:
-            await self._batch(call, (
+            self._finish_now(call, (
                 *_status_ops(cygrpc.StatusCode.unimplemented, "Method not found!", True),
                 cygrpc.ReceiveCloseOnServerOperation(0)))
             return
         ctx = ServicerContext(self, call, deadline, metadata)
-        task = asyncio.current_task()
-        closed = self._batch(call, (cygrpc.ReceiveCloseOnServerOperation(0),))
-
-        def on_close(fut: asyncio.Future[Any]) -> None:
-            ctx._done = True
-            if fut.cancelled() or fut.exception() is not None:
-                return
-            if fut.result().batch_operations[0].cancelled():
-                ctx._cancelled = True
-                if task is not None and not task.done():
-                    task.cancel()
-
-        closed.add_done_callback(on_close)
+        ctx._task = asyncio.current_task()
+        # Its completion is handled on the poll thread: a cancelled call (client
+        # gone, deadline passed, server stopping) cancels this task.
+        call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(0),), (_CLOSE, ctx))
         try:
             await self._dispatch(call, handler, ctx, raw)
         except asyncio.CancelledError:
             return  # the client went away or the server is stopping: nothing to send
         except Abort as exc:
-            await self._finish(call, ctx, _core_code(exc.code), exc.details)
+            self._finish(call, ctx, _core_code(exc.code), exc.details)
         except Exception as exc:
             log.exception("handler failed", extra={"method": method.decode(errors="replace")})
-            await self._finish(call, ctx, cygrpc.StatusCode.unknown,
+            self._finish(call, ctx, cygrpc.StatusCode.unknown,
                                f"unexpected {type(exc).__name__}")
 
-    async def _finish(self, call: Any, ctx: ServicerContext, code: Any, details: str,
+    def _finish(self, call: Any, ctx: ServicerContext, code: Any, details: str,
                       message: bytes | None = None) -> None:
         ops = _status_ops(code, details, not ctx._initial_sent, message)
         ctx._initial_sent = True
-        await self._batch(call, ops)
+        self._finish_now(call, ops)
+
+    @staticmethod
+    def _finish_now(call: Any, ops: tuple[Any, ...]) -> None:
+        """Send the last batch; nothing waits for it (the call is over either way)."""
+        call.start_server_batch(ops, (_FINISHED,))
 
     async def _receive(self, call: Any) -> bytes | None:
         ev = await self._batch(call, (cygrpc.ReceiveMessageOperation(0),))
@@ -383,7 +399,7 @@ class CoreServer:
             fn: Any = handler.stream_unary if handler.request_streaming else handler.unary_unary
             response = await fn(request, ctx)
             data = serialize(response) if serialize is not None else response
-            await self._finish(call, ctx, _core_code(ctx._code), ctx._details, data)
+            self._finish(call, ctx, _core_code(ctx._code), ctx._details, data)
             return
         fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
         result = fn(request, ctx)
@@ -392,7 +408,7 @@ class CoreServer:
                 await ctx.write(message, serialize)
         else:  # a coroutine that sends with context.write
             await _write_through(ctx, serialize, result)
-        await self._finish(call, ctx, _core_code(ctx._code), ctx._details)
+        self._finish(call, ctx, _core_code(ctx._code), ctx._details)
 
 
 async def _write_through(ctx: ServicerContext, serialize: Callable[[Any], bytes] | None,
@@ -405,6 +421,17 @@ async def _write_through(ctx: ServicerContext, serialize: Callable[[Any], bytes]
 
     ctx.write = write  # type: ignore[method-assign]
     await result
+
+
+def _cancel(task: asyncio.Task[None] | None) -> None:
+    if task is not None and not task.done():
+        task.cancel()
+
+
+def _no_request_ops() -> tuple[Any, ...]:
+    return (*_status_ops(cygrpc.StatusCode.internal,
+                         "a unary method needs exactly one request message", True),
+            cygrpc.ReceiveCloseOnServerOperation(0))
 
 
 def _resolve(fut: asyncio.Future[Any] | None, value: Any) -> None:

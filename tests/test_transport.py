@@ -40,6 +40,9 @@ class Toy:
         self.deadlines.append(context.time_remaining())
         if request == b"abort":
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        if request == b"abort-md":
+            await context.abort(grpc.StatusCode.ABORTED, "raced",
+                                (("x-retry-after", "1"),))
         if request == b"boom":
             raise RuntimeError("bug")
         if request == b"sleep":
@@ -163,6 +166,12 @@ class TestAsync:
             grpc.StatusCode.NOT_FOUND, "no such thing")
         code, details = code_of(lambda: call(channel, "Unary", b"boom"))
         assert code == grpc.StatusCode.UNKNOWN and "RuntimeError" in details
+
+    def test_abort_carries_trailing_metadata(self, channel: grpc.Channel) -> None:
+        with pytest.raises(grpc.RpcError) as err:
+            call(channel, "Unary", b"abort-md")
+        assert err.value.code() == grpc.StatusCode.ABORTED
+        assert ("x-retry-after", "1") in tuple(err.value.trailing_metadata() or ())
 
     def test_deadline_ends_a_slow_call(self, channel: grpc.Channel) -> None:
         t0 = time.monotonic()

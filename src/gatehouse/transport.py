@@ -48,10 +48,12 @@ InlineHandler = Callable[[bytes], bytes]
 class Abort(Exception):
     """End the call with this status (raised by inline handlers and ``context.abort``)."""
 
-    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+    def __init__(self, code: grpc.StatusCode, details: str = "",
+                 trailing_metadata: Sequence[tuple[str, Any]] = ()) -> None:
         super().__init__(details)
         self.code = code
         self.details = details
+        self.trailing_metadata = tuple(trailing_metadata)
 
 
 class Defer(Exception):
@@ -70,14 +72,14 @@ _CLOSE = 5
 _NO_DEADLINE = 1e12
 
 
-def _status_ops(code: Any, details: str, initial: bool,
-                message: bytes | None = None) -> tuple[Any, ...]:
+def _status_ops(code: Any, details: str, initial: bool, message: bytes | None = None,
+                trailing: tuple[tuple[str, Any], ...] | None = None) -> tuple[Any, ...]:
     ops: list[Any] = []
     if initial:
         ops.append(cygrpc.SendInitialMetadataOperation(None, 0))
     if message is not None:
         ops.append(cygrpc.SendMessageOperation(message, 0))
-    ops.append(cygrpc.SendStatusFromServerOperation(None, code, details.encode(), 0))
+    ops.append(cygrpc.SendStatusFromServerOperation(trailing or None, code, details.encode(), 0))
     return tuple(ops)
 
 
@@ -106,6 +108,8 @@ class ServicerContext:
         self._cancelled = False
         self._done = False
         self._task: asyncio.Task[None] | None = None
+        self._trailing: tuple[tuple[str, Any], ...] = ()
+        self._serializer: Callable[[Any], bytes] | None = None
 
     def time_remaining(self) -> float | None:
         if self._deadline >= _NO_DEADLINE:
@@ -131,12 +135,16 @@ class ServicerContext:
     def set_details(self, details: str) -> None:
         self._details = details
 
+    def set_trailing_metadata(self, metadata: Sequence[tuple[str, Any]]) -> None:
+        self._trailing = tuple(metadata)
+
     async def abort(self, code: grpc.StatusCode, details: str = "",
                     trailing_metadata: Sequence[tuple[str, Any]] = ()) -> NoReturn:
-        raise Abort(code, details)
+        raise Abort(code, details, trailing_metadata or self._trailing)
 
-    async def write(self, message: Any, serializer: Callable[[Any], bytes] | None = None) -> None:
-        data = serializer(message) if serializer is not None else message
+    async def write(self, message: Any) -> None:
+        """Send one message of a streaming response."""
+        data = self._serializer(message) if self._serializer is not None else message
         ops: tuple[Any, ...] = (cygrpc.SendMessageOperation(data, 0),)
         if not self._initial_sent:
             ops = (cygrpc.SendInitialMetadataOperation(None, 0), *ops)
@@ -285,7 +293,8 @@ class CoreServer:
             try:
                 ops = _status_ops(_OK, "", True, fn(raw))
             except Abort as exc:
-                ops = _status_ops(_core_code(exc.code), exc.details, True)
+                ops = _status_ops(_core_code(exc.code), exc.details, True, None,
+                                  exc.trailing_metadata)
             except Defer:
                 assert self._loop is not None
                 self._loop.call_soon_threadsafe(self._spawn, request_ev, raw)
@@ -346,6 +355,7 @@ class CoreServer:
         except asyncio.CancelledError:
             return  # the client went away or the server is stopping: nothing to send
         except Abort as exc:
+            ctx._trailing = exc.trailing_metadata
             self._finish(call, ctx, _core_code(exc.code), exc.details)
         except Exception as exc:
             log.exception("handler failed", extra={"method": method.decode(errors="replace")})
@@ -354,7 +364,7 @@ class CoreServer:
 
     def _finish(self, call: Any, ctx: ServicerContext, code: Any, details: str,
                       message: bytes | None = None) -> None:
-        ops = _status_ops(code, details, not ctx._initial_sent, message)
+        ops = _status_ops(code, details, not ctx._initial_sent, message, ctx._trailing)
         ctx._initial_sent = True
         self._finish_now(call, ops)
 
@@ -402,25 +412,14 @@ class CoreServer:
             self._finish(call, ctx, _core_code(ctx._code), ctx._details, data)
             return
         fn = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        ctx._serializer = serialize
         result = fn(request, ctx)
         if inspect.isasyncgen(result):
             async for message in result:
-                await ctx.write(message, serialize)
+                await ctx.write(message)
         else:  # a coroutine that sends with context.write
-            await _write_through(ctx, serialize, result)
+            await result
         self._finish(call, ctx, _core_code(ctx._code), ctx._details)
-
-
-async def _write_through(ctx: ServicerContext, serialize: Callable[[Any], bytes] | None,
-                         result: Any) -> None:
-    """Run a streaming handler that writes through ``context.write(message)``."""
-    original = ctx.write
-
-    async def write(message: Any, serializer: Callable[[Any], bytes] | None = None) -> None:
-        await original(message, serializer or serialize)
-
-    ctx.write = write  # type: ignore[method-assign]
-    await result
 
 
 def _cancel(task: asyncio.Task[None] | None) -> None:

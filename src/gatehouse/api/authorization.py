@@ -6,7 +6,8 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
@@ -90,23 +91,22 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             )
 
     def check_inline(self, raw: bytes) -> bytes:
-        try:
-            request = pb.CheckRequest.FromString(raw)
-            if not self.runtime.fresh_enough(convert.consistency(request.consistency)):
-                raise Defer
-            return self._check(request).SerializeToString()
-        except GatehouseError as exc:
-            raise inline_abort(exc) from None
-        except DecodeError:
-            raise undecodable() from None
+        return self._inline(pb.CheckRequest, raw, self._check)
 
     def check_bulk_inline(self, raw: bytes) -> bytes:
+        return self._inline(pb.CheckBulkRequest, raw, self._check_bulk, self._bulk_size)
+
+    def _inline(self, message: Any, raw: bytes, decide: Callable[[Any], Any],
+                validate: Callable[[Any], None] | None = None) -> bytes:
+        """Parse, decide from the index as it is, serialize; Defer if it must wait first."""
         try:
-            request = pb.CheckBulkRequest.FromString(raw)
-            self._bulk_size(request)
+            request = message.FromString(raw)
+            if validate is not None:
+                validate(request)
             if not self.runtime.fresh_enough(convert.consistency(request.consistency)):
                 raise Defer
-            return self._check_bulk(request).SerializeToString()
+            out: bytes = decide(request).SerializeToString()
+            return out
         except GatehouseError as exc:
             raise inline_abort(exc) from None
         except DecodeError:

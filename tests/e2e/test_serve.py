@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
+from gatehouse.v1 import graph_pb2 as gpb
+from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
 from tests.conftest import GATEHOUSE, ROOT, free_port, start_server
 
 
@@ -67,6 +70,53 @@ class TestRunning:
             pb.DECISION_ALLOW
         assert server.stop(signal.SIGTERM) == 0
         assert '"msg": "stopped"' in server.logs()
+
+    def test_sigterm_under_load_exits_cleanly(self, tmp_path: Path) -> None:
+        """SIGTERM while Checks pour in and a Watch stream is open: exit 0, every call ends.
+
+        Calls in flight finish; later ones fail UNAVAILABLE; the open stream is
+        cancelled after the grace. Never a crash, never a hung client.
+        """
+        server = start_server(tmp_path, "--data", str(ROOT / "examples/coupler.data.yaml"))
+        ch = server.channel()
+        stub = pb_grpc.AuthorizationServiceStub(ch)
+        req = pb.CheckRequest(subject=pb.ObjectReference(type="user", id="uma"), action="edit",
+                              resource=pb.ObjectReference(type="data_flow",
+                                                          id="acme-sales-pipeline"))
+        stop = threading.Event()
+        seen: list[str] = []
+
+        def blast() -> None:
+            while not stop.is_set():
+                for f in [stub.Check.future(req, timeout=10) for _ in range(64)]:
+                    try:
+                        seen.append("allow" if f.result().decision == pb.DECISION_ALLOW
+                                    else "deny")
+                    except grpc.RpcError as exc:
+                        seen.append(exc.code().name)
+
+        def watch() -> None:
+            try:
+                for _ in gpb_grpc.GraphServiceStub(ch).Watch(gpb.WatchRequest(), timeout=30):
+                    pass
+            except grpc.RpcError as exc:
+                seen.append("watch:" + exc.code().name)
+
+        threads = [threading.Thread(target=blast) for _ in range(2)]
+        threads.append(threading.Thread(target=watch))
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        server.proc.send_signal(signal.SIGTERM)
+        code = server.proc.wait(30)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert code == 0, server.logs()
+        assert not any(t.is_alive() for t in threads)
+        assert "allow" in seen and "deny" not in seen
+        assert set(seen) <= {"allow", "UNAVAILABLE", "CANCELLED", "watch:UNAVAILABLE",
+                             "watch:CANCELLED"}, set(seen)
 
     def test_policy_hot_reload_keeps_last_good_policy(self, tmp_path: Path) -> None:
         """A valid edit is picked up; a broken edit is logged and the old policy keeps serving."""

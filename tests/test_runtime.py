@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from gatehouse.errors import Unavailable
 from gatehouse.graph.changes import TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import Relationship
@@ -37,6 +38,22 @@ class TestFollowing:
                 await runtime.close()
 
         assert asyncio.run(scenario()) == (False, True, True)
+
+    def test_a_revision_never_reached_fails_even_without_a_deadline(self) -> None:
+        """No deadline does not mean waiting forever: UNAVAILABLE after freshness_wait."""
+        async def scenario() -> str:
+            runtime = await Runtime.start(POLICY, MemoryGraphStore())
+            runtime.freshness_wait = 0.2
+            try:
+                await asyncio.wait_for(
+                    runtime.ensure(Consistency("at_least_as_fresh", 999_999), None), 5)
+            except Unavailable as exc:
+                return str(exc)
+            finally:
+                await runtime.close()
+            return "answered"
+
+        assert "not yet at 999999" in asyncio.run(scenario())
 
     def test_fully_consistent_waits_for_the_store_head(self) -> None:
         """A fully consistent read answers at or after the store's newest revision."""

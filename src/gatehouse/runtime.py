@@ -139,6 +139,9 @@ class CheckOutput:
     explanation: engine.Explanation | None = None
 
 
+FRESHNESS_WAIT_SECONDS = 10.0
+
+
 class BulkOutput(NamedTuple):
     results: list[CheckOutput | GatehouseError]
     revision: int
@@ -165,6 +168,10 @@ class Runtime:
         self.store = store
         self.usage_store: UsageStore = usage_store or MemoryUsageStore()
         self.usage_window = DEDUP_WINDOW_SECONDS
+        # How long a read without a deadline may wait for the index to reach
+        # the revision it asks for; the changelog normally follows in
+        # milliseconds, so this only ends waits that would never end.
+        self.freshness_wait = FRESHNESS_WAIT_SECONDS
         # organization key -> ((index generation, org version, policy version), metrics)
         self._org_cache: dict[str, tuple[tuple[int, int, str], dict[str, MetricUsage]]] = {}
         # workspace key -> ((index generation, policy version, workspace version), facts)
@@ -488,9 +495,16 @@ class Runtime:
         return self.index.revision >= consistency.revision
 
     async def ensure(self, consistency: Consistency, timeout: float | None) -> None:
-        """Bring the index to the freshness asked for, within ``timeout`` seconds."""
+        """Bring the index to the freshness asked for, within ``timeout`` seconds.
+
+        Without a timeout (the call has no deadline) it waits at most
+        ``freshness_wait``, so a revision the index never reaches fails
+        instead of holding the call forever.
+        """
         if consistency.mode == "minimize_latency":
             return
+        if timeout is None:
+            timeout = self.freshness_wait
         if consistency.mode == "fully_consistent":
             target = await self.store.head_revision()
         else:

@@ -7,7 +7,7 @@ the ceiling of a one-process ``grpc.aio`` server on this machine (gatehouse
 itself serves from its own transport, ``gatehouse.transport``). It also
 serves ``grpc.health.v1.Health`` so the benchmark can wait for it.
 
-    .venv/bin/python bench/null_server.py --listen 127.0.0.1:50099
+    .venv/bin/python bench/null_server.py --listen 127.0.0.1:50099 [--transport core]
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import asyncio
 import contextlib
 import signal
 import sys
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from gatehouse.transport import CoreServer
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -46,10 +48,19 @@ class NullAuthorization(pb_grpc.AuthorizationServiceServicer):  # type: ignore[m
         return resp
 
 
-async def serve(listen: str) -> None:
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0),
-                                      ("grpc.max_receive_message_length", 8 << 20)])
+def _inline_check(raw: bytes) -> bytes:
+    pb.CheckRequest.FromString(raw)
+    out: bytes = pb.CheckResponse(decision=pb.DECISION_ALLOW, revision=REVISION,
+                                  policy_version=POLICY_VERSION).SerializeToString()
+    return out
+
+
+async def serve(listen: str, transport: str = "aio") -> None:
+    options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 << 20)]
+    server: Any = CoreServer(options) if transport == "core" else grpc.aio.server(options=options)
     pb_grpc.add_AuthorizationServiceServicer_to_server(NullAuthorization(), server)
+    if transport == "core":
+        server.add_inline("/gatehouse.v1.AuthorizationService/Check", _inline_check)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(listen) == 0:
@@ -67,9 +78,13 @@ async def serve(listen: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--listen", default="127.0.0.1:50099", help="loopback host:port")
+    p.add_argument("--transport", choices=("aio", "core"), default="aio",
+                   help="aio: the stock grpc.aio server (what compare.py runs); core: "
+                        "gatehouse.transport with Check answered inline, the ceiling of "
+                        "gatehouse's own transport")
     args = p.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.listen))
+        asyncio.run(serve(args.listen, args.transport))
     return 0
 
 

@@ -11,7 +11,8 @@ completion events and no event-loop turn per call.
 Every other method (and an inline one that cannot answer at once, e.g. it
 must wait for the index to catch up) runs as a task on the asyncio loop with
 the ordinary servicer coroutine and a small ``ServicerContext``; the poll
-thread hands its completions over with ``call_soon_threadsafe``. The
+thread hands its completions over in batches (one loop wake-up for all the
+completions that arrived meanwhile). The
 generated ``add_*Servicer_to_server`` functions register on this server as
 they would on a grpc one.
 
@@ -23,6 +24,7 @@ a lock; see ``Runtime.check``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import logging
 import math
@@ -175,6 +177,9 @@ class CoreServer:
         # being shut down from another thread (that crashes the process):
         # request_call, shutdown, cancel_all_calls and destroy take this lock.
         self._server_lock = threading.Lock()
+        self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = \
+            collections.deque()
+        self._inbox_scheduled = False
 
     # -- registration (the generated add_*_to_server functions call these) ---
 
@@ -236,6 +241,7 @@ class CoreServer:
         shutdown_type = cygrpc.CompletionType.queue_shutdown
         server, request, inline, handlers = self._server, _REQUEST, self._inline, self._handlers
         lock = self._server_lock
+        handoff = self._handoff
         while True:
             ev = cq.poll(time.time() + 1.0)
             tag = ev.tag
@@ -262,7 +268,7 @@ class CoreServer:
                         ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),),
                                                    (_RECV_ASYNC, ev))
                     else:
-                        loop.call_soon_threadsafe(self._spawn, ev, None)
+                        handoff(self._spawn, ev, None)
                 elif tag is _SHUTDOWN:
                     with lock:
                         server.destroy()
@@ -273,22 +279,40 @@ class CoreServer:
                     if kind == _RECV_INLINE:
                         self._answer_inline(tag[1], tag[2], ev)
                     elif kind == _ASYNC:
-                        loop.call_soon_threadsafe(_resolve, tag[1], ev)
+                        handoff(_resolve, tag[1], ev)
                     elif kind == _RECV_ASYNC:
                         if ev.success:
                             raw = ev.batch_operations[0].message()
                             if raw is None:
                                 tag[1].call.start_server_batch(_no_request_ops(), (_FINISHED,))
                             else:
-                                loop.call_soon_threadsafe(self._spawn, tag[1], raw)
+                                handoff(self._spawn, tag[1], raw)
                     elif kind == _CLOSE:
                         ctx = tag[1]
                         ctx._done = True
                         if ev.batch_operations[0].cancelled():
                             ctx._cancelled = True
-                            loop.call_soon_threadsafe(_cancel, ctx._task)
+                            handoff(_cancel, ctx._task)
             except Exception:  # the poll thread must not die
                 log.exception("error handling a completion")
+
+    def _handoff(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop; one wake-up carries everything queued since the last."""
+        self._inbox.append((fn, args))
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._drain)
+
+    def _drain(self) -> None:
+        self._inbox_scheduled = False  # first: what arrives while draining schedules again
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("error handing a completion to the loop")
 
     def _answer_inline(self, request_ev: Any, fn: InlineHandler, ev: Any) -> None:
         call = request_ev.call
@@ -306,7 +330,7 @@ class CoreServer:
                                   exc.trailing_metadata)
             except Defer:
                 assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._spawn, request_ev, raw)
+                self._handoff(self._spawn, request_ev, raw)
                 return
             except Exception as exc:
                 log.exception("inline handler failed", extra={

@@ -253,11 +253,11 @@ class CoreServer:
                 continue
             try:
                 if tag is request:
-                    if not ev.success:
-                        continue  # the server is shutting down
-                    with lock:
+                    with lock:  # keep the same number of calls requested from core
                         if not self._stopping:
                             server.request_call(cq, cq, request)
+                    if not ev.success:
+                        continue  # no call came with it (the server is shutting down)
                     method = ev.call_details.method
                     fn = inline.get(method)
                     if fn is not None:

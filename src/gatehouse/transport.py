@@ -435,7 +435,8 @@ class CoreServer:
             try:
                 request = deserialize(raw) if deserialize is not None else raw
             except Exception:
-                raise Abort(grpc.StatusCode.INTERNAL, "cannot parse the request") from None
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            "request: not a valid protobuf message") from None
         else:
             request = self._requests(call, deserialize)
         if not handler.response_streaming:

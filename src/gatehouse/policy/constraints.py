@@ -23,17 +23,16 @@ so explicitly.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from gatehouse.policy.model import Constraint, Exclusive, MaxSubjects, TypeDef, Unique
+from gatehouse.policy.sections import Path, Report, named_definitions
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
 KINDS = ("exclusive", "unique", "max")
 KEYS = {"description", "scope", *KINDS}
 
-Path = tuple[str | int, ...]
-Report = Callable[[Path, str, bool], None]
 
 
 def _relation_ref(types: Mapping[str, TypeDef], value: Any, path: Path,
@@ -59,18 +58,11 @@ def compile_constraints(types: Mapping[str, TypeDef], raw: Any, roots: set[str],
     out: list[Constraint] = []
     if raw is None:
         return ()
-    if not isinstance(raw, dict):
-        report(("constraints",), "constraints must map names to constraint definitions", False)
-        return ()
-    for name, body in raw.items():
-        base: Path = ("constraints", name)
-        if not NAME_RE.fullmatch(name):
-            report(base, f"{name!r} is not a valid constraint name", True)
-            continue
-        if not isinstance(body, dict):
-            report(base, f"constraint {name!r} must be a mapping with one of: "
-                   f"{', '.join(KINDS)}", False)
-            continue
+    entries = named_definitions(
+        raw, "constraints", "constraint", NAME_RE,
+        lambda name: f"constraint {name!r} must be a mapping with one of: {', '.join(KINDS)}",
+        report)
+    for name, base, body in entries:
         for key in sorted(set(body) - KEYS):
             report((*base, key), f"unknown key {key!r} (known: {', '.join(sorted(KEYS))})", True)
         kinds = [k for k in KINDS if k in body]

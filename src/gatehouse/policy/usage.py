@@ -31,7 +31,7 @@ attribute; workspaces are the tenant root's child type.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -44,8 +44,10 @@ from gatehouse.policy.model import (
     TypeDef,
     UsageModel,
 )
+from gatehouse.policy.sections import Path, Report, named_definitions
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+PLAN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
 COMMON_KEYS = {"description", "unit"}
 KIND_KEYS = {
     "count": {"count"},
@@ -58,8 +60,6 @@ KIND_KEYS = {
 PLAN_KEYS = {"description", "limits", "features", "fallback"}
 PERIODS = ("month",)
 
-Path = tuple[str | int, ...]
-Report = Callable[[Path, str, bool], None]
 
 
 def _tenant_types(types: Mapping[str, TypeDef], roots: set[str]) -> tuple[str, str] | None:
@@ -94,18 +94,11 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
     out: dict[str, Metric] = {}
     if raw is None:
         return out
-    if not isinstance(raw, dict):
-        report(("metrics",), "metrics must map names to metric definitions", False)
-        return out
-    for name, body in raw.items():
-        base: Path = ("metrics", name)
-        if not NAME_RE.fullmatch(name):
-            report(base, f"{name!r} is not a valid metric name", True)
-            continue
-        if not isinstance(body, dict):
-            report(base, f"metric {name!r} must be a mapping with one of: "
-                   f"{', '.join(METRIC_KINDS)}", False)
-            continue
+    entries = named_definitions(
+        raw, "metrics", "metric", NAME_RE,
+        lambda name: f"metric {name!r} must be a mapping with one of: {', '.join(METRIC_KINDS)}",
+        report)
+    for name, base, body in entries:
         kinds = [k for k in METRIC_KINDS if k in body]
         if len(kinds) != 1:
             report(base, f"metric {name!r} needs exactly one of: {', '.join(METRIC_KINDS)}",
@@ -236,19 +229,12 @@ def _plans(metrics: Mapping[str, Metric], raw: Any, report: Report
     fallback: str | None = None
     if raw is None:
         return plans, None
-    if not isinstance(raw, dict) or not raw:
-        report(("plans",), "plans must map plan names to their limits and features", False)
-        return plans, None
-    for name, body in raw.items():
-        base: Path = ("plans", name)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}", name):
-            report(base, f"{name!r} is not a valid plan name", True)
-            continue
-        if body is None:
-            body = {}
-        if not isinstance(body, dict):
-            report(base, "a plan is a mapping with limits and features", False)
-            continue
+    entries = named_definitions(
+        raw or None, "plans", "plan", PLAN_NAME_RE,  # an empty `plans:` is reported too
+        lambda name: "a plan is a mapping with limits and features", report,
+        section_error="plans must map plan names to their limits and features",
+        empty_body_ok=True)
+    for name, base, body in entries:
         for key in sorted(set(body) - PLAN_KEYS):
             report((*base, key), f"unknown key {key!r} (known: {', '.join(sorted(PLAN_KEYS))})",
                    True)

@@ -17,6 +17,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gatehouse.limits import LIMITS
+
+
+def quote(value: object, limit: int = LIMITS.quote_chars) -> str:
+    """``repr`` of a (possibly hostile) value, cut to a short prefix.
+
+    Error messages travel in ``grpc-message`` metadata and in logs; quoting
+    a 12,000-character id whole would break the client's metadata limit.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
 
 class GatehouseError(Exception):
     """Base class of every error gatehouse raises on purpose."""

@@ -384,7 +384,7 @@ def profile_gatehouse(server: Server, mix_path: Path, duration: float, warmup: f
     return {"raw": str(raw), "svg": str(svg), "top": top_frames(raw)}
 
 
-GATEHOUSE_FRAMES = ("AuthorizationServicer.Check ", "Runtime.check ", "validate_request ",
+GATEHOUSE_FRAMES = ("AuthorizationServicer.Check ", "Decisions.check ", "validate_request ",
                     "check_input ", "check_response ", "check (check.py)", "consistency ")
 
 

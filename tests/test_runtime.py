@@ -10,7 +10,7 @@ from gatehouse.graph.changes import TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import Relationship
 from gatehouse.policy import load_policy
-from gatehouse.runtime import CheckInput, Consistency, Runtime
+from gatehouse.runtime import FULLY_CONSISTENT, CheckInput, Consistency, Runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "policies/coupler")
@@ -26,13 +26,14 @@ class TestFollowing:
         async def scenario() -> tuple[bool, bool, bool]:
             runtime = await Runtime.start(POLICY, MemoryGraphStore())
             try:
-                too_early = await runtime.wait_for(1, timeout=0.05)
-                waiter = asyncio.create_task(runtime.wait_for(2, timeout=5))
-                await runtime.write(touch("workspace:w#parent@organization:o"))
-                rev = await runtime.write(touch("workspace:w#admin@user:a"))
+                too_early = await runtime.follower.wait_for(1, timeout=0.05)
+                waiter = asyncio.create_task(runtime.follower.wait_for(2, timeout=5))
+                await runtime.graph.write(touch("workspace:w#parent@organization:o"))
+                rev = await runtime.graph.write(touch("workspace:w#admin@user:a"))
                 reached = await waiter
-                await runtime.ensure(Consistency("at_least_as_fresh", rev), 5)
-                out = runtime.check(CheckInput("user", "a", "manage_members", "workspace", "w"))
+                await runtime.follower.ensure(Consistency.at_least(rev), 5)
+                out = runtime.decisions.check(
+                    CheckInput("user", "a", "manage_members", "workspace", "w"))
                 return too_early, reached, out.allowed
             finally:
                 await runtime.close()
@@ -42,11 +43,10 @@ class TestFollowing:
     def test_a_revision_never_reached_fails_even_without_a_deadline(self) -> None:
         """No deadline does not mean waiting forever: UNAVAILABLE after freshness_wait."""
         async def scenario() -> str:
-            runtime = await Runtime.start(POLICY, MemoryGraphStore())
-            runtime.freshness_wait = 0.2
+            runtime = await Runtime.start(POLICY, MemoryGraphStore(), freshness_wait=0.2)
             try:
                 await asyncio.wait_for(
-                    runtime.ensure(Consistency("at_least_as_fresh", 999_999), None), 5)
+                    runtime.follower.ensure(Consistency.at_least(999_999), None), 5)
             except Unavailable as exc:
                 return str(exc)
             finally:
@@ -63,8 +63,8 @@ class TestFollowing:
             try:
                 await store.write(touch("workspace:w#parent@organization:o"), (),
                                   POLICY.write_rules)
-                await runtime.ensure(Consistency("fully_consistent"), 5)
-                return runtime.index.revision, await store.head_revision()
+                await runtime.follower.ensure(FULLY_CONSISTENT, 5)
+                return runtime.follower.revision, await store.head_revision()
             finally:
                 await runtime.close()
 

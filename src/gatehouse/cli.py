@@ -78,9 +78,15 @@ def _banner(config: object) -> None:
     from gatehouse.server import ServerConfig
 
     assert isinstance(config, ServerConfig)
+    if config.redis_url:
+        from gatehouse.graph.redis import redact
+
+        store = f"redis store {redact(config.redis_url)}"
+    else:
+        store = "memory store (ephemeral)"
     print(
         f"gatehouse on {config.listen} — policy {config.policy_dir}, data "
-        f"{config.data_file or '(none)'}, memory store (ephemeral)\n"
+        f"{config.data_file or '(none)'}, {store}\n"
         "Try it (grpcurl):\n"
         f"  grpcurl -plaintext {config.listen} list\n"
         "  grpcurl -plaintext -d '{\"subject\":{\"type\":\"user\",\"id\":\"uma\"},"

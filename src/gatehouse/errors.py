@@ -9,6 +9,7 @@ maps them to gRPC status codes in one table (``gatehouse.api.errors``).
     ├── FailedPrecondition     a rule, constraint or limit says no
     ├── Aborted                a write's own precondition did not hold (retry after re-reading)
     ├── Unavailable            the store cannot be reached
+    ├── ResourceExhausted      a per-process bound on open work (streams, in-flight calls)
     ├── PolicyError            a policy set failed to load (all problems, with positions)
     └── DataFileError          a bootstrap data file failed to load (all problems, with lines)
 """
@@ -64,6 +65,15 @@ class Aborted(GatehouseError):
 
 class Unavailable(GatehouseError):
     """The backing store cannot serve the request right now."""
+
+
+class ResourceExhausted(GatehouseError):
+    """A bound on concurrent work is reached; ``what`` names it. Retry later."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        super().__init__(f"{what}: {reason}")
+        self.what = what
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -20,6 +20,7 @@ from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
 from gatehouse.graph.datafile import load_data_file
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
+from gatehouse.limits import LIMITS
 from gatehouse.policy.loader import load_policy
 from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.runtime import Runtime
@@ -104,9 +105,8 @@ async def build_runtime(config: ServerConfig) -> Runtime:
     try:
         if config.data_file is not None:
             await load_data(store, policy, config.data_file)
-        runtime = await Runtime.start(policy, store, config.policy_dir, usage)
-        runtime.usage_window = int(config.usage_dedup_days * 86400)
-        return runtime
+        return await Runtime.start(policy, store, config.policy_dir, usage,
+                                   dedup_window=int(config.usage_dedup_days * 86400))
     except BaseException:
         await store.close()
         await usage.close()
@@ -121,16 +121,19 @@ class Server:
         self.runtime = runtime
         self.grpc = CoreServer(
             options=[("grpc.so_reuseport", 1 if config.reuse_port else 0),
-                     ("grpc.max_receive_message_length", 8 << 20)]
+                     ("grpc.max_receive_message_length", LIMITS.message_bytes)]
         )
-        authorization = AuthorizationServicer(runtime)
+        follower = runtime.follower
+        authorization = AuthorizationServicer(runtime.decisions, follower)
         authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
             authorization, self.grpc
         )
         self.grpc.add_inline(f"/{READ_SERVICES[0]}/Check", authorization.check_inline)
         self.grpc.add_inline(f"/{READ_SERVICES[0]}/CheckBulk", authorization.check_bulk_inline)
-        graph_pb2_grpc.add_GraphServiceServicer_to_server(GraphServicer(runtime), self.grpc)
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageServicer(runtime), self.grpc)
+        graph_pb2_grpc.add_GraphServiceServicer_to_server(
+            GraphServicer(runtime.graph, follower), self.grpc)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(
+            UsageServicer(runtime.usage, follower), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [
@@ -156,18 +159,20 @@ class Server:
         await self.grpc.start()
         for name in ("", *READ_SERVICES, *WRITE_SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.runtime.health_listeners.append(self._store_health_changed)
-        if self.config.watch_policy:
-            self._tasks.append(asyncio.create_task(self.runtime.watch_policy()))
+        follower = self.runtime.follower
+        follower.on_health(self._store_health_changed)
+        reloader = self.runtime.reloader
+        if self.config.watch_policy and reloader is not None:
+            self._tasks.append(asyncio.create_task(reloader.watch(), name="policy-reloader"))
         log.info(
             "serving",
             extra={
                 "address": self.address,
                 "policy": str(self.config.policy_dir),
-                "policy_version": self.runtime.policy.version,
-                "store": self.runtime.store.description,
-                "revision": self.runtime.index.revision,
-                "relationships": self.runtime.index.relationship_count,
+                "policy_version": follower.policy.version,
+                "store": follower.store.description,
+                "revision": follower.index.revision,
+                "relationships": follower.index.relationship_count,
             },
         )
 

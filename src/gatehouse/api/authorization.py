@@ -2,70 +2,53 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import DecodeError
 
-from gatehouse.api import convert
-from gatehouse.api.errors import abort, inline_abort, to_rpc_status, undecodable
+from gatehouse.api import convert, cursor
+from gatehouse.api.errors import inline_abort, to_rpc_status, translate_errors, undecodable
 from gatehouse.errors import GatehouseError, InvalidArgument
-from gatehouse.runtime import Consistency, ListInput, Runtime
+from gatehouse.limits import LIMITS
+from gatehouse.runtime import CheckInput, Consistency, Decisions, IndexFollower, ListInput, Mode
 from gatehouse.transport import Defer, ServicerContext
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
-MAX_BULK_ITEMS = 1000
+# Ids per streamed message of a ListAccessible page.
 LIST_CHUNK = 1000
-# A page stops after this long (or just before the call's deadline) and says
-# it is incomplete, with a cursor to continue.
-LIST_TIME_BUDGET = 2.0
+# Total size of the contexts of one CheckBulk call, so that converting them
+# cannot hold the poll thread for long whatever the item count.
+BULK_CONTEXT_BYTES = 16 * LIMITS.context_bytes
 
 
-def _query_tag(req: pb.ListAccessibleRequest) -> str:
-    raw = "\0".join((req.subject.type, req.subject.id, req.resource_type, req.action,
-                     req.within.type, req.within.id))
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
-
-
-def _encode_list_cursor(revision: int, after: str, tag: str) -> str:
-    raw = json.dumps([revision, after, tag], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_list_cursor(text: str, tag: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        revision, after, got = json.loads(raw)
-        if not (isinstance(revision, int) and isinstance(after, str) and isinstance(got, str)):
-            raise ValueError
-    except (ValueError, TypeError):
-        raise InvalidArgument("cursor", "is not a cursor this service returned") from None
-    if got != tag:
-        raise InvalidArgument("cursor", "belongs to another listing (subject, resource_type, "
-                              "action and within must stay the same)")
-    return revision, after
+def _list_tag(req: pb.ListAccessibleRequest) -> str:
+    return cursor.query_tag("list", req.subject.type, req.subject.id, req.resource_type,
+                            req.action, req.within.type, req.within.id)
 
 
 class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: ignore[misc]
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    """Check and CheckBulk are answered inline on the transport's poll thread
+    (``check_inline``, ``check_bulk_inline``) whenever the index is fresh
+    enough; the coroutines serve the calls that must wait for it first."""
 
-    # Check and CheckBulk are answered inline on the transport's poll thread
-    # (check_inline, check_bulk_inline) whenever the index is fresh enough; the
-    # coroutines below serve the calls that must wait for it first.
+    def __init__(self, decisions: Decisions, follower: IndexFollower) -> None:
+        self.decisions = decisions
+        self.follower = follower
 
     def _check(self, request: pb.CheckRequest) -> pb.CheckResponse:
-        return convert.check_response(self.runtime.check(convert.check_input(request)))
+        return convert.check_response(self.decisions.check(convert.check_input(request)))
 
     def _check_bulk(self, request: pb.CheckBulkRequest) -> pb.CheckBulkResponse:
-        results, rev, version = self.runtime.check_many(
-            [convert.check_input(i) for i in request.items])
+        items: list[CheckInput | GatehouseError] = []
+        for i, one in enumerate(request.items):
+            try:
+                items.append(convert.check_input(one, f"items[{i}]."))
+            except GatehouseError as exc:
+                items.append(exc)
+        results, rev, version = self.decisions.check_many(items)
         revision = str(rev)
         resp = pb.CheckBulkResponse(revision=revision, policy_version=version)
         add = resp.results.add
@@ -85,10 +68,14 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
 
     @staticmethod
     def _bulk_size(request: pb.CheckBulkRequest) -> None:
-        if len(request.items) > MAX_BULK_ITEMS:
-            raise InvalidArgument(
-                "items", f"{len(request.items)} items; at most {MAX_BULK_ITEMS} per call"
-            )
+        n = len(request.items)
+        if n > LIMITS.bulk_items:
+            raise InvalidArgument("items", f"{n} items; at most {LIMITS.bulk_items} per call")
+        total = sum(item.context.ByteSize() for item in request.items
+                    if item.HasField("context"))
+        if total > BULK_CONTEXT_BYTES:
+            raise InvalidArgument("items", f"contexts total {total} bytes; at most "
+                                  f"{BULK_CONTEXT_BYTES} per call")
 
     def check_inline(self, raw: bytes) -> bytes:
         return self._inline(pb.CheckRequest, raw, self._check)
@@ -103,7 +90,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             request = message.FromString(raw)
             if validate is not None:
                 validate(request)
-            if not self.runtime.fresh_enough(convert.consistency(request.consistency)):
+            if not self.follower.fresh_enough(convert.consistency(request.consistency)):
                 raise Defer
             out: bytes = decide(request).SerializeToString()
             return out
@@ -112,62 +99,50 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
         except DecodeError:
             raise undecodable() from None
 
-    async def Check(
-        self, request: pb.CheckRequest, context: ServicerContext
-    ) -> pb.CheckResponse:
-        try:
-            consistency = convert.consistency(request.consistency)
-            await self.runtime.ensure(consistency, context.time_remaining())
-            return self._check(request)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise  # unreachable: abort raises
+    @translate_errors
+    async def Check(self, request: pb.CheckRequest,
+                    context: ServicerContext) -> pb.CheckResponse:
+        await self.follower.ensure(convert.consistency(request.consistency),
+                                   context.time_remaining())
+        return self._check(request)
 
-    async def CheckBulk(
-        self, request: pb.CheckBulkRequest, context: ServicerContext
-    ) -> pb.CheckBulkResponse:
-        try:
-            self._bulk_size(request)
-            consistency = convert.consistency(request.consistency)
-            await self.runtime.ensure(consistency, context.time_remaining())
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def CheckBulk(self, request: pb.CheckBulkRequest,
+                        context: ServicerContext) -> pb.CheckBulkResponse:
+        self._bulk_size(request)
+        await self.follower.ensure(convert.consistency(request.consistency),
+                                   context.time_remaining())
         return self._check_bulk(request)
 
-    async def ListAccessible(
-        self, request: pb.ListAccessibleRequest,
-        context: ServicerContext,
-    ) -> AsyncIterator[pb.ListAccessibleResponse]:
-        try:
-            tag = _query_tag(request)
-            consistency = convert.consistency(request.consistency)
-            after = None
-            if request.cursor:
-                revision, after = _decode_list_cursor(request.cursor, tag)
-                if consistency.mode == "minimize_latency":
-                    consistency = Consistency("at_least_as_fresh", revision)
-            remaining = context.time_remaining()
-            await self.runtime.ensure(consistency, remaining)
-            budget = LIST_TIME_BUDGET
-            remaining = context.time_remaining()
-            if remaining is not None:
-                budget = min(budget, max(0.0, remaining - 0.05))
-            req = ListInput(
-                request.subject.type, request.subject.id, request.resource_type,
-                request.action, request.within.type, request.within.id, request.page_size,
-                after, MessageToDict(request.context) if request.HasField("context") else None)
-            out = self.runtime.list_accessible(req, time.monotonic() + budget)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def ListAccessible(self, request: pb.ListAccessibleRequest,
+                             context: ServicerContext,
+                             ) -> AsyncIterator[pb.ListAccessibleResponse]:
+        tag = _list_tag(request)
+        consistency = convert.consistency(request.consistency)
+        after = None
+        if request.cursor:
+            revision, (after,) = cursor.decode(request.cursor, tag, 1)
+            if consistency.mode is Mode.MINIMIZE_LATENCY:
+                consistency = Consistency.at_least(revision)
+        await self.follower.ensure(consistency, context.time_remaining())
+        budget = LIMITS.list_time_budget_seconds
+        remaining = context.time_remaining()
+        if remaining is not None:
+            budget = min(budget, max(0.0, remaining - 0.05))
+        ctx = convert.struct(request.context, "context") if request.HasField("context") else None
+        req = ListInput(
+            request.subject.type, request.subject.id, request.resource_type,
+            request.action, request.within.type, request.within.id, request.page_size,
+            after, ctx)
+        out = self.decisions.list_accessible(req, time.monotonic() + budget)
         ids = out.ids
         chunks = [ids[i:i + LIST_CHUNK] for i in range(0, len(ids), LIST_CHUNK)] or [[]]
         for chunk in chunks[:-1]:
             yield pb.ListAccessibleResponse(resource_ids=chunk)
         yield pb.ListAccessibleResponse(
             resource_ids=chunks[-1],
-            next_cursor=_encode_list_cursor(out.revision, out.after, tag)
+            next_cursor=cursor.encode(out.revision, (out.after,), tag)
             if out.after is not None else "",
             revision=str(out.revision), complete=out.complete,
             policy_version=out.policy_version)

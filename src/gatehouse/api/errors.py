@@ -1,9 +1,19 @@
-"""The one place where domain errors become gRPC status codes."""
+"""The one place where domain errors become gRPC status codes.
+
+Servicer methods are wrapped by ``translate_errors``: a ``GatehouseError``
+raised anywhere below ends the call with the status its class maps to, and
+nothing else (an unexpected exception is the transport's INTERNAL).
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
 import grpc
-from google.rpc import code_pb2, status_pb2
+from google.rpc import status_pb2
 
 from gatehouse.errors import (
     Aborted,
@@ -12,8 +22,10 @@ from gatehouse.errors import (
     InvalidArgument,
     NotFound,
     PolicyError,
+    ResourceExhausted,
     Unavailable,
 )
+from gatehouse.graph.store import ChangelogGap
 from gatehouse.transport import Abort, ServicerContext
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
@@ -22,8 +34,13 @@ _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Aborted, grpc.StatusCode.ABORTED),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PolicyError, grpc.StatusCode.FAILED_PRECONDITION),
 )
+
+# grpc-message travels as HTTP/2 trailing metadata; keep it well inside the
+# clients' default metadata limit whatever a message quotes.
+MAX_DETAILS = 1024
 
 
 def status_code(exc: BaseException) -> grpc.StatusCode:
@@ -33,23 +50,76 @@ def status_code(exc: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def details(exc: BaseException) -> str:
+    text = str(exc)
+    if len(text) > MAX_DETAILS:
+        text = text[:MAX_DETAILS - 20] + "... (message cut)"
+    return text
+
+
 def to_rpc_status(exc: GatehouseError) -> status_pb2.Status:
     """A google.rpc.Status for per-item errors (CheckBulk)."""
-    code = status_code(exc)
-    return status_pb2.Status(code=code.value[0], message=str(exc))
+    return status_pb2.Status(code=status_code(exc).value[0], message=details(exc))
 
 
 def inline_abort(exc: GatehouseError) -> Abort:
     """The same status, for handlers answering on the transport's poll thread."""
-    return Abort(status_code(exc), str(exc))
+    return Abort(status_code(exc), details(exc))
 
 
 def undecodable() -> Abort:
     return Abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid protobuf message")
 
 
-async def abort(context: ServicerContext, exc: GatehouseError) -> None:
-    await context.abort(status_code(exc), str(exc))
+def _domain(exc: Exception) -> GatehouseError | None:
+    if isinstance(exc, GatehouseError):
+        return exc
+    if isinstance(exc, ChangelogGap):
+        return FailedPrecondition(
+            "changelog", f"cannot resume: {exc}; read the graph again and watch from its "
+            "revision")
+    return None
 
 
-__all__ = ["abort", "code_pb2", "inline_abort", "status_code", "to_rpc_status", "undecodable"]
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+
+def translate_errors(
+    method: Callable[[Self, Req, ServicerContext], Any],
+) -> Callable[[Self, Req, ServicerContext], Any]:
+    """Wrap a servicer method (coroutine or async generator) so that domain
+    errors end the call with their status."""
+    if inspect.isasyncgenfunction(method):
+        gen = method
+
+        @functools.wraps(method)
+        async def stream(self: Self, request: Req,
+                         context: ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in gen(self, request, context):
+                    yield item
+            except (GatehouseError, ChangelogGap) as exc:
+                err = _domain(exc)
+                assert err is not None
+                await context.abort(status_code(err), details(err))
+
+        return stream
+
+    unary: Callable[[Self, Req, ServicerContext], Awaitable[Any]] = method
+
+    @functools.wraps(method)
+    async def call(self: Self, request: Req, context: ServicerContext) -> Any:
+        try:
+            return await unary(self, request, context)
+        except (GatehouseError, ChangelogGap) as exc:
+            err = _domain(exc)
+            assert err is not None
+            await context.abort(status_code(err), details(err))
+
+    return call
+
+
+__all__ = ["details", "inline_abort", "status_code", "to_rpc_status", "translate_errors",
+           "undecodable"]

@@ -1,18 +1,15 @@
-"""gatehouse.v1.GraphService: protobuf in, runtime calls, protobuf out."""
+"""gatehouse.v1.GraphService: protobuf in, graph operations, protobuf out."""
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.struct_pb2 import Struct
 
-from gatehouse.api import convert
-from gatehouse.api.errors import abort
-from gatehouse.errors import FailedPrecondition, GatehouseError, InvalidArgument
+from gatehouse.api import convert, cursor
+from gatehouse.api.errors import translate_errors
+from gatehouse.errors import InvalidArgument, quote
 from gatehouse.graph.changes import (
     Change,
     DeleteObject,
@@ -22,17 +19,20 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.model import ObjectRef, Relationship, validate_id, validate_type
+from gatehouse.graph.model import (
+    RELATION_RE,
+    ObjectRef,
+    Relationship,
+    validate_id,
+    validate_type,
+)
 from gatehouse.graph.query import RelationshipFilter
-from gatehouse.graph.store import ChangelogGap
-from gatehouse.runtime import Consistency, Runtime
+from gatehouse.limits import LIMITS
+from gatehouse.runtime import Consistency, GraphOperations, IndexFollower, Mode, parse_revision
 from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
-
-MAX_BATCH = 1000
-MAX_PAGE = 1000
 
 Context = ServicerContext
 
@@ -41,12 +41,12 @@ def _ref(msg: apb.ObjectReference, field: str) -> ObjectRef:
     return ObjectRef(validate_type(msg.type, f"{field}.type"), validate_id(msg.id, f"{field}.id"))
 
 
-def _relationship(runtime: Runtime, msg: pb.Relationship, field: str) -> Relationship:
+def _relationship(ops: GraphOperations, msg: pb.Relationship, field: str) -> Relationship:
     if not msg.relation:
         raise InvalidArgument(f"{field}.relation", "is required")
     rel = Relationship(_ref(msg.resource, f"{field}.resource"), msg.relation,
                        _ref(msg.subject, f"{field}.subject"))
-    runtime.validate_relationship(rel, field)
+    ops.validate_relationship(rel, field)
     return rel
 
 
@@ -58,28 +58,45 @@ def _relationship_msg(rel: Relationship) -> pb.Relationship:
     )
 
 
-def _preconditions(runtime: Runtime, msgs: Any) -> list[Precondition]:
+def _preconditions(ops: GraphOperations, msgs: Any) -> list[Precondition]:
+    if len(msgs) > LIMITS.write_batch:
+        raise InvalidArgument("preconditions", f"{len(msgs)} preconditions; at most "
+                              f"{LIMITS.write_batch} per call")
     out = []
     for i, p in enumerate(msgs):
         field = f"preconditions[{i}]"
         if p.operation not in (pb.Precondition.OPERATION_MUST_EXIST,
                                pb.Precondition.OPERATION_MUST_NOT_EXIST):
             raise InvalidArgument(f"{field}.operation", "must be MUST_EXIST or MUST_NOT_EXIST")
-        rel = _relationship(runtime, p.relationship, f"{field}.relationship")
+        rel = _relationship(ops, p.relationship, f"{field}.relationship")
         out.append(Precondition(rel, p.operation == pb.Precondition.OPERATION_MUST_EXIST))
     return out
 
 
-def _filter(
-    runtime: Runtime, msg: pb.RelationshipFilter, field: str = "filter"
-) -> RelationshipFilter:
+def _filter(follower: IndexFollower, msg: pb.RelationshipFilter,
+            field: str = "filter") -> RelationshipFilter:
+    """A filter whose every given part names something the policy declares."""
+    policy = follower.policy
     validate_type(msg.resource_type, f"{field}.resource_type")
-    if msg.resource_type not in runtime.policy.types:
-        raise InvalidArgument(f"{field}.resource_type", f"unknown type {msg.resource_type!r}")
+    tdef = policy.types.get(msg.resource_type)
+    if tdef is None:
+        raise InvalidArgument(f"{field}.resource_type", f"unknown type {msg.resource_type!r} "
+                              f"(declared: {', '.join(sorted(policy.types))})")
     if msg.resource_id:
         validate_id(msg.resource_id, f"{field}.resource_id")
+    if msg.relation:
+        if not RELATION_RE.fullmatch(msg.relation):
+            raise InvalidArgument(f"{field}.relation", f"{quote(msg.relation)} is not a "
+                                  "relation name (lowercase letters, digits, '_')")
+        if msg.relation not in tdef.relations:
+            raise InvalidArgument(f"{field}.relation", f"{msg.relation!r} is not a relation of "
+                                  f"{msg.resource_type!r} (relations: "
+                                  f"{', '.join(sorted(tdef.relations))})")
     if msg.subject_type:
         validate_type(msg.subject_type, f"{field}.subject_type")
+        if msg.subject_type not in policy.types:
+            raise InvalidArgument(f"{field}.subject_type", f"unknown type {msg.subject_type!r} "
+                                  f"(declared: {', '.join(sorted(policy.types))})")
     if msg.subject_id:
         if not msg.subject_type:
             raise InvalidArgument(f"{field}.subject_type", "is required with subject_id")
@@ -88,20 +105,9 @@ def _filter(
                               msg.subject_id)
 
 
-def _encode_cursor(revision: int, key: tuple[str, str, str]) -> str:
-    raw = json.dumps([revision, *key], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(text: str) -> tuple[int, tuple[str, str, str]]:
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        rev, res, rel, subj = json.loads(raw)
-        if not (isinstance(rev, int) and all(isinstance(x, str) for x in (res, rel, subj))):
-            raise ValueError
-        return rev, (res, rel, subj)
-    except (ValueError, TypeError, json.JSONDecodeError):
-        raise InvalidArgument("cursor", "is not a cursor this service returned") from None
+def _filter_tag(flt: RelationshipFilter) -> str:
+    return cursor.query_tag("read", flt.resource_type, flt.resource_id, flt.relation,
+                            flt.subject_type, flt.subject_id)
 
 
 def _change_msg(change: Change) -> pb.WatchResponse:
@@ -123,134 +129,127 @@ def _change_msg(change: Change) -> pb.WatchResponse:
 
 
 class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, ops: GraphOperations, follower: IndexFollower) -> None:
+        self.ops = ops
+        self.follower = follower
 
-    async def WriteRelationships(
-        self, request: pb.WriteRelationshipsRequest, context: Context
-    ) -> pb.WriteRelationshipsResponse:
-        try:
-            if not request.updates:
-                raise InvalidArgument("updates", "give at least one update")
-            if len(request.updates) > MAX_BATCH:
-                raise InvalidArgument("updates", f"{len(request.updates)} updates; at most "
-                                      f"{MAX_BATCH} per call")
-            ops: list[Operation] = []
-            pres = _preconditions(self.runtime, request.preconditions)
-            for i, upd in enumerate(request.updates):
-                field = f"updates[{i}]"
-                rel = _relationship(self.runtime, upd.relationship, f"{field}.relationship")
-                if upd.operation == pb.RelationshipUpdate.OPERATION_TOUCH:
-                    ops.append(TouchRelationship(rel))
-                elif upd.operation == pb.RelationshipUpdate.OPERATION_CREATE:
-                    ops.append(TouchRelationship(rel))
-                    pres.append(Precondition(rel, must_exist=False))
-                elif upd.operation == pb.RelationshipUpdate.OPERATION_DELETE:
-                    ops.append(DeleteRelationship(rel))
-                else:
-                    raise InvalidArgument(f"{field}.operation",
-                                          "must be TOUCH, CREATE or DELETE")
-            revision = await self.runtime.write(ops, pres)
-            return pb.WriteRelationshipsResponse(revision=str(revision))
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def WriteRelationships(self, request: pb.WriteRelationshipsRequest,
+                                 context: Context) -> pb.WriteRelationshipsResponse:
+        if not request.updates:
+            raise InvalidArgument("updates", "give at least one update")
+        if len(request.updates) > LIMITS.write_batch:
+            raise InvalidArgument("updates", f"{len(request.updates)} updates; at most "
+                                  f"{LIMITS.write_batch} per call")
+        ops: list[Operation] = []
+        pres = _preconditions(self.ops, request.preconditions)
+        for i, upd in enumerate(request.updates):
+            field = f"updates[{i}]"
+            rel = _relationship(self.ops, upd.relationship, f"{field}.relationship")
+            if upd.operation == pb.RelationshipUpdate.OPERATION_TOUCH:
+                ops.append(TouchRelationship(rel))
+            elif upd.operation == pb.RelationshipUpdate.OPERATION_CREATE:
+                ops.append(TouchRelationship(rel))
+                pres.append(Precondition(rel, must_exist=False))
+            elif upd.operation == pb.RelationshipUpdate.OPERATION_DELETE:
+                ops.append(DeleteRelationship(rel))
+            else:
+                raise InvalidArgument(f"{field}.operation", "must be TOUCH, CREATE or DELETE")
+        _no_duplicates(ops)
+        revision = await self.ops.write(ops, pres)
+        return pb.WriteRelationshipsResponse(revision=str(revision))
 
-    async def DeleteRelationships(
-        self, request: pb.DeleteRelationshipsRequest, context: Context
-    ) -> pb.DeleteRelationshipsResponse:
-        try:
-            flt = _filter(self.runtime, request.filter)
-            pres = _preconditions(self.runtime, request.preconditions)
-            revision, deleted = await self.runtime.delete_matching(flt, pres, MAX_BATCH * 10)
-            return pb.DeleteRelationshipsResponse(revision=str(revision), deleted=deleted)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def DeleteRelationships(self, request: pb.DeleteRelationshipsRequest,
+                                  context: Context) -> pb.DeleteRelationshipsResponse:
+        flt = _filter(self.follower, request.filter)
+        pres = _preconditions(self.ops, request.preconditions)
+        revision, deleted = await self.ops.delete_matching(flt, pres)
+        return pb.DeleteRelationshipsResponse(revision=str(revision), deleted=deleted)
 
-    async def ReadRelationships(
-        self, request: pb.ReadRelationshipsRequest, context: Context
-    ) -> AsyncIterator[pb.ReadRelationshipsResponse]:
-        try:
-            flt = _filter(self.runtime, request.filter)
-            if request.page_size > MAX_PAGE:
-                raise InvalidArgument("page_size", f"at most {MAX_PAGE}")
-            limit = request.page_size or MAX_PAGE
-            after = None
-            consistency = convert.consistency(request.consistency)
-            if request.cursor:
-                revision, after = _decode_cursor(request.cursor)
-                if consistency.mode == "minimize_latency":
-                    consistency = type(consistency)("at_least_as_fresh", revision)
-            await self.runtime.ensure(consistency, context.time_remaining())
-            rels, next_key, revision = self.runtime.read_relationships(flt, after, limit)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def ReadRelationships(self, request: pb.ReadRelationshipsRequest,
+                                context: Context) -> AsyncIterator[pb.ReadRelationshipsResponse]:
+        flt = _filter(self.follower, request.filter)
+        if request.page_size > LIMITS.read_page_max:
+            raise InvalidArgument("page_size", f"at most {LIMITS.read_page_max}")
+        limit = request.page_size or LIMITS.read_page_max
+        tag = _filter_tag(flt)
+        after = None
+        consistency = convert.consistency(request.consistency)
+        if request.cursor:
+            revision, position = cursor.decode(request.cursor, tag, 3)
+            after = (position[0], position[1], position[2])
+            if consistency.mode is Mode.MINIMIZE_LATENCY:
+                consistency = Consistency.at_least(revision)
+        await self.follower.ensure(consistency, context.time_remaining())
+        rels, next_key, revision = self.ops.read_relationships(flt, after, limit)
         for rel in rels:
             yield pb.ReadRelationshipsResponse(relationship=_relationship_msg(rel))
         yield pb.ReadRelationshipsResponse(
             revision=str(revision),
-            next_cursor=_encode_cursor(revision, next_key) if next_key else "",
+            next_cursor=cursor.encode(revision, next_key, tag) if next_key else "",
             complete=next_key is None,
         )
 
-    async def WriteObjects(
-        self, request: pb.WriteObjectsRequest, context: Context
-    ) -> pb.WriteObjectsResponse:
-        try:
-            if not request.updates:
-                raise InvalidArgument("updates", "give at least one update")
-            if len(request.updates) > MAX_BATCH:
-                raise InvalidArgument("updates", f"at most {MAX_BATCH} per call")
-            ops: list[Operation] = []
-            for i, upd in enumerate(request.updates):
-                field = f"updates[{i}]"
-                ref = _ref(upd.object, f"{field}.object")
-                if upd.operation == pb.ObjectUpdate.OPERATION_PUT:
-                    attrs = MessageToDict(upd.attributes) if upd.HasField("attributes") else {}
-                    ops.append(PutObject(ref, self.runtime.validate_object(ref, attrs, field)))
-                elif upd.operation == pb.ObjectUpdate.OPERATION_DELETE:
-                    self.runtime.validate_object(ref, {}, field)
-                    ops.append(DeleteObject(ref))
-                else:
-                    raise InvalidArgument(f"{field}.operation", "must be PUT or DELETE")
-            revision = await self.runtime.write(ops)
-            return pb.WriteObjectsResponse(revision=str(revision))
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def WriteObjects(self, request: pb.WriteObjectsRequest,
+                           context: Context) -> pb.WriteObjectsResponse:
+        if not request.updates:
+            raise InvalidArgument("updates", "give at least one update")
+        if len(request.updates) > LIMITS.write_batch:
+            raise InvalidArgument("updates", f"{len(request.updates)} updates; at most "
+                                  f"{LIMITS.write_batch} per call")
+        ops: list[Operation] = []
+        for i, upd in enumerate(request.updates):
+            field = f"updates[{i}]"
+            ref = _ref(upd.object, f"{field}.object")
+            if upd.operation == pb.ObjectUpdate.OPERATION_PUT:
+                attrs = (convert.struct(upd.attributes, f"{field}.attributes",
+                                        LIMITS.attributes_bytes)
+                         if upd.HasField("attributes") else {})
+                ops.append(PutObject(ref, self.ops.validate_object(ref, attrs, field)))
+            elif upd.operation == pb.ObjectUpdate.OPERATION_DELETE:
+                self.ops.validate_object(ref, {}, field)
+                ops.append(DeleteObject(ref))
+            else:
+                raise InvalidArgument(f"{field}.operation", "must be PUT or DELETE")
+        _no_duplicates(ops)
+        revision = await self.ops.write(ops)
+        return pb.WriteObjectsResponse(revision=str(revision))
 
-    async def ReadObject(
-        self, request: pb.ReadObjectRequest, context: Context
-    ) -> pb.ReadObjectResponse:
-        try:
-            ref = _ref(request.object, "object")
-            await self.runtime.ensure(convert.consistency(request.consistency),
-                                      context.time_remaining())
-            attrs, revision = self.runtime.read_object(ref)
-            struct = Struct()
-            struct.update(dict(attrs))
-            return pb.ReadObjectResponse(object=request.object, attributes=struct,
-                                         revision=str(revision))
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def ReadObject(self, request: pb.ReadObjectRequest,
+                         context: Context) -> pb.ReadObjectResponse:
+        ref = _ref(request.object, "object")
+        await self.follower.ensure(convert.consistency(request.consistency),
+                                   context.time_remaining())
+        attrs, revision = self.ops.read_object(ref)
+        struct = Struct()
+        struct.update(dict(attrs))
+        return pb.ReadObjectResponse(object=request.object, attributes=struct,
+                                     revision=str(revision))
 
-    async def Watch(
-        self, request: pb.WatchRequest, context: Context
-    ) -> AsyncIterator[pb.WatchResponse]:
-        try:
-            after = None
-            if request.after_revision:
-                after = Consistency.at_least(request.after_revision, "after_revision").revision
-            changes = self.runtime.watch(after)
-            async for change in changes:
-                yield _change_msg(change)
-        except ChangelogGap as exc:
-            await abort(context, FailedPrecondition(
-                "changelog", f"cannot resume: {exc}; read the graph again and watch from its "
-                "revision"))
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def Watch(self, request: pb.WatchRequest,
+                    context: Context) -> AsyncIterator[pb.WatchResponse]:
+        after = None
+        if request.after_revision:
+            after = parse_revision(request.after_revision, "after_revision")
+        async for change in self.ops.watch(after):
+            yield _change_msg(change)
+
+
+def _no_duplicates(ops: list[Operation]) -> None:
+    """Refuse a batch that changes the same relationship or object twice: the
+    result would depend on order (TOUCH then DELETE), or a CREATE given twice
+    would pass both must-not-exist preconditions and succeed once."""
+    seen: dict[object, int] = {}
+    for i, op in enumerate(ops):
+        key: object = (op.relationship if isinstance(op, TouchRelationship | DeleteRelationship)
+                       else op.ref)
+        first = seen.setdefault(key, i)
+        if first != i:
+            raise InvalidArgument(f"updates[{i}]", f"changes the same "
+                                  f"{'relationship' if isinstance(key, Relationship) else 'object'}"
+                                  f" as updates[{first}]; give each change once per batch")

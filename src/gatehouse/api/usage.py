@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from gatehouse.api import convert
-from gatehouse.api.errors import abort
-from gatehouse.errors import GatehouseError, InvalidArgument
-from gatehouse.runtime import EventInput, Runtime
+from gatehouse.api.errors import translate_errors
+from gatehouse.errors import InvalidArgument
+from gatehouse.runtime import EventInput, IndexFollower, UsageOperations
 from gatehouse.transport import ServicerContext
 from gatehouse.usage.compute import MetricUsage
 from gatehouse.usage.limits import (
@@ -63,21 +63,18 @@ def _proposal(req: pb.CheckLimitRequest) -> Proposal:
 
 
 class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, usage: UsageOperations, follower: IndexFollower) -> None:
+        self.usage = usage
+        self.follower = follower
 
-    async def ComputeUsage(
-        self, request: pb.ComputeUsageRequest, context: Context
-    ) -> pb.ComputeUsageResponse:
-        try:
-            await self.runtime.ensure(convert.consistency(request.consistency),
-                                      context.time_remaining())
-            report = await self.runtime.compute_usage(
-                request.organization_id, request.workspace_id, list(request.metrics),
-                request.period)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def ComputeUsage(self, request: pb.ComputeUsageRequest,
+                           context: Context) -> pb.ComputeUsageResponse:
+        await self.follower.ensure(convert.consistency(request.consistency),
+                                   context.time_remaining())
+        report = await self.usage.compute_usage(
+            request.organization_id, request.workspace_id, list(request.metrics),
+            request.period)
         resp = pb.ComputeUsageResponse(
             organization_id=request.organization_id, workspace_id=request.workspace_id,
             plan=report.plan.name if report.plan else "",
@@ -87,37 +84,29 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
         resp.metrics.extend(_metric_msg(m) for m in report.metrics)
         return resp
 
-    async def RecordUsage(
-        self, request: pb.RecordUsageRequest, context: Context
-    ) -> pb.RecordUsageResponse:
-        try:
-            events = [
-                EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
-                           (e.event_time.seconds + e.event_time.nanos / 1e9)
-                           if e.HasField("event_time") else None)
-                for e in request.events
-            ]
-            duplicates = await self.runtime.record_usage(request.organization_id, events)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def RecordUsage(self, request: pb.RecordUsageRequest,
+                          context: Context) -> pb.RecordUsageResponse:
+        events = [
+            EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
+                       convert.timestamp(e.event_time, f"events[{i}].event_time")
+                       if e.HasField("event_time") else None)
+            for i, e in enumerate(request.events)
+        ]
+        duplicates = await self.usage.record_usage(request.organization_id, events)
         resp = pb.RecordUsageResponse()
         for e, dup in zip(request.events, duplicates, strict=True):
             resp.results.add(event_id=e.event_id, duplicate=dup)
         return resp
 
-    async def CheckLimit(
-        self, request: pb.CheckLimitRequest, context: Context
-    ) -> pb.CheckLimitResponse:
-        try:
-            proposal = _proposal(request)
-            await self.runtime.ensure(convert.consistency(request.consistency),
-                                      context.time_remaining())
-            decision, plan, revision = await self.runtime.check_limit(
-                request.organization_id, proposal)
-        except GatehouseError as exc:
-            await abort(context, exc)
-            raise
+    @translate_errors
+    async def CheckLimit(self, request: pb.CheckLimitRequest,
+                         context: Context) -> pb.CheckLimitResponse:
+        proposal = _proposal(request)
+        await self.follower.ensure(convert.consistency(request.consistency),
+                                   context.time_remaining())
+        decision, plan, revision = await self.usage.check_limit(
+            request.organization_id, proposal)
         resp = pb.CheckLimitResponse(allowed=decision.allowed, reason=decision.reason,
                                      plan=plan, revision=str(revision))
         for c in decision.checks:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
+from gatehouse.limits import LIMITS
 from gatehouse.usage.events import Counters, UsageEvent, period_of
 
 
@@ -29,8 +30,9 @@ class MemoryUsageStore:
         agg = metric.aggregate
         if agg == "count":
             counters.values[ck] = counters.values.get(ck, 0.0) + 1
-        elif agg == "sum":
-            counters.values[ck] = counters.values.get(ck, 0.0) + event.amount
+        elif agg == "sum":  # saturates at counter_max, as the Redis store does
+            counters.values[ck] = min(counters.values.get(ck, 0.0) + event.amount,
+                                      LIMITS.counter_max)
         elif agg == "max":
             counters.values[ck] = max(counters.values.get(ck, event.amount), event.amount)
         elif agg == "distinct":

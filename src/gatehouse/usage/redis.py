@@ -21,6 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Unavailable
+from gatehouse.limits import LIMITS
 from gatehouse.redisscript import PipelinedScript
 from gatehouse.usage.events import Counters, UsageEvent, period_of
 
@@ -44,7 +45,8 @@ class RedisUsageStore:
         m = event.metric
         fields = [event.organization, event.event_id, str(window_seconds),
                   period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
-                  _num(event.amount), event.dimension, _num(event.event_time)]
+                  _num(event.amount), event.dimension, _num(event.event_time),
+                  _num(LIMITS.counter_max)]
         try:
             return bool(await self._record([self.prefix, json.dumps(fields)]))
         except _UNREACHABLE as exc:

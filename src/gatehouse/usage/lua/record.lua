@@ -1,6 +1,6 @@
 -- gatehouse: record one usage event, once. Mirrors gatehouse/usage/memory.py.
 -- ARGV[1]: prefix; ARGV[2]: JSON [org, event_id, window_seconds, period,
---   workspace, metric, aggregate, amount, dimension, event_time] (one
+--   workspace, metric, aggregate, amount, dimension, event_time, counter_max] (one
 --   argument, as packing many small arguments costs the client more)
 -- Returns 1 if the event id was already seen within the window (nothing
 -- changed), else 0.
@@ -8,6 +8,7 @@ local P = ARGV[1]
 local a = cjson.decode(ARGV[2])
 local org, id, window, period = a[1], a[2], a[3], a[4]
 local ws, metric, agg, amount, dim, t = a[5], a[6], a[7], a[8], a[9], a[10]
+local cap = tonumber(a[11])
 local tag = P .. ":{" .. org .. "}:"
 if not redis.call("SET", tag .. "ev:" .. id, "1", "NX", "EX", window) then
   return 1
@@ -18,7 +19,9 @@ local vf = "v" .. sep .. ws .. sep .. metric
 if agg == "count" then
   redis.call("HINCRBYFLOAT", h, vf, 1)
 elseif agg == "sum" then
-  redis.call("HINCRBYFLOAT", h, vf, amount)
+  -- A counter never grows past cap (limits.py: counter_max); it saturates there.
+  local v = tonumber(redis.call("HINCRBYFLOAT", h, vf, amount))
+  if v > cap then redis.call("HSET", h, vf, a[11]) end
 elseif agg == "max" then
   local cur = tonumber(redis.call("HGET", h, vf))
   if not cur or tonumber(amount) > cur then redis.call("HSET", h, vf, amount) end

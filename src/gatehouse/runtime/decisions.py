@@ -1,0 +1,139 @@
+"""Decisions: Check, CheckBulk and ListAccessible against one view.
+
+Safe to call from any thread: ``check`` and ``check_many`` take the view
+under the follower's lock (the transport answers them on its poll thread),
+so one call sees one policy and one revision throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from gatehouse import engine
+from gatehouse.engine.listing import list_accessible
+from gatehouse.errors import GatehouseError, InvalidArgument, quote
+from gatehouse.graph.model import object_key, validate_id, validate_type
+from gatehouse.limits import LIMITS
+from gatehouse.policy.model import CompiledPolicy
+from gatehouse.runtime.follower import IndexFollower
+
+
+class CheckInput(NamedTuple):
+    """One check request (a tuple: cheap to build thousands of times per bulk call)."""
+
+    subject_type: str
+    subject_id: str
+    action: str
+    resource_type: str
+    resource_id: str
+    context: Mapping[str, Any] | None = None
+    explain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CheckOutput:
+    allowed: bool
+    revision: int
+    policy_version: str
+    explanation: engine.Explanation | None = None
+
+
+class BulkOutput(NamedTuple):
+    results: list[CheckOutput | GatehouseError]
+    revision: int
+    policy_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListInput:
+    subject_type: str
+    subject_id: str
+    resource_type: str
+    action: str
+    within_type: str = ""
+    within_id: str = ""
+    page_size: int = 0
+    after: str | None = None
+    context: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListOutput:
+    ids: list[str]
+    after: str | None
+    complete: bool
+    revision: int
+    policy_version: str
+
+
+class Decisions:
+    """Answers decisions from the follower's current view."""
+
+    def __init__(self, follower: IndexFollower) -> None:
+        self.follower = follower
+
+    def check(self, req: CheckInput) -> CheckOutput:
+        """One decision."""
+        follower = self.follower
+        with follower.lock:
+            return _check(follower.policy, follower.index, req, "")
+
+    def check_many(self, reqs: Sequence[CheckInput | GatehouseError]) -> BulkOutput:
+        """Decide each request against one policy and one revision, in order.
+
+        An item that already failed to convert is passed through as its error,
+        so one bad item never fails the others.
+        """
+        out: list[CheckOutput | GatehouseError] = []
+        follower = self.follower
+        with follower.lock:
+            policy, index = follower.policy, follower.index
+            for i, req in enumerate(reqs):
+                if isinstance(req, GatehouseError):
+                    out.append(req)
+                    continue
+                try:
+                    out.append(_check(policy, index, req, f"items[{i}]."))
+                except GatehouseError as exc:
+                    out.append(exc)
+            return BulkOutput(out, index.revision, policy.version)
+
+    def list_accessible(self, req: ListInput, deadline: float | None) -> ListOutput:
+        """One page of ListAccessible, from one view (called on the loop thread)."""
+        view = self.follower.view()
+        policy, index = view.policy, view.index
+        subject, _ = engine.validate_request(
+            policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x")
+        within = None
+        if req.within_type or req.within_id:
+            validate_type(req.within_type, "within.type")
+            validate_id(req.within_id, "within.id")
+            lineage = policy.types[req.resource_type].lineage
+            if req.within_type not in lineage:
+                raise InvalidArgument("within.type", f"{quote(req.within_type)} is not "
+                                      f"{req.resource_type!r} or one of its ancestors "
+                                      f"({' -> '.join(lineage)})")
+            within = object_key(req.within_type, req.within_id)
+        if req.page_size < 0 or req.page_size > LIMITS.list_page_max:
+            raise InvalidArgument("page_size", f"at most {LIMITS.list_page_max}")
+        page = list_accessible(policy, index, subject, req.action, req.resource_type,
+                               within=within, after=req.after,
+                               limit=req.page_size or LIMITS.list_page_default,
+                               deadline=deadline, context=req.context)
+        return ListOutput(page.ids, page.after, page.complete, index.revision, policy.version)
+
+
+def _check(policy: CompiledPolicy, index: Any, req: CheckInput, prefix: str) -> CheckOutput:
+    subject, resource = engine.validate_request(
+        policy, req.subject_type, req.subject_id, req.action, req.resource_type,
+        req.resource_id, prefix,
+    )
+    if req.explain:
+        exp = engine.explain(policy, index, subject, req.action, req.resource_type,
+                             resource, req.context)
+        return CheckOutput(exp.allowed, index.revision, policy.version, exp)
+    allowed = engine.check(policy, index, subject, req.action, req.resource_type, resource,
+                           req.context)
+    return CheckOutput(allowed, index.revision, policy.version)

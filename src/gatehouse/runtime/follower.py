@@ -1,0 +1,286 @@
+"""The index of one server process, kept current by following the store.
+
+The follower owns the index, the policy it is read with, and the lock that
+guards both: only it writes them. Each request takes one ``View`` — the
+(policy, index) pair as it was at one moment — so a decision never mixes two
+policies or two revisions. Readers on the transport's poll thread take the
+view under ``lock``; readers on the event loop thread need no lock, because
+the index only changes on that thread between their awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from gatehouse.errors import FailedPrecondition, ResourceExhausted, Unavailable
+from gatehouse.graph.changes import Change
+from gatehouse.graph.index import GraphIndex
+from gatehouse.graph.store import ChangelogGap, GraphStore
+from gatehouse.limits import LIMITS
+from gatehouse.policy.model import CompiledPolicy
+from gatehouse.runtime.consistency import Consistency, Mode
+
+log = logging.getLogger("gatehouse.follower")
+
+# How many changes a Watch stream may have queued before it is ended as too slow.
+WATCH_QUEUE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The policy and the index one request reads, taken together."""
+
+    policy: CompiledPolicy
+    index: GraphIndex
+
+
+class _Gap:
+    """Sentinel queued to watchers when the follower had to rebuild from a snapshot."""
+
+
+_GAP = _Gap()
+
+
+class IndexFollower:
+    """Builds the index from a snapshot and applies the store's changelog to it.
+
+    When the changelog cannot continue (trimmed past the index, or the store
+    lost its data) the index is rebuilt from a snapshot and swapped in whole.
+    While the store is unreachable the index keeps serving and health
+    listeners hear about it.
+    """
+
+    def __init__(self, store: GraphStore, policy: CompiledPolicy, index: GraphIndex,
+                 epoch: str, freshness_wait: float = LIMITS.freshness_wait_seconds) -> None:
+        self.store = store
+        self.lock = threading.Lock()
+        """Held while the index or policy changes, and by poll-thread readers."""
+        self._policy = policy
+        self._index = index
+        self._epoch = epoch
+        self._healthy = True
+        self._listeners: list[Callable[[bool], None]] = []
+        self._advanced = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watchers: set[asyncio.Queue[Change | _Gap]] = set()
+        # How long a read without a deadline may wait for the index to reach
+        # the revision it asks for; the changelog normally follows in
+        # milliseconds, so this only ends waits that would never end.
+        self.freshness_wait = freshness_wait
+
+    @classmethod
+    async def start(cls, store: GraphStore, policy: CompiledPolicy,
+                    freshness_wait: float = LIMITS.freshness_wait_seconds) -> IndexFollower:
+        index, epoch = await _snapshot_index(store)
+        follower = cls(store, policy, index, epoch, freshness_wait)
+        follower._task = asyncio.create_task(follower._follow_loop(), name="index-follower")
+        return follower
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- what readers see ---------------------------------------------------
+
+    @property
+    def policy(self) -> CompiledPolicy:
+        return self._policy
+
+    @property
+    def index(self) -> GraphIndex:
+        return self._index
+
+    @property
+    def revision(self) -> int:
+        return self._index.revision
+
+    @property
+    def epoch(self) -> str:
+        return self._epoch
+
+    @property
+    def store_healthy(self) -> bool:
+        return self._healthy
+
+    def view(self) -> View:
+        """The current (policy, index) pair; for readers on the loop thread."""
+        return View(self._policy, self._index)
+
+    def on_health(self, listener: Callable[[bool], None]) -> None:
+        """Call ``listener(healthy)`` whenever the store becomes (un)reachable."""
+        self._listeners.append(listener)
+
+    # -- what only the follower and the reloader change -----------------------
+
+    def set_policy(self, policy: CompiledPolicy) -> None:
+        """Swap in a new policy; a CheckBulk on the poll thread sees one policy throughout."""
+        with self.lock:
+            self._policy = policy
+
+    def _set_health(self, healthy: bool) -> None:
+        if healthy != self._healthy:
+            self._healthy = healthy
+            log.warning("store %s", "reachable again" if healthy else "unreachable",
+                        extra={"store": self.store.description})
+            for listener in self._listeners:
+                listener(healthy)
+
+    def _advance(self) -> None:
+        self._advanced.set()
+        self._advanced = asyncio.Event()
+
+    async def _follow_loop(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self.store.head_revision()  # raises Unavailable when unreachable
+                self._set_health(True)
+                backoff = 0.05
+                async for change in self.store.follow(self._index.revision, self._epoch):
+                    with self.lock:
+                        self._index.apply((change,))
+                    self._publish(change)
+                    self._advance()
+            except ChangelogGap as exc:
+                log.warning("rebuilding the index from a snapshot", extra={"reason": str(exc)})
+                try:
+                    index, epoch = await _snapshot_index(self.store)
+                except Unavailable:
+                    self._set_health(False)
+                    await asyncio.sleep(backoff)
+                    continue
+                with self.lock:
+                    self._index, self._epoch = index, epoch
+                self._publish(_GAP)
+                self._advance()
+            except Unavailable as exc:
+                self._set_health(False)
+                log.debug("follower waiting for the store", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("index follower failed; retrying")
+                await asyncio.sleep(1.0)
+
+    # -- waiting for freshness ----------------------------------------------
+
+    async def wait_for(self, revision: int, timeout: float | None) -> bool:
+        """Wait until the index has applied ``revision``; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while self._index.revision < revision:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._advanced.wait(), remaining)
+            except TimeoutError:
+                return False
+        return True
+
+    def fresh_enough(self, consistency: Consistency) -> bool:
+        """Whether the index already answers ``consistency`` without waiting or asking."""
+        mode = consistency.mode
+        if mode is Mode.MINIMIZE_LATENCY:
+            return True
+        if mode is Mode.FULLY_CONSISTENT:
+            return False
+        return self._index.revision >= consistency.revision
+
+    async def ensure(self, consistency: Consistency, timeout: float | None) -> None:
+        """Bring the index to the freshness asked for, within ``timeout`` seconds.
+
+        Without a timeout (the call has no deadline) it waits at most
+        ``freshness_wait``, so a revision the index never reaches fails
+        instead of holding the call forever.
+        """
+        if consistency.mode is Mode.MINIMIZE_LATENCY:
+            return
+        if timeout is None:
+            timeout = self.freshness_wait
+        if consistency.mode is Mode.FULLY_CONSISTENT:
+            target = await self.store.head_revision()
+        else:
+            target = consistency.revision
+        if not await self.wait_for(target, timeout):
+            raise Unavailable(
+                f"index is at revision {self._index.revision}, not yet at {target}; "
+                "retry, or ask with a longer deadline"
+            )
+
+    # -- watching -------------------------------------------------------------
+
+    def _publish(self, item: Change | _Gap) -> None:
+        for queue in list(self._watchers):
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                # Too slow a reader: end its stream rather than hold unbounded memory.
+                self._watchers.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(_GAP)
+
+    async def watch(self, after: int | None) -> AsyncIterator[Change]:
+        """Committed changes above ``after`` (None: from now on), then live ones.
+
+        Live changes come from this process's own changelog tail, shared by
+        every stream; only the replay of history reads the store, and only up
+        to the revision the stream subscribed at. So open streams hold no
+        store connection and cannot starve writes.
+        """
+        if len(self._watchers) >= LIMITS.watch_streams:
+            raise ResourceExhausted(
+                "watch", f"{LIMITS.watch_streams} Watch streams are open on this server "
+                "process (the limit); retry later or on another process")
+        queue: asyncio.Queue[Change | _Gap] = asyncio.Queue(WATCH_QUEUE)
+        self._watchers.add(queue)
+        try:
+            start = self._index.revision  # the live queue holds everything above this
+            epoch = self._epoch
+            last = start if after is None else after
+            if last > start:
+                if not await self.wait_for(last, self.freshness_wait):
+                    raise FailedPrecondition(
+                        "after_revision", f"revision {last} is ahead of the store "
+                        f"(index at {self._index.revision})")
+            elif last < start:
+                async for change in self.store.follow(last, epoch):
+                    yield change
+                    last = change.revision
+                    if last >= start:
+                        break
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Gap):
+                    raise FailedPrecondition(
+                        "changelog", f"the stream cannot continue after revision {last} (the "
+                        "changelog was trimmed, the store lost data, or this reader fell "
+                        f"more than {WATCH_QUEUE} changes behind); read the graph again and "
+                        "watch from its revision")
+                if item.revision <= last:
+                    continue
+                yield item
+                last = item.revision
+        finally:
+            self._watchers.discard(queue)
+
+
+async def _snapshot_index(store: GraphStore) -> tuple[GraphIndex, str]:
+    started = time.perf_counter()
+    snap = await store.snapshot()
+    index = GraphIndex.from_snapshot(snap)
+    log.info("index built from snapshot", extra={
+        "revision": snap.revision, "relationships": index.relationship_count,
+        "seconds": round(time.perf_counter() - started, 3)})
+    return index, snap.epoch

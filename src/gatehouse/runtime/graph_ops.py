@@ -1,0 +1,88 @@
+"""Graph operations: writes under the current policy's rules, reads from the index."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+from gatehouse.errors import FailedPrecondition, InvalidArgument, NotFound
+from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
+from gatehouse.graph.model import ObjectRef, Relationship
+from gatehouse.graph.query import RelationshipFilter, read_relationships
+from gatehouse.graph.schema import object_problems, relationship_problem
+from gatehouse.limits import LIMITS
+from gatehouse.runtime.consistency import FULLY_CONSISTENT
+from gatehouse.runtime.follower import IndexFollower
+
+Position = tuple[str, str, str]
+
+
+class GraphOperations:
+    """GraphService's domain side: validate against the policy, write, read."""
+
+    def __init__(self, follower: IndexFollower) -> None:
+        self.follower = follower
+
+    async def write(self, ops: Sequence[Operation],
+                    preconditions: Sequence[Precondition] = ()) -> int:
+        """Commit one atomic batch under the current policy's rules; return its revision."""
+        store, policy = self.follower.store, self.follower.policy
+        change = await store.write(ops, preconditions, policy.write_rules)
+        return change.revision
+
+    def validate_relationship(self, rel: Relationship, field: str) -> None:
+        """InvalidArgument naming ``field`` unless the policy's types allow ``rel``."""
+        problem = relationship_problem(self.follower.policy, rel)
+        if problem:
+            raise InvalidArgument(field, problem)
+
+    def validate_object(self, ref: ObjectRef, attrs: Mapping[str, Any],
+                        field: str) -> dict[str, Any]:
+        """The attributes, checked against the type (numbers coerced to int where declared)."""
+        policy = self.follower.policy
+        tdef = policy.types.get(ref.type)
+        fixed = dict(attrs)
+        if tdef is not None:
+            for name, value in attrs.items():
+                attr = tdef.attributes.get(name)
+                if (attr is not None and attr.type == "int" and isinstance(value, float)
+                        and value.is_integer()):
+                    fixed[name] = int(value)
+        problems = object_problems(policy, ref, fixed)
+        if problems:
+            raise InvalidArgument(f"{field}.object" if "unknown type" in problems[0]
+                                  else f"{field}.attributes", problems[0])
+        return fixed
+
+    async def delete_matching(self, flt: RelationshipFilter,
+                              preconditions: Sequence[Precondition]) -> tuple[int, int]:
+        """Delete every relationship matching ``flt`` at the store's current revision."""
+        limit = LIMITS.delete_matches_max
+        await self.follower.ensure(FULLY_CONSISTENT, LIMITS.freshness_wait_seconds)
+        rels, more = read_relationships(self.follower.index, flt, None, limit)
+        if more is not None:
+            raise FailedPrecondition(
+                "delete-limit", f"more than {limit} relationships match; narrow the filter")
+        ops = [DeleteRelationship(rel) for rel in rels]
+        pres = list(preconditions) + [Precondition(rel, must_exist=True) for rel in rels]
+        revision = await self.write(ops, pres)
+        return revision, len(rels)
+
+    def read_relationships(self, flt: RelationshipFilter, after: Position | None,
+                           limit: int) -> tuple[list[Relationship], Position | None, int]:
+        """One page of matches in key order, and the revision it was read at."""
+        index = self.follower.index
+        rels, next_key = read_relationships(index, flt, after, limit)
+        return rels, next_key, index.revision
+
+    def read_object(self, ref: ObjectRef) -> tuple[Mapping[str, Any], int]:
+        view = self.follower.view()
+        if ref.type not in view.policy.types:
+            raise InvalidArgument("object.type", f"unknown type {ref.type!r}")
+        if not view.index.exists(ref.key):
+            raise NotFound(f"{ref} is not in the graph")
+        return view.index.attributes(ref.key), view.index.revision
+
+    def watch(self, after: int | None) -> AsyncIterator[Change]:
+        """Changes above ``after`` (None: from now on), then live ones."""
+        return self.follower.watch(after)

@@ -1,0 +1,86 @@
+"""Hot reload of the policy folder.
+
+The reloader polls the folder's file signature and, when it changes,
+compiles the new set off the event loop and hands it to the follower, which
+swaps it in atomically. A broken edit is logged with every problem and the
+last good policy keeps serving. Nothing a policy file contains may stop the
+watching: an unexpected failure is logged and the next change is tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from gatehouse.errors import PolicyError
+from gatehouse.policy.loader import load_policy, policy_files
+from gatehouse.policy.model import CompiledPolicy
+from gatehouse.runtime.follower import IndexFollower
+
+log = logging.getLogger("gatehouse.reloader")
+
+Signature = tuple[tuple[str, int, int], ...]
+
+
+class PolicyReloader:
+    """Recompiles ``policy_dir`` when it changes and swaps the result in."""
+
+    def __init__(self, follower: IndexFollower, policy_dir: Path) -> None:
+        self.follower = follower
+        self.policy_dir = policy_dir
+        self.failures = 0
+        """Reload attempts that were rejected or failed since start."""
+
+    def _signature(self) -> Signature:
+        try:
+            return tuple(
+                (p.name, p.stat().st_mtime_ns, p.stat().st_size)
+                for p in policy_files(self.policy_dir)
+            )
+        except OSError:
+            return ()
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Poll the folder every ``interval`` seconds until cancelled."""
+        seen = self._signature()
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                sig = self._signature()
+                if sig == seen:
+                    continue
+                seen = sig
+                new = await asyncio.to_thread(self._compile)
+                if new is not None:
+                    self._swap(new)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.failures += 1
+                log.exception("policy reload failed; still serving %s, watching on",
+                              self.follower.policy.version)
+
+    def reload_now(self) -> bool:
+        """Recompile the policy folder now. True if the new policy is serving."""
+        new = self._compile()
+        if new is None:
+            return False
+        self._swap(new)
+        return True
+
+    def _compile(self) -> CompiledPolicy | None:
+        try:
+            return load_policy(self.policy_dir)
+        except PolicyError as exc:
+            self.failures += 1
+            log.error("policy reload rejected; still serving %s", self.follower.policy.version,
+                      extra={"problems": [str(p) for p in exc.problems]})
+            return None
+
+    def _swap(self, new: CompiledPolicy) -> None:
+        old = self.follower.policy.version
+        if new.version != old:
+            log.info("policy reloaded", extra={"old_version": old,
+                                               "policy_version": new.version})
+        self.follower.set_policy(new)

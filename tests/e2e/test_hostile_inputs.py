@@ -100,11 +100,11 @@ class TestRevisions:
                                             graph: gpb_grpc.GraphServiceStub) -> None:
         """Every place a revision is read applies the same strict parse."""
         bulk = apb.CheckBulkRequest(items=[check_req()])
-        bulk.consistency.at_least_as_fresh = "²"
+        bulk.consistency.at_least_as_fresh = "\u00b2"
         assert refused(authz.CheckBulk, bulk).code() == grpc.StatusCode.INVALID_ARGUMENT
         read = gpb.ReadRelationshipsRequest(filter=gpb.RelationshipFilter(
             resource_type="workspace"))
-        read.consistency.at_least_as_fresh = "٣"
+        read.consistency.at_least_as_fresh = "\u0663"
         assert refused(graph.ReadRelationships, read).code() == \
             grpc.StatusCode.INVALID_ARGUMENT
         err = refused(graph.Watch, gpb.WatchRequest(after_revision="\uff13"))

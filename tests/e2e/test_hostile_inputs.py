@@ -23,7 +23,8 @@ from tests.e2e.test_graph_service import ref, relationship, update
 
 DATA = "tests/testdata/usage/billing.data.yaml"
 # superscript two, Arabic-Indic three, fullwidth three, ...
-NON_ASCII_DIGITS = ["\u00b2", "\u0663", "\uff13", "1\u00b2", "\u0663\u0663", "+1", " 1", "1 ", "-1", "1e3", "0x1",
+NON_ASCII_DIGITS = ["\u00b2", "\u0663", "\uff13", "1\u00b2", "\u0663\u0663",
+                    "+1", " 1", "1 ", "-1", "1e3", "0x1",
                     "18446744073709551616", "1" * 21]
 
 
@@ -286,7 +287,8 @@ class TestUsageEvents:
         assert err.code() == grpc.StatusCode.NOT_FOUND
         assert err.details().startswith("events[1].workspace_id:")
 
-    @pytest.mark.parametrize("period", ["\uff12\uff10\uff12\uff16-11", "2026-\uff111", "2026-1\u0661"])
+    @pytest.mark.parametrize("period", ["\uff12\uff10\uff12\uff16-11", "2026-\uff111",
+                                        "2026-1\u0661"])
     def test_a_period_in_non_ascii_digits_is_refused(
             self, usage: upb_grpc.UsageServiceStub, period: str) -> None:
         """Fullwidth or Arabic-Indic digits in a period are not a month."""

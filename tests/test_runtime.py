@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
+
+import pytest
 
 from gatehouse.errors import Unavailable
 from gatehouse.graph.changes import TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import Relationship
 from gatehouse.policy import load_policy
-from gatehouse.runtime import FULLY_CONSISTENT, CheckInput, Consistency, Runtime
+from gatehouse.policy.model import CompiledPolicy
+from gatehouse.runtime import (
+    FULLY_CONSISTENT,
+    CheckInput,
+    Consistency,
+    IndexFollower,
+    PolicyReloader,
+    Runtime,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "policies/coupler")
@@ -70,3 +81,49 @@ class TestFollowing:
 
         index_rev, head = asyncio.run(scenario())
         assert index_rev == head == 1
+
+
+class TestPolicyReloader:
+    def test_a_crashing_compile_is_logged_and_watching_goes_on(
+            self, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        """A compiler that raises (not PolicyError) on one edit does not stop the watcher:
+        the next edit that compiles is swapped in."""
+        folder = tmp_path / "policy"
+        shutil.copytree(ROOT / "policies/coupler", folder)
+        calls: list[int] = []
+        swapped = asyncio.Event()
+
+        def load(path: Path) -> CompiledPolicy:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RecursionError("a compiler bug")
+            return load_policy(path)
+
+        async def scenario() -> tuple[str, str, int]:
+            follower = await IndexFollower.start(MemoryGraphStore(), POLICY)
+            reloader = PolicyReloader(follower, folder, load)
+            original = follower.set_policy
+
+            def set_policy(policy: CompiledPolicy) -> None:
+                original(policy)
+                swapped.set()
+
+            follower.set_policy = set_policy  # type: ignore[method-assign]
+            task = asyncio.create_task(reloader.watch(interval=0.02))
+            await asyncio.sleep(0)  # the task takes the folder's signature before any edit
+            try:
+                policy_file = folder / "policy.yaml"
+                policy_file.write_text(policy_file.read_text() + "\n# first edit\n")
+                async with asyncio.timeout(10):
+                    while not calls:  # the first edit was compiled (and crashed)
+                        await asyncio.sleep(0.01)
+                policy_file.write_text(policy_file.read_text() + "\n# second edit\n")
+                await asyncio.wait_for(swapped.wait(), 10)
+                return POLICY.version, follower.policy.version, reloader.failures
+            finally:
+                task.cancel()
+                await follower.close()
+
+        old, new, failures = asyncio.run(scenario())
+        assert new != old and failures == 1
+        assert "policy reload failed" in caplog.text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from gatehouse.errors import PolicyError
@@ -26,9 +27,11 @@ Signature = tuple[tuple[str, int, int], ...]
 class PolicyReloader:
     """Recompiles ``policy_dir`` when it changes and swaps the result in."""
 
-    def __init__(self, follower: IndexFollower, policy_dir: Path) -> None:
+    def __init__(self, follower: IndexFollower, policy_dir: Path,
+                 load: Callable[[Path], CompiledPolicy] = load_policy) -> None:
         self.follower = follower
         self.policy_dir = policy_dir
+        self._load = load
         self.failures = 0
         """Reload attempts that were rejected or failed since start."""
 
@@ -71,7 +74,7 @@ class PolicyReloader:
 
     def _compile(self) -> CompiledPolicy | None:
         try:
-            return load_policy(self.policy_dir)
+            return self._load(self.policy_dir)
         except PolicyError as exc:
             self.failures += 1
             log.error("policy reload rejected; still serving %s", self.follower.policy.version,

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -546,3 +549,21 @@ class TestChoose:
         """A transport name other than auto, core or aio is an error, not a silent default."""
         with pytest.raises(ValueError, match="auto, core, aio"):
             self.run(open_transport("fast"))
+
+
+class TestPackage:
+    def test_only_the_core_module_touches_grpcs_private_layer(self) -> None:
+        """grpc._cython is imported by transport/core.py and by no other gatehouse module."""
+        src = Path(__file__).resolve().parent.parent / "src" / "gatehouse"
+        users = sorted(str(p.relative_to(src)) for p in src.rglob("*.py")
+                       if "v1" not in p.parts and "grpc._cython" in p.read_text())
+        assert users == ["transport/core.py"]
+
+    def test_importing_the_package_leaves_core_unloaded(self) -> None:
+        """The api's imports (Abort, Defer, ServicerContext) never load the private layer."""
+        code = ("import sys; from gatehouse.transport import Abort, Defer, ServicerContext; "
+                "import gatehouse.transport as t; assert all(hasattr(t, n) for n in t.__all__); "
+                "print('gatehouse.transport.core' in sys.modules)")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=60, check=True)
+        assert out.stdout.strip() == "False"

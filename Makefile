@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 GEN    := src/gatehouse/v1/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
-.PHONY: serve test pytest lint gen bench clean
+.PHONY: serve test pytest lint gen bench clean test-grpc-range
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ pytest: $(GEN)
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint pytest
+
+# Not part of `test`: throwaway venvs with the lowest and the highest allowed
+# grpcio stack (tools/grpc-range/), each running the transport and e2e tests.
+test-grpc-range:
+	$(PYTHON) tools/grpc_range.py $(ARGS)
 
 bench: $(GEN)
 	$(BIN)/python bench/check_inprocess.py $(ARGS)

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gatehouse.errors import DataFileError, GatehouseError, PolicyError
+from gatehouse.errors import DataFileError, GatehouseError, PolicyError, quote
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -34,6 +34,10 @@ def _serve(args: argparse.Namespace) -> int:
         print("gatehouse: --workers above 1 needs a fixed port to share, not :0",
               file=sys.stderr)
         return 2
+    if args.transport not in ("auto", "core", "aio"):
+        print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
+              f"not {quote(args.transport)}", file=sys.stderr)
+        return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
             and Path(DEFAULT_DATA).exists()):
@@ -47,6 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
         watch_policy=not args.no_watch,
         reuse_port=args.reuse_port,
         usage_dedup_days=args.usage_dedup_days,
+        transport=args.transport,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -58,7 +63,8 @@ def _serve(args: argparse.Namespace) -> int:
             child = ["--listen", args.listen, "--policy", args.policy,
                      "--redis-prefix", args.redis_prefix, "--reuse-port",
                      "--log-level", args.log_level,
-                     "--usage-dedup-days", str(args.usage_dedup_days)]
+                     "--usage-dedup-days", str(args.usage_dedup_days),
+                     "--transport", args.transport]
             if args.no_watch:
                 child.append("--no-watch")
             return run_workers(config, args.workers, child)
@@ -159,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
                        default=int(os.environ.get("GATEHOUSE_WORKERS", "1")),
                        help="server processes sharing the port (SO_REUSEPORT), each with its "
                        "own index; above 1 needs --redis-url (env GATEHOUSE_WORKERS)")
+    serve.add_argument("--transport", default=os.environ.get("GATEHOUSE_TRANSPORT", "auto"),
+                       help="gRPC server: core (grpc core driven directly; Check answered "
+                       "without an event-loop turn), aio (the public grpc.aio server) or auto "
+                       "(core when this grpcio is one it was tested with and its start-up "
+                       "self-test passes, else aio; the log says which and why) (env "
+                       "GATEHOUSE_TRANSPORT; default auto)")
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)

@@ -196,3 +196,32 @@ class TestCheckBulk:
         assert info.value.details().startswith("items:")
         ok = stub.CheckBulk(pb.CheckBulkRequest(items=[item] * 1000))
         assert len(ok.results) == 1000
+
+
+class TestWireLimits:
+    def test_a_5_mib_check_is_refused_and_the_server_keeps_answering(
+        self, coupler_server: ServerProcess, stub: pb_grpc.AuthorizationServiceStub
+    ) -> None:
+        """A Check larger than LIMITS.message_bytes is RESOURCE_EXHAUSTED; the next is answered."""
+        big = req("user:uma", "view", "workspace:acme",
+                  context=struct_pb2.Struct(fields={"pad": struct_pb2.Value(
+                      string_value="x" * (5 << 20))}))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(big, timeout=30)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert stub.Check(req("user:uma", "view", "workspace:acme")).decision == \
+            pb.DECISION_ALLOW
+
+    @pytest.mark.parametrize("messages", [0, 2])
+    def test_a_check_with_zero_or_two_request_messages_is_invalid_argument(
+        self, coupler_server: ServerProcess, messages: int
+    ) -> None:
+        """Check framed as a stream of none or two messages is INVALID_ARGUMENT, not INTERNAL."""
+        one = req("user:uma", "view", "workspace:acme").SerializeToString()
+        raw = coupler_server.channel().stream_unary(
+            "/gatehouse.v1.AuthorizationService/Check")
+        with pytest.raises(grpc.RpcError) as info:
+            raw(iter([one] * messages), timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith(
+            "request: a unary method takes exactly one request message")

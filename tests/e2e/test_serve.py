@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 from gatehouse.v1 import graph_pb2 as gpb
 from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
 from tests.conftest import GATEHOUSE, ROOT, free_port, start_server
+from tests.e2e.test_grpcurl import run as grpcurl_run
 
 
 def serve_once(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -159,3 +161,49 @@ def _wait_for_version_change(address: str, old: str) -> pb.CheckResponse:
         if time.monotonic() > deadline:
             pytest.fail("policy was not reloaded within 10 s")
         time.sleep(0.1)
+
+
+class TestTransport:
+    def test_auto_logs_which_transport_serves_and_why(self, tmp_path: Path) -> None:
+        """The default (auto) says in its log which transport serves and why."""
+        server = start_server(tmp_path)
+        try:
+            assert check(server.address, "olivia", "view", "workspace:acme").decision == \
+                pb.DECISION_ALLOW
+            logs = server.logs()
+        finally:
+            server.stop()
+        assert "serving gRPC with the core transport: grpcio " in logs, logs
+        assert '"reason": ' in logs
+
+    def test_aio_transport_serves_the_same_api(self, tmp_path: Path) -> None:
+        """--transport aio answers Check, streams, reflection and errors like core, and says so."""
+        server = start_server(tmp_path, "--transport", "aio", "--data",
+                              str(ROOT / "examples/coupler.data.yaml"))
+        try:
+            assert check(server.address, "uma", "edit", "data_flow:acme-sales-pipeline"
+                         ).decision == pb.DECISION_ALLOW
+            assert check(server.address, "uma", "delete", "data_flow:acme-sales-pipeline"
+                         ).decision == pb.DECISION_DENY
+            stub = pb_grpc.AuthorizationServiceStub(server.channel())
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Check(pb.CheckRequest(action="view"), timeout=5)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            listed = list(stub.ListAccessible(pb.ListAccessibleRequest(
+                subject=pb.ObjectReference(type="user", id="uma"), resource_type="data_flow",
+                action="view"), timeout=5))
+            assert listed[-1].complete and any(r.resource_ids for r in listed)
+            out = grpcurl_run("-plaintext", server.address, "list")  # reflection, a stream
+            assert "gatehouse.v1.AuthorizationService" in out.stdout.split(), out.stderr
+            assert server.stop(signal.SIGTERM) == 0
+        finally:
+            server.stop()
+        assert '"transport": "aio"' in server.logs()
+
+    def test_an_unknown_transport_is_refused(self) -> None:
+        """GATEHOUSE_TRANSPORT other than auto/core/aio stops start-up with exit 2."""
+        out = subprocess.run([*GATEHOUSE, "serve", "--listen", f"127.0.0.1:{free_port()}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=30,
+                             env={**os.environ, "GATEHOUSE_TRANSPORT": "fast"})
+        assert out.returncode == 2
+        assert "must be auto, core or aio" in out.stderr

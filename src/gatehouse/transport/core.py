@@ -1,24 +1,28 @@
-"""The gRPC server: grpc core's completion queue driven from one thread of ours.
+"""The core transport: grpc core's completion queue driven from one thread of ours.
 
 Why not ``grpc.aio.server``: on this kind of machine its per-call bookkeeping
 (a task, futures and several event-loop turns per unary call) costs about
 four times what a decision does, so a Check spent most of its server time in
 the framework. Here one thread polls grpc core's completion queue and
 answers the methods registered *inline* (Check, CheckBulk) right there: read
-the request bytes, decide, send response and status in one batch — three
-completion events and no event-loop turn per call.
+the request bytes, check that no second message follows, decide, send
+response and status in one batch — four completion events and no event-loop
+turn per call.
 
 Every other method (and an inline one that cannot answer at once, e.g. it
 must wait for the index to catch up) runs as a task on the asyncio loop with
 the ordinary servicer coroutine and a small ``ServicerContext``; the poll
 thread hands its completions over in batches (one loop wake-up for all the
-completions that arrived meanwhile). The
-generated ``add_*Servicer_to_server`` functions register on this server as
-they would on a grpc one.
+completions that arrived meanwhile). The generated ``add_*Servicer_to_server``
+functions register on this server as they would on a grpc one.
 
-Inline handlers run on the poll thread, concurrently with the loop thread:
-whatever they read must be safe for that (the runtime guards its index with
-a lock; see ``Runtime.check``).
+Inline handlers and ``BeforeCall`` hooks run on the poll thread, concurrently
+with the loop thread: whatever they read must be safe for that (the runtime
+guards its index with a lock; see ``Runtime.check``).
+
+This is the only module that imports grpc's private Cython layer
+(``grpc._cython``); ``gatehouse.transport.choose`` uses it only for grpcio
+versions it was tested with, and only after a start-up self-test.
 """
 
 from __future__ import annotations
@@ -32,46 +36,47 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from grpc._cython import cygrpc  # type: ignore[attr-defined]
 
+from gatehouse.transport.base import (
+    UNARY_MESSAGE_COUNT,
+    Abort,
+    AfterCall,
+    BeforeCall,
+    CallInfo,
+    CallOutcome,
+    Counters,
+    Defer,
+    HookFailed,
+    InlineHandler,
+    Metadata,
+    MethodHandler,
+    TransportStats,
+    run_before,
+    server_options,
+)
+
 log = logging.getLogger("gatehouse.transport")
-
-if TYPE_CHECKING:
-    _Handler = grpc.RpcMethodHandler[Any, Any]
-else:
-    _Handler = grpc.RpcMethodHandler
-InlineHandler = Callable[[bytes], bytes]
-"""Request bytes in, response bytes out, on the poll thread; may raise Abort or Defer."""
-
-
-class Abort(Exception):
-    """End the call with this status (raised by inline handlers and ``context.abort``)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str = "",
-                 trailing_metadata: Sequence[tuple[str, Any]] = ()) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
-        self.trailing_metadata = tuple(trailing_metadata)
-
-
-class Defer(Exception):
-    """An inline handler cannot answer without waiting: run the async handler instead."""
-
 
 _OK = cygrpc.StatusCode.ok
 _REQUEST = object()
 _SHUTDOWN = object()
+# Tags of the batches started on a call are tuples (kind, request event, track, ...).
 _RECV_INLINE = 1
 _FINISHED = 2
 _ASYNC = 3
 _RECV_ASYNC = 4
 _CLOSE = 5
+_RECV_INLINE_END = 6
+_RECV_ASYNC_END = 7
+_PER_CALL = (_RECV_INLINE, _RECV_INLINE_END, _RECV_ASYNC, _RECV_ASYNC_END)
 # A deadline this far out means the client set none.
 _NO_DEADLINE = 1e12
+_NONE_SENT = f"{UNARY_MESSAGE_COUNT}; it sent none"
+_MORE_SENT = f"{UNARY_MESSAGE_COUNT}; it sent more than one"
 
 
 def _status_ops(code: Any, details: str, initial: bool, message: bytes | None = None,
@@ -95,8 +100,28 @@ class _CallDetails(grpc.HandlerCallDetails):
     invocation_metadata: tuple[tuple[str, Any], ...]
 
 
-class ServicerContext:
-    """What the servicers (ours, health, reflection) use of grpc's context."""
+class _Track:
+    """One call as the hooks see it; exists only while hooks are registered."""
+
+    __slots__ = ("deadline", "info", "start")
+
+    def __init__(self, request_ev: Any) -> None:
+        self.start = time.monotonic()
+        self.deadline: float = request_ev.call_details.deadline
+        peer: bytes = request_ev.call.peer()
+        self.info = CallInfo(request_ev.call_details.method.decode(errors="replace"),
+                             tuple(request_ev.invocation_metadata or ()),
+                             peer.decode(errors="replace"))
+
+    def gone(self) -> grpc.StatusCode:
+        """The code of a call that ended without our status: deadline passed, or cancelled."""
+        if math.isfinite(self.deadline) and time.time() >= self.deadline:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+
+
+class _Context:
+    """The ``ServicerContext`` of a call running on the loop."""
 
     def __init__(self, server: CoreServer, call: Any, deadline: float,
                  metadata: tuple[tuple[str, Any], ...]) -> None:
@@ -118,7 +143,7 @@ class ServicerContext:
             return None
         return max(0.0, self._deadline - time.time())
 
-    def invocation_metadata(self) -> tuple[tuple[str, Any], ...]:
+    def invocation_metadata(self) -> Metadata:
         return self._metadata
 
     def peer(self) -> str:
@@ -159,13 +184,18 @@ class ServicerContext:
 class CoreServer:
     """A gRPC server over grpc core; unary methods may be answered inline."""
 
+    name = "core"
+
     def __init__(self, options: Iterable[tuple[str, Any]] = (), pending_requests: int = 8) -> None:
         self._cq = cygrpc.CompletionQueue()
-        self._server = cygrpc.Server(tuple(options), False)
+        self._server = cygrpc.Server(server_options(options), False)
         self._server.register_completion_queue(self._cq)
-        self._handlers: dict[bytes, _Handler] = {}
+        self._handlers: dict[bytes, MethodHandler] = {}
         self._generic: list[grpc.GenericRpcHandler] = []
         self._inline: dict[bytes, InlineHandler] = {}
+        self._before: list[BeforeCall] = []
+        self._after: list[AfterCall] = []
+        self._counters = Counters()
         self._pending_requests = pending_requests
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -181,10 +211,14 @@ class CoreServer:
             collections.deque()
         self._inbox_scheduled = False
 
+    @property
+    def stats(self) -> TransportStats:
+        return self._counters.snapshot()
+
     # -- registration (the generated add_*_to_server functions call these) ---
 
     def add_registered_method_handlers(self, service: str,
-                                       handlers: Mapping[str, _Handler]) -> None:
+                                       handlers: Mapping[str, MethodHandler]) -> None:
         for name, handler in handlers.items():
             self._handlers[f"/{service}/{name}".encode()] = handler
 
@@ -197,6 +231,14 @@ class CoreServer:
         if registered is None or registered.request_streaming or registered.response_streaming:
             raise ValueError(f"{method} must be a registered unary method")
         self._inline[method.encode()] = handler
+
+    def add_hooks(self, before: BeforeCall | None = None, after: AfterCall | None = None) -> None:
+        if self._started:
+            raise RuntimeError("add hooks before the transport starts")
+        if before is not None:
+            self._before.append(before)
+        if after is not None:
+            self._after.append(after)
 
     def add_insecure_port(self, address: str) -> int:
         port: int = self._server.add_http2_port(address.encode())
@@ -242,6 +284,9 @@ class CoreServer:
         server, request, inline, handlers = self._server, _REQUEST, self._inline, self._handlers
         lock = self._server_lock
         handoff = self._handoff
+        before = tuple(self._before)
+        hooked = bool(self._before or self._after)
+        receive = cygrpc.ReceiveMessageOperation  # a new one per batch: it holds the message
         while True:
             ev = cq.poll(time.time() + 1.0)
             tag = ev.tag
@@ -258,17 +303,20 @@ class CoreServer:
                             server.request_call(cq, cq, request)
                     if not ev.success:
                         continue  # no call came with it (the server is shutting down)
+                    track = None
+                    if hooked:
+                        track = _Track(ev)
+                        if before and not self._admit(ev, track, before):
+                            continue
                     method = ev.call_details.method
                     fn = inline.get(method)
                     if fn is not None:
-                        ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),),
-                                                   (_RECV_INLINE, ev, fn))
+                        ev.call.start_server_batch((receive(0),), (_RECV_INLINE, ev, track, fn))
                     elif (h := handlers.get(method)) is not None and not h.request_streaming:
                         # Read the one request here: the loop gets the call once, complete.
-                        ev.call.start_server_batch((cygrpc.ReceiveMessageOperation(0),),
-                                                   (_RECV_ASYNC, ev))
+                        ev.call.start_server_batch((receive(0),), (_RECV_ASYNC, ev, track))
                     else:
-                        handoff(self._spawn, ev, None)
+                        handoff(self._spawn, ev, None, track)
                 elif tag is _SHUTDOWN:
                     with lock:
                         server.destroy()
@@ -276,25 +324,87 @@ class CoreServer:
                     loop.call_soon_threadsafe(_resolve, self._shutdown_done, None)
                 else:
                     kind = tag[0]
-                    if kind == _RECV_INLINE:
-                        self._answer_inline(tag[1], tag[2], ev)
-                    elif kind == _ASYNC:
+                    if kind == _ASYNC:
                         handoff(_resolve, tag[1], ev)
-                    elif kind == _RECV_ASYNC:
-                        if ev.success:
-                            raw = ev.batch_operations[0].message()
-                            if raw is None:
-                                tag[1].call.start_server_batch(_no_request_ops(), (_FINISHED,))
-                            else:
-                                handoff(self._spawn, tag[1], raw)
                     elif kind == _CLOSE:
                         ctx = tag[1]
                         ctx._done = True
                         if ev.batch_operations[0].cancelled():
                             ctx._cancelled = True
                             handoff(_cancel, ctx._task)
-            except Exception:  # the poll thread must not die
-                log.exception("error handling a completion")
+                    elif kind == _FINISHED:
+                        pass
+                    elif not ev.success:  # the call ended before its request was read
+                        if tag[2] is not None:
+                            self._ended(tag[2], tag[2].gone(), "")
+                    elif kind in (_RECV_INLINE_END, _RECV_ASYNC_END):
+                        if ev.batch_operations[0].message() is not None:
+                            self._reply(tag[1].call, grpc.StatusCode.INVALID_ARGUMENT,
+                                        _MORE_SENT, tag[2])
+                        elif kind == _RECV_INLINE_END:
+                            self._answer_inline(tag[1], tag[2], tag[3], tag[4])
+                        else:
+                            handoff(self._spawn, tag[1], tag[3], tag[2])
+                    else:  # _RECV_INLINE, _RECV_ASYNC: the request; a second must not follow
+                        raw = ev.batch_operations[0].message()
+                        if raw is None:
+                            self._reply(tag[1].call, grpc.StatusCode.INVALID_ARGUMENT,
+                                        _NONE_SENT, tag[2])
+                        elif kind == _RECV_INLINE:
+                            tag[1].call.start_server_batch(
+                                (receive(0),), (_RECV_INLINE_END, tag[1], tag[2], tag[3], raw))
+                        else:
+                            tag[1].call.start_server_batch(
+                                (receive(0),), (_RECV_ASYNC_END, tag[1], tag[2], raw))
+            except Exception:  # the poll thread must not die, and the call must get a status
+                self._failed(tag, ev)
+
+    def _admit(self, ev: Any, track: _Track, before: Sequence[BeforeCall]) -> bool:
+        """Run the pre-call hooks; a refused call is answered here and False returned."""
+        try:
+            run_before(before, track.info)
+            return True
+        except Abort as exc:
+            self._reply(ev.call, exc.code, exc.details, track, exc.trailing_metadata)
+        except HookFailed as exc:
+            log.error("pre-call hook failed", exc_info=exc.__cause__,
+                      extra={"method": track.info.method})
+            self._counters.handler_failed()
+            self._reply(ev.call, grpc.StatusCode.INTERNAL, f"unexpected {exc}", track)
+        return False
+
+    def _failed(self, tag: Any, ev: Any) -> None:
+        """Completion handling raised: answer the call INTERNAL rather than leave it hanging."""
+        log.exception("error handling a completion")
+        self._counters.handler_failed()
+        call, track = None, None
+        if tag is _REQUEST:
+            call = ev.call if ev.success else None
+        elif isinstance(tag, tuple) and tag[0] in _PER_CALL:
+            call, track = tag[1].call, tag[2]
+        if call is None:
+            return
+        try:
+            self._reply(call, grpc.StatusCode.INTERNAL, "internal error", track)
+        except Exception:
+            log.exception("could not answer a failed call")
+
+    def _reply(self, call: Any, code: grpc.StatusCode, details: str, track: _Track | None,
+               trailing: tuple[tuple[str, Any], ...] = ()) -> None:
+        """Answer a call that has sent nothing yet with a status only."""
+        ops = _status_ops(_core_code(code), details, True, None, trailing)
+        call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)), (_FINISHED,))
+        if track is not None:
+            self._ended(track, code, details)
+
+    def _ended(self, track: _Track, code: grpc.StatusCode, details: str) -> None:
+        outcome = CallOutcome(code, details, time.monotonic() - track.start)
+        for hook in self._after:
+            try:
+                hook(track.info, outcome)
+            except Exception:
+                log.exception("post-call hook failed", extra={"method": track.info.method})
+                self._counters.hook_failed()
 
     def _handoff(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the loop; one wake-up carries everything queued since the last."""
@@ -314,30 +424,29 @@ class CoreServer:
             except Exception:
                 log.exception("error handing a completion to the loop")
 
-    def _answer_inline(self, request_ev: Any, fn: InlineHandler, ev: Any) -> None:
-        call = request_ev.call
-        if not ev.success:
-            return  # cancelled before the request arrived
-        raw = ev.batch_operations[0].message()
-        if raw is None:
-            call.start_server_batch(_no_request_ops(), (_FINISHED,))
+    def _answer_inline(self, request_ev: Any, track: _Track | None, fn: InlineHandler,
+                       raw: bytes) -> None:
+        code, details = grpc.StatusCode.OK, ""
+        try:
+            out = fn(raw)
+        except Abort as exc:
+            code, details = exc.code, exc.details
+            ops = _status_ops(_core_code(code), details, True, None, exc.trailing_metadata)
+        except Defer:
+            self._handoff(self._spawn, request_ev, raw, track)
             return
+        except Exception as exc:
+            log.exception("inline handler failed", extra={
+                "method": request_ev.call_details.method.decode(errors="replace")})
+            self._counters.handler_failed()
+            code, details = grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}"
+            ops = _status_ops(_core_code(code), details, True)
         else:
-            try:
-                ops = _status_ops(_OK, "", True, fn(raw))
-            except Abort as exc:
-                ops = _status_ops(_core_code(exc.code), exc.details, True, None,
-                                  exc.trailing_metadata)
-            except Defer:
-                assert self._loop is not None
-                self._handoff(self._spawn, request_ev, raw)
-                return
-            except Exception as exc:
-                log.exception("inline handler failed", extra={
-                    "method": request_ev.call_details.method.decode()})
-                ops = _status_ops(cygrpc.StatusCode.unknown, f"unexpected {type(exc).__name__}",
-                                  True)
-        call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)), (_FINISHED,))
+            ops = _status_ops(_OK, "", True, out)
+        request_ev.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)),
+                                           (_FINISHED,))
+        if track is not None:
+            self._ended(track, code, details)
 
     # -- the asyncio side --------------------------------------------------
 
@@ -350,7 +459,7 @@ class CoreServer:
         return fut
 
     def _find(self, method: bytes, metadata: tuple[tuple[str, Any], ...]
-              ) -> _Handler | None:
+              ) -> MethodHandler | None:
         handler = self._handlers.get(method)
         if handler is None:
             details = _CallDetails(method.decode(errors="replace"), metadata)
@@ -360,12 +469,12 @@ class CoreServer:
                     break
         return handler
 
-    def _spawn(self, request_ev: Any, raw: bytes | None) -> None:
-        task = asyncio.ensure_future(self._run(request_ev, raw))
+    def _spawn(self, request_ev: Any, raw: bytes | None, track: _Track | None) -> None:
+        task = asyncio.ensure_future(self._run(request_ev, raw, track))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, request_ev: Any, raw: bytes | None) -> None:
+    async def _run(self, request_ev: Any, raw: bytes | None, track: _Track | None) -> None:
         call = request_ev.call
         metadata = tuple(request_ev.invocation_metadata or ())
         method = request_ev.call_details.method
@@ -374,36 +483,38 @@ class CoreServer:
             deadline = _NO_DEADLINE
         handler = self._find(method, metadata)
         if handler is None:
-            self._finish_now(call, (
-                *_status_ops(cygrpc.StatusCode.unimplemented, "Method not found!", True),
-                cygrpc.ReceiveCloseOnServerOperation(0)))
+            self._reply(call, grpc.StatusCode.UNIMPLEMENTED, "Method not found!", track)
             return
-        ctx = ServicerContext(self, call, deadline, metadata)
+        ctx = _Context(self, call, deadline, metadata)
         ctx._task = asyncio.current_task()
         # Its completion is handled on the poll thread: a cancelled call (client
         # gone, deadline passed, server stopping) cancels this task.
         call.start_server_batch((cygrpc.ReceiveCloseOnServerOperation(0),), (_CLOSE, ctx))
+        code, details = grpc.StatusCode.OK, ""
         try:
             await self._dispatch(call, handler, ctx, raw)
+            code, details = ctx._code, ctx._details
         except asyncio.CancelledError:
-            return  # the client went away or the server is stopping: nothing to send
+            # The client went away or the server is stopping: nothing to send.
+            code = track.gone() if track is not None else grpc.StatusCode.CANCELLED
         except Abort as exc:
+            code, details = exc.code, exc.details
             ctx._trailing = exc.trailing_metadata
-            self._finish(call, ctx, _core_code(exc.code), exc.details)
+            self._finish(call, ctx, _core_code(code), details)
         except Exception as exc:
             log.exception("handler failed", extra={"method": method.decode(errors="replace")})
-            self._finish(call, ctx, cygrpc.StatusCode.unknown,
-                               f"unexpected {type(exc).__name__}")
+            self._counters.handler_failed()
+            code, details = grpc.StatusCode.UNKNOWN, f"unexpected {type(exc).__name__}"
+            self._finish(call, ctx, _core_code(code), details)
+        finally:
+            if track is not None:
+                self._ended(track, code, details)
 
-    def _finish(self, call: Any, ctx: ServicerContext, code: Any, details: str,
-                      message: bytes | None = None) -> None:
+    def _finish(self, call: Any, ctx: _Context, code: Any, details: str,
+                message: bytes | None = None) -> None:
+        """Send the last batch; nothing waits for it (the call is over either way)."""
         ops = _status_ops(code, details, not ctx._initial_sent, message, ctx._trailing)
         ctx._initial_sent = True
-        self._finish_now(call, ops)
-
-    @staticmethod
-    def _finish_now(call: Any, ops: tuple[Any, ...]) -> None:
-        """Send the last batch; nothing waits for it (the call is over either way)."""
         call.start_server_batch(ops, (_FINISHED,))
 
     async def _receive(self, call: Any) -> bytes | None:
@@ -421,17 +532,18 @@ class CoreServer:
                 return
             yield deserialize(raw) if deserialize is not None else raw
 
-    async def _dispatch(self, call: Any, handler: _Handler, ctx: ServicerContext,
+    async def _dispatch(self, call: Any, handler: MethodHandler, ctx: _Context,
                         raw: bytes | None) -> None:
         deserialize = handler.request_deserializer
         serialize = handler.response_serializer
         request: Any = None
         if not handler.request_streaming:
-            if raw is None:
+            if raw is None:  # a method found through a generic handler: read it here
                 raw = await self._receive(call)
-            if raw is None:
-                raise Abort(grpc.StatusCode.INTERNAL,
-                            "a unary method needs exactly one request message")
+                if raw is None:
+                    raise Abort(grpc.StatusCode.INVALID_ARGUMENT, _NONE_SENT)
+                if await self._receive(call) is not None:
+                    raise Abort(grpc.StatusCode.INVALID_ARGUMENT, _MORE_SENT)
             try:
                 request = deserialize(raw) if deserialize is not None else raw
             except Exception:
@@ -461,12 +573,9 @@ def _cancel(task: asyncio.Task[None] | None) -> None:
         task.cancel()
 
 
-def _no_request_ops() -> tuple[Any, ...]:
-    return (*_status_ops(cygrpc.StatusCode.internal,
-                         "a unary method needs exactly one request message", True),
-            cygrpc.ReceiveCloseOnServerOperation(0))
-
-
 def _resolve(fut: asyncio.Future[Any] | None, value: Any) -> None:
     if fut is not None and not fut.done():
         fut.set_result(value)
+
+
+__all__ = ["CoreServer"]

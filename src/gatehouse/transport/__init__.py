@@ -1,0 +1,41 @@
+"""gatehouse's gRPC transports: one protocol (``base``), two servers (``core``, ``aio``).
+
+The api layer imports ``Abort``, ``Defer`` and ``ServicerContext`` from here
+and never learns which transport serves it. ``open_transport`` picks one
+(``auto``: core where it is known to work, aio otherwise). The core module,
+the only one importing grpc's private layer, is imported only when chosen.
+"""
+
+from gatehouse.transport.base import (
+    Abort,
+    AfterCall,
+    BeforeCall,
+    CallInfo,
+    CallOutcome,
+    Defer,
+    InlineHandler,
+    Metadata,
+    ServicerContext,
+    Transport,
+    TransportStats,
+)
+from gatehouse.transport.choose import CHOICES, CORE_TESTED, Choice, core_supports, open_transport
+
+__all__ = [
+    "CHOICES",
+    "CORE_TESTED",
+    "Abort",
+    "AfterCall",
+    "BeforeCall",
+    "CallInfo",
+    "CallOutcome",
+    "Choice",
+    "Defer",
+    "InlineHandler",
+    "Metadata",
+    "ServicerContext",
+    "Transport",
+    "TransportStats",
+    "core_supports",
+    "open_transport",
+]

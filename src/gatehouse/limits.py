@@ -33,6 +33,8 @@ class Limits:
     """Deepest nesting of lists and structs inside a ``context``."""
     bulk_items: int = 1000
     """Checks in one CheckBulk call."""
+    bulk_context_bytes: int = 256 << 10
+    """All the ``context`` Structs of one CheckBulk call together, serialized."""
     list_page_default: int = 1000
     """ListAccessible page size when the request gives none."""
     list_page_max: int = 10_000

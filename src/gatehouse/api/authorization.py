@@ -19,9 +19,6 @@ from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
 # Ids per streamed message of a ListAccessible page.
 LIST_CHUNK = 1000
-# Total size of the contexts of one CheckBulk call, so that converting them
-# cannot hold the poll thread for long whatever the item count.
-BULK_CONTEXT_BYTES = 16 * LIMITS.context_bytes
 
 
 def _list_tag(req: pb.ListAccessibleRequest) -> str:
@@ -73,9 +70,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             raise InvalidArgument("items", f"{n} items; at most {LIMITS.bulk_items} per call")
         total = sum(item.context.ByteSize() for item in request.items
                     if item.HasField("context"))
-        if total > BULK_CONTEXT_BYTES:
+        # Converting contexts happens on the poll thread: bounded per call, not only per item.
+        if total > LIMITS.bulk_context_bytes:
             raise InvalidArgument("items", f"contexts total {total} bytes; at most "
-                                  f"{BULK_CONTEXT_BYTES} per call")
+                                  f"{LIMITS.bulk_context_bytes} per call")
 
     def check_inline(self, raw: bytes) -> bytes:
         return self._inline(pb.CheckRequest, raw, self._check)

@@ -32,10 +32,11 @@ from gatehouse.errors import (
 )
 from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
 from gatehouse.graph.index import GraphIndex
-from gatehouse.graph.model import ObjectRef, Relationship, object_key, validate_id, validate_type
+from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter, read_relationships
 from gatehouse.graph.schema import object_problems, relationship_problem
 from gatehouse.graph.store import ChangelogGap, GraphStore
+from gatehouse.names import object_key, validate_id, validate_type
 from gatehouse.policy.loader import load_policy, policy_files
 from gatehouse.policy.model import CompiledPolicy, UsageModel
 from gatehouse.usage.compute import (

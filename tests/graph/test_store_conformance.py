@@ -26,15 +26,8 @@ from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.redis import RedisGraphStore
 from gatehouse.graph.store import ChangelogGap, GraphStore
-from gatehouse.policy.model import (
-    CHILD,
-    GLOBAL,
-    ROOT,
-    Exclusive,
-    MaxSubjects,
-    Unique,
-    WriteRules,
-)
+from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
+from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, WriteRules
 from tests.redis_server import RedisServer
 
 RULES = WriteRules(

@@ -22,9 +22,10 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.model import ObjectRef, Relationship, validate_id, validate_type
+from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter
 from gatehouse.graph.store import ChangelogGap
+from gatehouse.names import validate_id, validate_type
 from gatehouse.runtime import Consistency, Runtime
 from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb

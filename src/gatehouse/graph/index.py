@@ -34,7 +34,8 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.model import Relationship, Snapshot, object_key
+from gatehouse.graph.model import Relationship, Snapshot
+from gatehouse.names import type_of
 from gatehouse.policy.model import PARENT
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -42,10 +43,6 @@ _GENERATIONS = itertools.count(1)
 _SMALL = 8
 
 Members = tuple[str, ...] | set[str]
-
-
-def type_of(key: str) -> str:
-    return key.partition(":")[0]
 
 
 def _add(table: dict[str, Members], key: str, value: str) -> bool:
@@ -288,10 +285,3 @@ class GraphIndex:
             self._lineage.pop(key, None)  # its children's shared mapping is stale
             stack.extend(self.children.get(key, ()))
 
-
-def parse_key(key: str) -> tuple[str, str]:
-    type_, _, id_ = key.partition(":")
-    return type_, id_
-
-
-__all__ = ["GraphIndex", "object_key", "parse_key", "type_of"]

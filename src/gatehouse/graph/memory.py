@@ -40,7 +40,7 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Snapshot
 from gatehouse.graph.plan import BatchPlan, StateReader, plan_batch
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.policy.model import WriteRules
+from gatehouse.policy.rules import WriteRules
 
 CHANGELOG_LIMIT = 100_000
 

@@ -20,16 +20,10 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.policy.model import (
-    CHILD,
-    GLOBAL,
-    PARENT,
-    ROOT,
-    Exclusive,
-    MaxSubjects,
-    Unique,
-    WriteRules,
-)
+from gatehouse.names import type_of
+from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
+from gatehouse.policy.model import PARENT
+from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, WriteRules
 
 GLOBAL_SCOPE = "_"
 
@@ -51,10 +45,6 @@ class BatchPlan:
     ops: Sequence[Operation]
     homes: dict[str, str] = field(default_factory=dict)
     new_homes: dict[str, str] = field(default_factory=dict)
-
-
-def _type(key: str) -> str:
-    return key.partition(":")[0]
 
 
 def plan_batch(
@@ -79,7 +69,7 @@ def plan_batch(
     def home(key: str) -> str | None:
         if key in plan.homes:
             return plan.homes[key]
-        kind = kinds.get(_type(key), CHILD)
+        kind = kinds.get(type_of(key), CHILD)
         if kind == ROOT:
             found: str | None = key
         elif kind == GLOBAL:
@@ -165,7 +155,7 @@ def plan_batch(
     for con in rules.constraints:
         if isinstance(con, MaxSubjects):
             for (res, relation) in final:
-                if relation == con.relation and _type(res) == con.type:
+                if relation == con.relation and type_of(res) == con.type:
                     count = len(final_subjects(res, relation))
                     if count > con.limit:
                         raise FailedPrecondition(
@@ -175,11 +165,11 @@ def plan_batch(
                         )
         elif isinstance(con, Unique):
             scopes = {plan.homes[res] for (res, relation) in final
-                      if relation == con.relation and _type(res) == con.type}
+                      if relation == con.relation and type_of(res) == con.type}
             for scope in scopes:
                 holders = set(state.holders_of(scope, con.type, con.relation))
                 for (res, relation) in final:
-                    if relation != con.relation or _type(res) != con.type:
+                    if relation != con.relation or type_of(res) != con.type:
                         continue
                     if plan.homes[res] != scope:
                         continue
@@ -197,7 +187,7 @@ def plan_batch(
             sides = con.left | con.right
             touched: set[tuple[str, str]] = set()
             for (res, relation), subs in final.items():
-                if f"{_type(res)}.{relation}" in sides:
+                if f"{type_of(res)}.{relation}" in sides:
                     touched.update((plan.homes[res], s) for s, present in subs.items() if present)
             for scope, subj in touched:
                 entries = set(state.subject_entries(scope, subj))
@@ -208,7 +198,7 @@ def plan_batch(
                             entries.add(entry)
                         else:
                             entries.discard(entry)
-                held = {f"{_type(e.partition('#')[0])}.{e.partition('#')[2]}" for e in entries}
+                held = {f"{type_of(e.partition('#')[0])}.{e.partition('#')[2]}" for e in entries}
                 left, right = held & con.left, held & con.right
                 if left and right:
                     raise FailedPrecondition(

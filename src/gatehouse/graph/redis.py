@@ -39,7 +39,8 @@ from gatehouse.graph.changes import (
 )
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.policy.model import Exclusive, MaxSubjects, Unique, WriteRules
+from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
+from gatehouse.policy.rules import WriteRules
 from gatehouse.redisscript import PipelinedScript
 
 CHANGELOG_MAXLEN = 1_000_000
@@ -48,9 +49,8 @@ _ERROR = re.compile(r"GH (\w+) (\S+)\t(.*)", re.S)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def _ref(key: str) -> ObjectRef:
-    type_, _, id_ = key.partition(":")
-    return ObjectRef(type_, id_)
+def _relationship(item: list[str]) -> Relationship:
+    return Relationship(ObjectRef.from_key(item[1]), item[2], ObjectRef.from_key(item[3]))
 
 
 def _decode_ops(payload: str) -> tuple[Operation, ...]:
@@ -58,13 +58,13 @@ def _decode_ops(payload: str) -> tuple[Operation, ...]:
     for item in json.loads(payload):
         kind = item[0]
         if kind == "t":
-            ops.append(TouchRelationship(Relationship(_ref(item[1]), item[2], _ref(item[3]))))
+            ops.append(TouchRelationship(_relationship(item)))
         elif kind == "d":
-            ops.append(DeleteRelationship(Relationship(_ref(item[1]), item[2], _ref(item[3]))))
+            ops.append(DeleteRelationship(_relationship(item)))
         elif kind == "p":
-            ops.append(PutObject(_ref(item[1]), json.loads(item[2])))
+            ops.append(PutObject(ObjectRef.from_key(item[1]), json.loads(item[2])))
         elif kind == "x":
-            ops.append(DeleteObject(_ref(item[1])))
+            ops.append(DeleteObject(ObjectRef.from_key(item[1])))
     return tuple(ops)
 
 
@@ -216,7 +216,7 @@ class RedisGraphStore:
                         left, _, subj = text.rpartition("@")
                         res, _, rel = left.rpartition("#")
                         edges.append((intern(res), intern(rel), intern(subj)))
-                    objects.extend(ObjectRecord(_ref(k), json.loads(v))
+                    objects.extend(ObjectRecord(ObjectRef.from_key(k), json.loads(v))
                                    for k, v in results[j + 1].items())
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from gatehouse.graph.changes import Change, Operation, Precondition
 from gatehouse.graph.model import Snapshot
-from gatehouse.policy.model import WriteRules
+from gatehouse.policy.rules import WriteRules
 
 
 class ChangelogGap(Exception):

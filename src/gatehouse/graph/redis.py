@@ -38,6 +38,7 @@ from gatehouse.graph.changes import (
     TouchRelationship,
 )
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
+from gatehouse.graph.plan import check_batch, encode_attributes
 from gatehouse.graph.store import ChangelogGap
 from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
 from gatehouse.policy.rules import WriteRules
@@ -74,12 +75,12 @@ def _encode_op(op: Operation) -> list[str]:
         kind = "t" if isinstance(op, TouchRelationship) else "d"
         return [kind, r.resource.key, r.relation, r.subject.key]
     if isinstance(op, PutObject):
-        return ["p", op.ref.key, json.dumps(dict(op.attributes), sort_keys=True)]
+        return ["p", op.ref.key, encode_attributes(op.attributes)]
     return ["x", op.ref.key]
 
 
 def _encode_rules(rules: WriteRules) -> str:
-    """The JSON fragment for the script's "kinds" and "cons" (same for every write)."""
+    """The JSON fragment for the script's "kinds", "rels" and "cons" (same for every write)."""
     kinds = dict(rules.scope_kind) or {"": ""}
     cons: list[Any] = []
     for c in rules.constraints:
@@ -89,9 +90,12 @@ def _encode_rules(rules: WriteRules) -> str:
             cons.append({"k": "un", "n": c.name, "t": c.type, "r": c.relation})
         elif isinstance(c, Exclusive):
             cons.append({"k": "ex", "n": c.name, "l": sorted(c.left), "r": sorted(c.right)})
+    rels = {t: sorted(r) for t, r in rules.relations.items() if r} or {"": [""]}
     # cjson decodes [] and {} alike as an empty table; {} keeps "kinds" a map.
     cons_json = json.dumps(cons, separators=(",", ":")) if cons else "{}"
-    return f'"kinds":{json.dumps(kinds, separators=(",", ":"))},"cons":{cons_json}'
+    compact = (",", ":")
+    return (f'"kinds":{json.dumps(kinds, separators=compact)},'
+            f'"rels":{json.dumps(rels, separators=compact)},"cons":{cons_json}')
 
 
 def redact(url: str) -> str:
@@ -170,6 +174,7 @@ class RedisGraphStore:
         rules: WriteRules | None = None,
     ) -> Change:
         rules = rules or _NO_RULES
+        check_batch(ops)
         cached = self._rules_json.get(id(rules))
         if cached is None or cached[0] is not rules:
             if len(self._rules_json) > 8:
@@ -187,7 +192,7 @@ class RedisGraphStore:
         try:
             # The last argument becomes the epoch only if Redis has none (a new or
             # wiped data set), so it must be fresh every time.
-            rev = await self._call([self.prefix, payload, os.urandom(12).hex()])
+            rev, changed = await self._call([self.prefix, payload, os.urandom(12).hex()])
         except ResponseError as exc:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:
@@ -195,7 +200,7 @@ class RedisGraphStore:
                 f"redis unreachable ({exc}); if the connection dropped mid-call the write may "
                 "or may not have been applied"
             ) from exc
-        return Change(int(rev), tuple(ops))
+        return Change(int(rev), tuple(ops) if changed else ())
 
     async def snapshot(self) -> Snapshot:
         try:

@@ -7,16 +7,19 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 from gatehouse.v1 import graph_pb2 as gpb
 from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
 from tests.conftest import GATEHOUSE, ROOT, free_port, start_server
+from tests.redis_server import RedisServer
 
 
 def serve_once(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -54,6 +57,31 @@ class TestStartup:
         assert out.returncode == 1
         assert f"{data}:3:5" in out.stderr
         assert "no relation 'pilot'" in out.stderr
+
+    def test_data_file_breaking_a_rule_late_leaves_redis_untouched(
+            self, tmp_path: Path, redis_server: RedisServer) -> None:
+        """`serve --data --redis-url` with a constraint broken at the end of a file larger than
+        one chunk exits 1 naming the constraint and writes nothing to Redis."""
+        lines = ["relationships:"]
+        for i in range(1500):  # 3,000 operations: more than one 2,000-operation chunk
+            lines += [f"  - workspace:w{i}#parent@organization:o",
+                      f"  - workspace:w{i}#user@user:u{i}"]
+        lines += ["  - organization:o#ai_workspace@workspace:w1",
+                  "  - organization:o#ai_workspace@workspace:w2"]
+        data = tmp_path / "data.yaml"
+        data.write_text("\n".join(lines) + "\n")
+        prefix = f"late{uuid.uuid4().hex[:8]}"
+        out = serve_once("--data", str(data), "--redis-url", redis_server.url,
+                         "--redis-prefix", prefix)
+        assert out.returncode == 1, out.stderr
+        assert "one_ai_workspace" in out.stderr and "nothing from it was written" in out.stderr
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            assert client.get(f"{prefix}:rev") in (None, b"0")
+            assert client.scard(f"{prefix}:scopes") == 0
+            assert client.xlen(f"{prefix}:log") == 0
+        finally:
+            client.close()
 
     def test_workers_above_one_need_redis(self) -> None:
         """The memory store refuses --workers 2 and says why."""

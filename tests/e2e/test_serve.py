@@ -134,7 +134,11 @@ class TestRunning:
         threads.append(threading.Thread(target=watch))
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        # Signal only once Checks are answered under load (not after a guessed delay).
+        deadline = time.monotonic() + 20
+        while seen.count("allow") < 64:
+            assert time.monotonic() < deadline, server.logs()
+            time.sleep(0.01)  # polling interval, not synchronisation
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(30)
         stop.set()
@@ -169,7 +173,7 @@ class TestRunning:
             deadline = time.monotonic() + 10
             while "policy reload rejected" not in server.logs():
                 assert time.monotonic() < deadline, server.logs()
-                time.sleep(0.1)
+                time.sleep(0.1)  # poll interval of a bounded wait
             assert "unknown top-level key 'bogus_section'" in server.logs()
             third = check(server.address, "uma", "delete", "data_flow:acme-sales-pipeline")
             assert third.decision == pb.DECISION_ALLOW
@@ -186,4 +190,4 @@ def _wait_for_version_change(address: str, old: str) -> pb.CheckResponse:
             return resp
         if time.monotonic() > deadline:
             pytest.fail("policy was not reloaded within 10 s")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of a bounded wait

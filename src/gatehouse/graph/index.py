@@ -15,8 +15,11 @@ Layout, chosen for the hot path and for memory:
 Small collections (most relations have one subject) are tuples and become
 sets past a few members; membership tests work the same on both.
 
-The index is mutated only by :meth:`apply`, from the event-loop thread, so a
-decision (which never awaits) sees one revision.
+Threads: the index is mutated only by :meth:`apply` (and replaced whole on a
+rebuild), by the runtime's changelog follower while it holds the runtime's
+index lock. Decisions read it under that same lock, from the event loop or
+from the transport's poll thread (Check, CheckBulk), so a decision sees one
+revision and never half a change.
 """
 
 from __future__ import annotations

@@ -145,12 +145,6 @@ class RedisGraphStore:
         await self.client.aclose()
         await self._tail.aclose()
 
-    async def ping(self) -> None:
-        try:
-            await self.client.ping()
-        except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
-
     async def epoch(self) -> str:
         """The data set's epoch, created if Redis holds none yet."""
         try:

@@ -46,9 +46,10 @@ from _table import print_rows
 from gatehouse.engine import check
 from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
 from gatehouse.graph.datafile import load_data_file
-from gatehouse.graph.index import GraphIndex, type_of
-from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot, object_key
+from gatehouse.graph.index import GraphIndex
+from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
 from gatehouse.graph.schema import object_problems, relationship_problem
+from gatehouse.names import object_key, type_of
 from gatehouse.policy import CompiledPolicy, load_policy
 
 ROOT = Path(__file__).resolve().parent.parent

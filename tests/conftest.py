@@ -73,7 +73,7 @@ def wait_serving(address: str, proc: subprocess.Popen[str], log_path: Path,
                     return
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
+            time.sleep(0.1)  # poll interval of a bounded wait
     proc.kill()
     raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()}")
 

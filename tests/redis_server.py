@@ -73,7 +73,7 @@ class RedisServer:
                     pass
                 if time.monotonic() > deadline:
                     raise RuntimeError("redis-server did not answer within 15 s")
-                time.sleep(0.05)
+                time.sleep(0.05)  # poll interval of a bounded wait
         finally:
             client.close()
 

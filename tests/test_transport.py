@@ -75,6 +75,7 @@ class Toy:
         if request == b"boom":
             raise RuntimeError("bug")
         if request == b"sleep":
+            # A handler that outlasts the caller's deadline is what the test needs.
             await asyncio.sleep(30)
         meta = dict(context.invocation_metadata())
         return b"async:" + request + b":" + str(meta.get("x-tag", "")).encode()
@@ -88,6 +89,7 @@ class Toy:
     async def forever(self, request: bytes, context: ServicerContext) -> AsyncIterator[bytes]:
         try:
             yield b"first"
+            # A stream that never ends on its own: the test cancels it.
             await asyncio.sleep(3600)
         finally:
             self.stream_closed.set()

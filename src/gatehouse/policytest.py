@@ -15,6 +15,7 @@ from gatehouse.errors import GatehouseError, PolicyError, Problem
 from gatehouse.graph.changes import Change
 from gatehouse.graph.datafile import parse_data
 from gatehouse.graph.index import GraphIndex
+from gatehouse.names import split_key
 from gatehouse.policy.loader import load_policy
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.policy.suite import Case, Suite, find_suites, parse_suite
@@ -37,8 +38,8 @@ def suite_index(policy: CompiledPolicy, suite: Suite) -> tuple[GraphIndex | None
 
 
 def run_case(policy: CompiledPolicy, index: GraphIndex, case: Case) -> Outcome:
-    s_type, _, s_id = case.subject.partition(":")
-    r_type, _, r_id = case.resource.partition(":")
+    s_type, s_id = split_key(case.subject)
+    r_type, r_id = split_key(case.resource)
     try:
         subject, resource = engine.validate_request(policy, s_type, s_id, case.action, r_type,
                                                     r_id)

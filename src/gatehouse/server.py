@@ -16,12 +16,10 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from gatehouse.api.authorization import AuthorizationServicer
 from gatehouse.api.graph import GraphServicer
 from gatehouse.api.usage import UsageServicer
-from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
-from gatehouse.graph.datafile import load_data_file
+from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
 from gatehouse.policy.loader import load_policy
-from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.runtime import Runtime
 from gatehouse.transport import Transport, TransportStats, open_transport
 from gatehouse.usage.events import UsageStore
@@ -55,31 +53,6 @@ class ServerConfig:
     usage_dedup_days: float = 35.0
     transport: str = "auto"
     """``auto``, ``core`` or ``aio`` (see ``gatehouse.transport.choose``)."""
-
-
-def _load_order(policy: CompiledPolicy, op: Operation) -> tuple[int, int]:
-    """Objects and parent edges first, shallowest types first, so chunks never orphan."""
-    if isinstance(op, TouchRelationship) and op.relationship.relation == PARENT:
-        tdef = policy.types.get(op.relationship.resource.type)
-        return (1, len(tdef.lineage) if tdef else 0)
-    if isinstance(op, TouchRelationship):
-        return (2, 0)
-    tdef = policy.types.get(op.ref.type) if isinstance(op, PutObject) else None
-    return (3, len(tdef.lineage) if tdef else 0)
-
-
-async def load_data(store: GraphStore, policy: CompiledPolicy, path: Path,
-                    chunk: int = 2000) -> int:
-    """Load a data file into ``store``; idempotent, so restarts may load it again."""
-    ops = await asyncio.to_thread(load_data_file, path, policy)
-    ops.sort(key=lambda op: _load_order(policy, op))
-    revision = 0
-    for i in range(0, len(ops), chunk):
-        change = await store.write(ops[i:i + chunk], (), policy.write_rules)
-        revision = change.revision
-    log.info("data file loaded", extra={"file": str(path), "operations": len(ops),
-                                        "revision": revision})
-    return revision
 
 
 def open_store(config: ServerConfig) -> GraphStore:

@@ -18,8 +18,9 @@ import sys
 import time
 from collections.abc import Sequence
 
+from gatehouse.graph.bootstrap import load_data
 from gatehouse.policy.loader import load_policy
-from gatehouse.server import ServerConfig, load_data, open_store
+from gatehouse.server import ServerConfig, open_store
 
 log = logging.getLogger("gatehouse.workers")
 

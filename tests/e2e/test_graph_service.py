@@ -256,3 +256,51 @@ class TestObjectsAndWatch:
         assert [m.revision for m in got] == [first.revision, second.revision]
         assert as_text(got[1].relationship_updates[0].relationship) == \
             "workspace:acme#guest@user:watch2"
+
+
+class TestHostileWrites:
+    def test_deleting_a_user_with_roles_is_refused(
+        self, graph: pb_grpc.GraphServiceStub, authz: apb_grpc.AuthorizationServiceStub
+    ) -> None:
+        """WriteObjects DELETE of a user who still holds roles is FAILED_PRECONDITION naming the
+        user and the count, and the user's access is unchanged."""
+        with pytest.raises(grpc.RpcError) as info:
+            graph.WriteObjects(pb.WriteObjectsRequest(updates=[pb.ObjectUpdate(
+                operation=pb.ObjectUpdate.OPERATION_DELETE, object=ref("user:uma"))]))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "object-in-use" in info.value.details() and "user:uma" in info.value.details()
+        full = apb.CheckRequest(subject=ref("user:uma"), action="view",
+                                resource=ref("workspace:acme"),
+                                consistency=apb.Consistency(fully_consistent=True))
+        assert authz.Check(full, timeout=10).decision == apb.DECISION_ALLOW
+
+    def test_relationships_across_organizations_are_refused(
+        self, graph: pb_grpc.GraphServiceStub
+    ) -> None:
+        """An organization cannot point its AI workspace at another organization's workspace."""
+        graph.WriteRelationships(pb.WriteRelationshipsRequest(
+            updates=[update("workspace:evil-ws#parent@organization:evil")]))
+        with pytest.raises(grpc.RpcError) as info:
+            graph.WriteRelationships(pb.WriteRelationshipsRequest(
+                updates=[update("organization:evil#ai_workspace@workspace:acme")]))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "tenant-boundary" in info.value.details()
+
+    def test_a_delete_that_matches_nothing_answers_the_current_revision(
+        self, graph: pb_grpc.GraphServiceStub
+    ) -> None:
+        """Deleting an absent relationship commits nothing: the same revision comes back twice."""
+        absent = update("workspace:acme#guest@user:never", pb.RelationshipUpdate.OPERATION_DELETE)
+        first = graph.WriteRelationships(pb.WriteRelationshipsRequest(updates=[absent]))
+        second = graph.WriteRelationships(pb.WriteRelationshipsRequest(updates=[absent]))
+        assert first.revision == second.revision
+
+    def test_the_same_create_twice_in_one_batch_is_invalid(
+        self, graph: pb_grpc.GraphServiceStub
+    ) -> None:
+        """Two CREATEs of one relationship in one call are INVALID_ARGUMENT naming the second."""
+        create = update("workspace:acme#guest@user:twice", pb.RelationshipUpdate.OPERATION_CREATE)
+        with pytest.raises(grpc.RpcError) as info:
+            graph.WriteRelationships(pb.WriteRelationshipsRequest(updates=[create, create]))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.details().startswith("updates[1]:")

@@ -29,7 +29,7 @@ def wait_until(predicate: object, timeout: float = 20, what: str = "condition") 
     while not predicate():  # type: ignore[operator]
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of a bounded wait
 
 
 class TestTwoServers:

@@ -8,10 +8,12 @@ import signal
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import grpc
 import pytest
+import redis
 
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
@@ -19,6 +21,7 @@ from gatehouse.v1 import graph_pb2 as gpb
 from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
 from tests.conftest import GATEHOUSE, ROOT, free_port, start_server
 from tests.e2e.test_grpcurl import run as grpcurl_run
+from tests.redis_server import RedisServer
 
 
 def serve_once(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -56,6 +59,31 @@ class TestStartup:
         assert out.returncode == 1
         assert f"{data}:3:5" in out.stderr
         assert "no relation 'pilot'" in out.stderr
+
+    def test_data_file_breaking_a_rule_late_leaves_redis_untouched(
+            self, tmp_path: Path, redis_server: RedisServer) -> None:
+        """`serve --data --redis-url` with a constraint broken at the end of a file larger than
+        one chunk exits 1 naming the constraint and writes nothing to Redis."""
+        lines = ["relationships:"]
+        for i in range(1500):  # 3,000 operations: more than one 2,000-operation chunk
+            lines += [f"  - workspace:w{i}#parent@organization:o",
+                      f"  - workspace:w{i}#user@user:u{i}"]
+        lines += ["  - organization:o#ai_workspace@workspace:w1",
+                  "  - organization:o#ai_workspace@workspace:w2"]
+        data = tmp_path / "data.yaml"
+        data.write_text("\n".join(lines) + "\n")
+        prefix = f"late{uuid.uuid4().hex[:8]}"
+        out = serve_once("--data", str(data), "--redis-url", redis_server.url,
+                         "--redis-prefix", prefix)
+        assert out.returncode == 1, out.stderr
+        assert "one_ai_workspace" in out.stderr and "nothing from it was written" in out.stderr
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            assert client.get(f"{prefix}:rev") in (None, b"0")
+            assert client.scard(f"{prefix}:scopes") == 0
+            assert client.xlen(f"{prefix}:log") == 0
+        finally:
+            client.close()
 
     def test_workers_above_one_need_redis(self) -> None:
         """The memory store refuses --workers 2 and says why."""
@@ -108,7 +136,11 @@ class TestRunning:
         threads.append(threading.Thread(target=watch))
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        # Signal only once Checks are answered under load (not after a guessed delay).
+        deadline = time.monotonic() + 20
+        while seen.count("allow") < 64:
+            assert time.monotonic() < deadline, server.logs()
+            time.sleep(0.01)  # polling interval, not synchronisation
         server.proc.send_signal(signal.SIGTERM)
         code = server.proc.wait(30)
         stop.set()
@@ -143,7 +175,7 @@ class TestRunning:
             deadline = time.monotonic() + 10
             while "policy reload rejected" not in server.logs():
                 assert time.monotonic() < deadline, server.logs()
-                time.sleep(0.1)
+                time.sleep(0.1)  # poll interval of a bounded wait
             assert "unknown top-level key 'bogus_section'" in server.logs()
             third = check(server.address, "uma", "delete", "data_flow:acme-sales-pipeline")
             assert third.decision == pb.DECISION_ALLOW
@@ -160,7 +192,7 @@ def _wait_for_version_change(address: str, old: str) -> pb.CheckResponse:
             return resp
         if time.monotonic() > deadline:
             pytest.fail("policy was not reloaded within 10 s")
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of a bounded wait
 
 
 class TestTransport:

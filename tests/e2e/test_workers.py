@@ -54,7 +54,7 @@ class TestWorkers:
             deadline = time.monotonic() + 20
             while len(children_of(proc.pid)) < 2:
                 assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+                time.sleep(0.1)  # poll interval of a bounded wait
             workers = children_of(proc.pid)
             assert len(workers) == 2
             # Each new channel is a new connection; the kernel spreads them.

@@ -10,7 +10,7 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.index import GraphIndex, parse_key, type_of
+from gatehouse.graph.index import GraphIndex
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
 
 ORG_TREE = [
@@ -83,11 +83,6 @@ class TestReading:
         for key in ("workspace:acme", "user:adam", "user:solo"):
             assert index.exists(key)
         assert not index.exists("user:ghost")
-
-    def test_keys(self) -> None:
-        """Keys split into type and id at the first colon."""
-        assert type_of("data_flow:f1") == "data_flow"
-        assert parse_key("data_flow:a:b") == ("data_flow", "a:b")
 
 
 class TestChains:

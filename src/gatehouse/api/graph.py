@@ -19,15 +19,10 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.model import (
-    RELATION_RE,
-    ObjectRef,
-    Relationship,
-    validate_id,
-    validate_type,
-)
+from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter
 from gatehouse.limits import LIMITS
+from gatehouse.names import RELATION_RE, validate_id, validate_type
 from gatehouse.runtime import Consistency, GraphOperations, IndexFollower, Mode, parse_revision
 from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb

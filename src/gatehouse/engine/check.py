@@ -14,7 +14,7 @@ from typing import Any
 
 from gatehouse.errors import InvalidArgument
 from gatehouse.graph.index import GraphIndex
-from gatehouse.graph.model import object_key, validate_id, validate_type
+from gatehouse.names import object_key, validate_id, validate_type
 from gatehouse.policy.model import CompiledPolicy, Rule
 
 _NO_CONTEXT: Mapping[str, Any] = {}

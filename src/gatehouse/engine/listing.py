@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gatehouse.engine.check import check
-from gatehouse.graph.index import GraphIndex, type_of
+from gatehouse.graph.index import GraphIndex
+from gatehouse.names import type_of
 from gatehouse.policy.model import OWNER, CompiledPolicy
 
 

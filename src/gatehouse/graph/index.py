@@ -15,8 +15,11 @@ Layout, chosen for the hot path and for memory:
 Small collections (most relations have one subject) are tuples and become
 sets past a few members; membership tests work the same on both.
 
-The index is mutated only by :meth:`apply`, from the event-loop thread, so a
-decision (which never awaits) sees one revision.
+Threads: the index is mutated only by :meth:`apply` (and replaced whole on a
+rebuild), by the runtime's changelog follower while it holds the runtime's
+index lock. Decisions read it under that same lock, from the event loop or
+from the transport's poll thread (Check, CheckBulk), so a decision sees one
+revision and never half a change.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from gatehouse.graph.changes import (
     PutObject,
     TouchRelationship,
 )
-from gatehouse.graph.model import Relationship, Snapshot, object_key
+from gatehouse.graph.model import Relationship, Snapshot
+from gatehouse.names import type_of
 from gatehouse.policy.model import PARENT
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
@@ -42,10 +46,6 @@ _GENERATIONS = itertools.count(1)
 _SMALL = 8
 
 Members = tuple[str, ...] | set[str]
-
-
-def type_of(key: str) -> str:
-    return key.partition(":")[0]
 
 
 def _add(table: dict[str, Members], key: str, value: str) -> bool:
@@ -288,10 +288,3 @@ class GraphIndex:
             self._lineage.pop(key, None)  # its children's shared mapping is stale
             stack.extend(self.children.get(key, ()))
 
-
-def parse_key(key: str) -> tuple[str, str]:
-    type_, _, id_ = key.partition(":")
-    return type_, id_
-
-
-__all__ = ["GraphIndex", "object_key", "parse_key", "type_of"]

@@ -8,50 +8,18 @@ are hashed once, interned, and compared by identity on the hot path.
 
 from __future__ import annotations
 
-import re
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatehouse.errors import InvalidArgument
-
-TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
-ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=+/|]{0,255}$")
-RELATION_RE = TYPE_RE
-
-AttributeValue = bool | int | float | str | list[str]
-
-
-def validate_type(value: str, field_name: str) -> str:
-    if not value:
-        raise InvalidArgument(field_name, "is required")
-    if not TYPE_RE.fullmatch(value):
-        raise InvalidArgument(
-            field_name, f"{value!r} is not a type name (lowercase letters, digits, '_')"
-        )
-    return value
-
-
-def validate_id(value: str, field_name: str) -> str:
-    if not value:
-        raise InvalidArgument(field_name, "is required")
-    if not ID_RE.fullmatch(value):
-        raise InvalidArgument(
-            field_name,
-            f"{value!r} is not a valid id (1-256 of letters, digits and _ . - = + / |;"
-            " it may not start with punctuation)",
-        )
-    return value
-
-
-def object_key(type_: str, id_: str) -> str:
-    """The canonical interned key of an object."""
-    return sys.intern(f"{type_}:{id_}")
+from gatehouse.errors import InvalidArgument, quote
+from gatehouse.names import RELATION_RE, object_key, split_key, validate_id, validate_type
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class ObjectRef:
+    """An object, ``type:id``; its :attr:`key` is the form the index and stores use."""
+
     type: str
     id: str
 
@@ -63,10 +31,15 @@ class ObjectRef:
         return f"{self.type}:{self.id}"
 
     @classmethod
+    def from_key(cls, key: str) -> ObjectRef:
+        """The reference of a key read back from a store or the index (not validated)."""
+        return cls(*split_key(key))
+
+    @classmethod
     def parse(cls, text: str, field_name: str = "object") -> ObjectRef:
-        type_, sep, id_ = text.partition(":")
-        if not sep:
-            raise InvalidArgument(field_name, f"{text!r} is not of the form type:id")
+        if ":" not in text:
+            raise InvalidArgument(field_name, f"{quote(text)} is not of the form type:id")
+        type_, id_ = split_key(text)
         return cls(validate_type(type_, field_name + ".type"), validate_id(id_, field_name + ".id"))
 
 
@@ -88,10 +61,10 @@ class Relationship:
         resource, hash_, relation = left.partition("#")
         if not at or not hash_:
             raise InvalidArgument(
-                field_name, f"{text!r} is not of the form type:id#relation@type:id"
+                field_name, f"{quote(text)} is not of the form type:id#relation@type:id"
             )
         if not RELATION_RE.fullmatch(relation):
-            raise InvalidArgument(field_name, f"{relation!r} is not a relation name")
+            raise InvalidArgument(field_name, f"{quote(relation)} is not a relation name")
         return cls(
             ObjectRef.parse(resource, field_name + ".resource"),
             relation,
@@ -132,6 +105,6 @@ class Snapshot:
     def all_relationships(self) -> list[Relationship]:
         out = list(self.relationships)
         for res, relation, subj in self.edges:
-            out.append(Relationship(ObjectRef(*res.split(":", 1)), relation,
-                                    ObjectRef(*subj.split(":", 1))))
+            out.append(Relationship(ObjectRef(*split_key(res)), relation,
+                                    ObjectRef(*split_key(subj))))
         return sorted(out)

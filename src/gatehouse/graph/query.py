@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from gatehouse.graph.index import GraphIndex, type_of
+from gatehouse.graph.index import GraphIndex
 from gatehouse.graph.model import ObjectRef, Relationship
+from gatehouse.names import object_key, split_key, type_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,8 +21,8 @@ class RelationshipFilter:
     subject_id: str = ""
 
     def matches(self, res: str, relation: str, subj: str) -> bool:
-        r_type, _, r_id = res.partition(":")
-        s_type, _, s_id = subj.partition(":")
+        r_type, r_id = split_key(res)
+        s_type, s_id = split_key(subj)
         return (
             r_type == self.resource_type
             and (not self.resource_id or r_id == self.resource_id)
@@ -33,12 +34,12 @@ class RelationshipFilter:
 
 def _candidates(index: GraphIndex, f: RelationshipFilter) -> Iterator[tuple[str, str, str]]:
     if f.resource_id:
-        res = f"{f.resource_type}:{f.resource_id}"
+        res = object_key(f.resource_type, f.resource_id)
         for relation, subjects in index.forward.get(res, {}).items():
             for subj in subjects:
                 yield res, relation, subj
     elif f.subject_type and f.subject_id:
-        subj = f"{f.subject_type}:{f.subject_id}"
+        subj = object_key(f.subject_type, f.subject_id)
         for res, held in index.held.get(subj, {}).items():
             for relation in held:
                 yield res, relation, subj
@@ -62,11 +63,6 @@ def read_relationships(
         k for k in _candidates(index, f) if f.matches(*k) and (after is None or k > after)
     )
     page = keys[:limit]
-    rels = [Relationship(_ref(r), rel, _ref(s)) for r, rel, s in page]
+    rels = [Relationship(ObjectRef.from_key(r), rel, ObjectRef.from_key(s)) for r, rel, s in page]
     more = len(keys) > limit
     return rels, (page[-1] if more and page else None)
-
-
-def _ref(key: str) -> ObjectRef:
-    type_, _, id_ = key.partition(":")
-    return ObjectRef(type_, id_)

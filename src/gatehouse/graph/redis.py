@@ -38,8 +38,10 @@ from gatehouse.graph.changes import (
     TouchRelationship,
 )
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
+from gatehouse.graph.plan import check_batch, encode_attributes
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.policy.model import Exclusive, MaxSubjects, Unique, WriteRules
+from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
+from gatehouse.policy.rules import WriteRules
 from gatehouse.redisscript import PipelinedScript
 
 CHANGELOG_MAXLEN = 1_000_000
@@ -48,9 +50,8 @@ _ERROR = re.compile(r"GH (\w+) (\S+)\t(.*)", re.S)
 _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
-def _ref(key: str) -> ObjectRef:
-    type_, _, id_ = key.partition(":")
-    return ObjectRef(type_, id_)
+def _relationship(item: list[str]) -> Relationship:
+    return Relationship(ObjectRef.from_key(item[1]), item[2], ObjectRef.from_key(item[3]))
 
 
 def _decode_ops(payload: str) -> tuple[Operation, ...]:
@@ -58,13 +59,13 @@ def _decode_ops(payload: str) -> tuple[Operation, ...]:
     for item in json.loads(payload):
         kind = item[0]
         if kind == "t":
-            ops.append(TouchRelationship(Relationship(_ref(item[1]), item[2], _ref(item[3]))))
+            ops.append(TouchRelationship(_relationship(item)))
         elif kind == "d":
-            ops.append(DeleteRelationship(Relationship(_ref(item[1]), item[2], _ref(item[3]))))
+            ops.append(DeleteRelationship(_relationship(item)))
         elif kind == "p":
-            ops.append(PutObject(_ref(item[1]), json.loads(item[2])))
+            ops.append(PutObject(ObjectRef.from_key(item[1]), json.loads(item[2])))
         elif kind == "x":
-            ops.append(DeleteObject(_ref(item[1])))
+            ops.append(DeleteObject(ObjectRef.from_key(item[1])))
     return tuple(ops)
 
 
@@ -74,12 +75,12 @@ def _encode_op(op: Operation) -> list[str]:
         kind = "t" if isinstance(op, TouchRelationship) else "d"
         return [kind, r.resource.key, r.relation, r.subject.key]
     if isinstance(op, PutObject):
-        return ["p", op.ref.key, json.dumps(dict(op.attributes), sort_keys=True)]
+        return ["p", op.ref.key, encode_attributes(op.attributes)]
     return ["x", op.ref.key]
 
 
 def _encode_rules(rules: WriteRules) -> str:
-    """The JSON fragment for the script's "kinds" and "cons" (same for every write)."""
+    """The JSON fragment for the script's "kinds", "rels" and "cons" (same for every write)."""
     kinds = dict(rules.scope_kind) or {"": ""}
     cons: list[Any] = []
     for c in rules.constraints:
@@ -89,9 +90,12 @@ def _encode_rules(rules: WriteRules) -> str:
             cons.append({"k": "un", "n": c.name, "t": c.type, "r": c.relation})
         elif isinstance(c, Exclusive):
             cons.append({"k": "ex", "n": c.name, "l": sorted(c.left), "r": sorted(c.right)})
+    rels = {t: sorted(r) for t, r in rules.relations.items() if r} or {"": [""]}
     # cjson decodes [] and {} alike as an empty table; {} keeps "kinds" a map.
     cons_json = json.dumps(cons, separators=(",", ":")) if cons else "{}"
-    return f'"kinds":{json.dumps(kinds, separators=(",", ":"))},"cons":{cons_json}'
+    compact = (",", ":")
+    return (f'"kinds":{json.dumps(kinds, separators=compact)},'
+            f'"rels":{json.dumps(rels, separators=compact)},"cons":{cons_json}')
 
 
 def redact(url: str) -> str:
@@ -141,12 +145,6 @@ class RedisGraphStore:
         await self.client.aclose()
         await self._tail.aclose()
 
-    async def ping(self) -> None:
-        try:
-            await self.client.ping()
-        except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
-
     async def epoch(self) -> str:
         """The data set's epoch, created if Redis holds none yet."""
         try:
@@ -170,6 +168,7 @@ class RedisGraphStore:
         rules: WriteRules | None = None,
     ) -> Change:
         rules = rules or _NO_RULES
+        check_batch(ops)
         cached = self._rules_json.get(id(rules))
         if cached is None or cached[0] is not rules:
             if len(self._rules_json) > 8:
@@ -187,7 +186,7 @@ class RedisGraphStore:
         try:
             # The last argument becomes the epoch only if Redis has none (a new or
             # wiped data set), so it must be fresh every time.
-            rev = await self._call([self.prefix, payload, os.urandom(12).hex()])
+            rev, changed = await self._call([self.prefix, payload, os.urandom(12).hex()])
         except ResponseError as exc:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:
@@ -195,7 +194,7 @@ class RedisGraphStore:
                 f"redis unreachable ({exc}); if the connection dropped mid-call the write may "
                 "or may not have been applied"
             ) from exc
-        return Change(int(rev), tuple(ops))
+        return Change(int(rev), tuple(ops) if changed else ())
 
     async def snapshot(self) -> Snapshot:
         try:
@@ -216,7 +215,7 @@ class RedisGraphStore:
                         left, _, subj = text.rpartition("@")
                         res, _, rel = left.rpartition("#")
                         edges.append((intern(res), intern(rel), intern(subj)))
-                    objects.extend(ObjectRecord(_ref(k), json.loads(v))
+                    objects.extend(ObjectRecord(ObjectRef.from_key(k), json.loads(v))
                                    for k, v in results[j + 1].items())
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc

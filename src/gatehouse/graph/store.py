@@ -1,8 +1,9 @@
 """The storage seam: one protocol, several backends.
 
 The memory store is the reference implementation; every backend must behave
-the same through this protocol (the conformance suite in tests/graph/ runs
-against each).
+the same through this protocol. :mod:`gatehouse.graph.conformance` is the
+suite that says so: any backend runs it (tests/graph runs it on memory and
+Redis).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Protocol
 
 from gatehouse.graph.changes import Change, Operation, Precondition
 from gatehouse.graph.model import Snapshot
-from gatehouse.policy.model import WriteRules
+from gatehouse.policy.rules import WriteRules
 
 
 class ChangelogGap(Exception):
@@ -57,7 +58,10 @@ class GraphStore(Protocol):
     ) -> Change:
         """Apply all of ``ops`` atomically or none of them; return the change.
 
-        Raises Aborted (a precondition failed), FailedPrecondition (a rule or
+        A batch that changes nothing commits nothing: no new revision, no
+        changelog entry; the change answers the current revision with no ops.
+        Raises InvalidArgument (the batch names one relationship or object
+        twice), Aborted (a precondition failed), FailedPrecondition (a rule or
         constraint refused), Unavailable (the store cannot be reached).
         """
         ...

@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gatehouse.errors import PolicyError, Problem
-from gatehouse.graph.model import TYPE_RE
+from gatehouse.names import TYPE_RE
 from gatehouse.policy.conditions import ConditionError, compile_condition
 from gatehouse.policy.constraints import compile_constraints
 from gatehouse.policy.model import (

@@ -1,4 +1,9 @@
-"""The compiled policy: immutable tables the engine reads on every decision."""
+"""The compiled policy: immutable tables the engine reads on every decision.
+
+Constraint classes live in :mod:`gatehouse.policy.constraints` and the
+rules every store enforces on a write in :mod:`gatehouse.policy.rules`,
+each beside the code that compiles them.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Protocol
+
+# ROOT and Constraint are re-exported for the policy loader, which names them
+# through this module; their home is beside their compilers.
+from gatehouse.policy.constraints import Constraint as Constraint
+from gatehouse.policy.rules import ROOT as ROOT
+from gatehouse.policy.rules import WriteRules
 
 PARENT = "parent"
 OWNER = "owner"
@@ -111,50 +122,6 @@ class ActionTable:
     grants: tuple[Rule, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Exclusive:
-    """No subject holds relations from both sides within one tenant scope."""
-
-    name: str
-    left: frozenset[str]  # "type.relation"
-    right: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Unique:
-    """At most one object of ``type`` per tenant scope holds ``relation``."""
-
-    name: str
-    type: str
-    relation: str
-
-
-@dataclass(frozen=True, slots=True)
-class MaxSubjects:
-    """At most ``limit`` subjects per object of ``type`` hold ``relation``."""
-
-    name: str
-    type: str
-    relation: str
-    limit: int
-
-
-Constraint = Exclusive | Unique | MaxSubjects
-
-# How an object's tenant scope is found, by its type:
-ROOT = "root"  # the object is a tenant root (organization): its own scope
-CHILD = "child"  # the object lives in its parent's scope (parent must be written first)
-GLOBAL = "global"  # no tenant (users): the global scope
-
-
-@dataclass(frozen=True, slots=True)
-class WriteRules:
-    """What every store enforces on every write, compiled from the policy."""
-
-    scope_kind: Mapping[str, str]
-    constraints: tuple[Constraint, ...] = ()
-
-
 # -- usage and plans ------------------------------------------------------------
 
 # Metric kinds and what their workspace value is:
@@ -245,5 +212,5 @@ class CompiledPolicy:
     subject_types: frozenset[str]
     tables: Mapping[str, Mapping[str, ActionTable]]
     files: tuple[str, ...]
-    write_rules: WriteRules = WriteRules({})
+    write_rules: WriteRules = field(default_factory=lambda: WriteRules({}))
     usage: UsageModel = UsageModel()

@@ -1,11 +1,40 @@
-"""Compile the write rules every store enforces: tenant scopes and constraints."""
+"""The rules every graph store enforces on every write, compiled from the policy.
+
+A store knows nothing else about the policy: for each type, how an object of
+it finds its tenant scope and which relations it may hold; and the policy's
+constraints. The graph layer imports these; this module imports nothing
+from the graph.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from gatehouse.policy.model import CHILD, GLOBAL, ROOT, Constraint, TypeDef, WriteRules
+from gatehouse.policy.constraints import Constraint
+
+if TYPE_CHECKING:
+    from gatehouse.policy.model import TypeDef
+
+# How an object's tenant scope is found, by its type:
+ROOT = "root"  # the object is a tenant root (organization): its own scope
+CHILD = "child"  # the object lives in its parent's scope (parent must be written first)
+GLOBAL = "global"  # no tenant (users): the global scope
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRules:
+    """What every store enforces on every write, compiled from the policy."""
+
+    scope_kind: Mapping[str, str]
+    constraints: tuple[Constraint, ...] = ()
+    # type -> every relation an object of that type may hold as a resource. A
+    # store counts an object's remaining relationships through these when the
+    # object is deleted (see docs/storage.md, "Deleting an object").
+    relations: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({}))
 
 
 def scope_kinds(types: Mapping[str, TypeDef]) -> dict[str, str]:
@@ -25,4 +54,7 @@ def scope_kinds(types: Mapping[str, TypeDef]) -> dict[str, str]:
 
 def write_rules(types: Mapping[str, TypeDef], constraints: tuple[Constraint, ...] = ()
                 ) -> WriteRules:
-    return WriteRules(MappingProxyType(scope_kinds(types)), constraints)
+    """The store-facing rules of a policy's types and constraints."""
+    relations = {name: frozenset(tdef.relations) for name, tdef in types.items()}
+    return WriteRules(MappingProxyType(scope_kinds(types)), constraints,
+                      MappingProxyType(relations))

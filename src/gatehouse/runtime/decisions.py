@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 from gatehouse import engine
 from gatehouse.engine.listing import list_accessible
 from gatehouse.errors import GatehouseError, InvalidArgument, quote
-from gatehouse.graph.model import object_key, validate_id, validate_type
 from gatehouse.limits import LIMITS
+from gatehouse.names import object_key, validate_id, validate_type
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.runtime.follower import IndexFollower
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gatehouse.errors import FailedPrecondition, InvalidArgument, NotFound, quote
-from gatehouse.graph.model import object_key, validate_id
 from gatehouse.limits import LIMITS
+from gatehouse.names import object_key, split_key, validate_id
 from gatehouse.policy.model import UsageModel
 from gatehouse.runtime.follower import IndexFollower
 from gatehouse.usage.compute import (
@@ -199,7 +199,7 @@ class UsageOperations:
                 raise InvalidArgument(f"{f}.event_time", "must be within the dedup window "
                                       f"({window // 86400} days) and not in the future")
             ws = self._workspace(model, org, e.workspace_id, f"{f}.workspace_id")
-            checked.append(UsageEvent(e.event_id, org, ws.partition(":")[2], metric, e.amount,
+            checked.append(UsageEvent(e.event_id, org, split_key(ws)[1], metric, e.amount,
                                       e.dimension, when))
         return [await self.store.record(ev, window) for ev in checked]
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatehouse.graph.index import GraphIndex, type_of
+from gatehouse.graph.index import GraphIndex
+from gatehouse.names import split_key, type_of
 from gatehouse.policy.model import Metric, Plan, UsageModel
 from gatehouse.usage.events import ALL_TIME, Counters
 
@@ -73,10 +74,6 @@ class WorkspaceFacts:
     identities: dict[str, frozenset[str]] = field(default_factory=dict)
     accounts: dict[str, AccountFacts] = field(default_factory=dict)
     distinct: dict[str, frozenset[Any]] = field(default_factory=dict)
-
-
-def _id(key: str) -> str:
-    return key.partition(":")[2]
 
 
 def _identity(index: GraphIndex, subject: str, attribute: str) -> str:
@@ -165,7 +162,7 @@ class UsageView:
         self.plan, self.plan_is_fallback = model.resolve_plan(attrs.get(model.plan_attribute))
         self.workspaces = sorted(
             k for k in index.children.get(org, ()) if type_of(k) == model.workspace_type)
-        self.workspace_ids = [_id(ws) for ws in self.workspaces]
+        self.workspace_ids = [split_key(ws)[1] for ws in self.workspaces]
         self._all: list[WorkspaceFacts] | None = None
 
     def facts(self, ws: str) -> WorkspaceFacts:
@@ -208,7 +205,7 @@ class UsageView:
                 by_source_type={k: float(v) for k, v in sorted(per.items())})
         if kind == "distinct":
             return float(len(self.facts(ws).distinct[metric.name])), NO_BREAKDOWN
-        return self.recorded(metric).value(_id(ws), metric), NO_BREAKDOWN
+        return self.recorded(metric).value(split_key(ws)[1], metric), NO_BREAKDOWN
 
     def org_value(self, metric: Metric) -> tuple[float, Breakdown]:
         kind = metric.kind

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gatehouse.names import split_key
 from gatehouse.policy.model import Metric
-from gatehouse.usage.compute import UsageView, _id
+from gatehouse.usage.compute import UsageView
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,5 +134,5 @@ def _proposed(view: UsageView, metric: Metric, p: Proposal) -> Callable[[float],
             if m == metric.name:
                 seen |= dims
         return lambda cur: cur + (0 if p.dimension in seen else 1)
-    prior = counters.latest.get((_id(p.workspace), metric.name), {}).get(p.dimension)
+    prior = counters.latest.get((split_key(p.workspace)[1], metric.name), {}).get(p.dimension)
     return lambda cur: cur - (prior[1] if prior else 0.0) + p.amount

@@ -1,14 +1,19 @@
 -- gatehouse: one atomic graph write. Mirrors gatehouse/graph/plan.py step by
--- step; nothing is written until every check has passed.
+-- step; nothing is written until every check has passed. (plan.check_batch,
+-- which refuses a batch naming one target twice, depends on the batch alone
+-- and runs in Python before this script.)
 --
 -- ARGV[1]  key prefix (e.g. "gh")
--- ARGV[2]  JSON batch: {ops, pre, kinds, cons, maxlen}
+-- ARGV[2]  JSON batch: {ops, pre, kinds, rels, cons, maxlen}
 --   ops:  ["t"|"d", res, rel, subj] | ["p", obj, attrs_json] | ["x", obj]
 --   pre:  [must_exist (1|0), res, rel, subj]
 --   kinds: {type: "root"|"child"|"global"}
+--   rels:  {type: [relation, ...]}  (what an object of the type may hold)
 --   cons:  {k="mx", n, t, r, m} | {k="un", n, t, r} | {k="ex", n, l=[...], r=[...]}
 -- ARGV[3]  epoch to set if Redis holds none (a fresh or wiped server)
--- Returns the new revision, or an error "GH <KIND> <name>\t<message>".
+-- Returns {revision, changed}: the new revision and 1, or, when the batch
+-- changes nothing, the current revision and 0 (nothing committed or logged).
+-- Errors are "GH <KIND> <name>\t<message>".
 
 local P = ARGV[1]
 local b = cjson.decode(ARGV[2])
@@ -80,6 +85,23 @@ for _, op in ipairs(b.ops) do
   if not home(op[2]) and (op[1] == "t" or op[1] == "p") then
     return fail("FAILED", "parent-required", op[2] ..
       " has no parent; write its #parent relationship first or in the same batch")
+  end
+end
+
+-- 2b. a relationship stays within one tenant (subjects: same scope or global)
+for _, op in ipairs(b.ops) do
+  if op[1] == "t" and op[3] ~= "parent" and kinds[tname(op[4])] ~= "global" then
+    local sh = home(op[4])
+    if not sh then
+      return fail("FAILED", "parent-required", op[4] .. " has no parent; write its #parent " ..
+        "relationship before it is the subject of a relationship, or in the same batch")
+    end
+    local rh = homes[op[2]]
+    if sh ~= rh then
+      return fail("FAILED", "tenant-boundary", op[2] .. "#" .. op[3] .. "@" .. op[4] ..
+        " links " .. rh .. " to " .. op[4] .. " in " .. sh ..
+        "; a relationship stays within one tenant")
+    end
   end
 end
 
@@ -201,7 +223,57 @@ for _, c in ipairs(b.cons) do
   end
 end
 
--- 6. apply
+-- 6. a deleted object is referenced by no relationship after the batch
+local rels_of = b.rels or {}
+for _, op in ipairs(b.ops) do
+  if op[1] == "x" then
+    local key = op[2]
+    local t = tname(key)
+    local count = 0
+    local own = home(key)
+    if own then
+      for _, r in ipairs(rels_of[t] or {}) do
+        local f = final[key .. "#" .. r]
+        if f then
+          count = count + final_count(f)
+        else
+          count = count + redis.call("SCARD", fkey(own, key, r))
+        end
+      end
+    end
+    local scopes, scope_list = {}, {}
+    local function add_scope(sc)
+      if sc and not scopes[sc] then scopes[sc] = true; table.insert(scope_list, sc) end
+    end
+    if kinds[t] == "global" then
+      for _, sc in ipairs(redis.call("SMEMBERS", P .. ":scopes")) do add_scope(sc) end
+      for _, k in ipairs(final_order) do
+        if final[k].subs[key] ~= nil then add_scope(homes[final[k].res]) end
+      end
+    else
+      add_scope(own)
+    end
+    for _, sc in ipairs(scope_list) do
+      local sk = scoped(sc, "s:" .. key)
+      local n = redis.call("SCARD", sk)
+      for _, k in ipairs(final_order) do
+        local f = final[k]
+        if f.subs[key] ~= nil and homes[f.res] == sc then
+          local was = redis.call("SISMEMBER", sk, f.res .. "#" .. f.rel) == 1
+          if f.subs[key] and not was then n = n + 1 end
+          if (not f.subs[key]) and was then n = n - 1 end
+        end
+      end
+      count = count + n
+    end
+    if count > 0 then
+      return fail("FAILED", "object-in-use", key .. " is still in " .. count ..
+        " relationship(s); delete them first or in the same batch")
+    end
+  end
+end
+
+-- 7. apply
 if redis.call("HSETNX", P .. ":meta", "epoch", ARGV[3]) == 1 then
   redis.call("SET", P .. ":rev", 0)
 end
@@ -235,9 +307,11 @@ for _, op in ipairs(b.ops) do
     end
   elseif kind == "p" then
     local h = home(op[2])
-    redis.call("HSET", scoped(h, "objs"), op[2], op[3])
-    redis.call("SADD", P .. ":scopes", h)
-    table.insert(effective, op)
+    if redis.call("HGET", scoped(h, "objs"), op[2]) ~= op[3] then
+      redis.call("HSET", scoped(h, "objs"), op[2], op[3])
+      redis.call("SADD", P .. ":scopes", h)
+      table.insert(effective, op)
+    end
   elseif kind == "x" then
     local h = home(op[2])
     if h and redis.call("HDEL", scoped(h, "objs"), op[2]) == 1 then
@@ -245,10 +319,11 @@ for _, op in ipairs(b.ops) do
     end
   end
 end
+if #effective == 0 then
+  return {tonumber(redis.call("GET", P .. ":rev") or "0"), 0}
+end
 local rev = redis.call("INCR", P .. ":rev")
-local payload = "[]"
-if #effective > 0 then payload = cjson.encode(effective) end
 local now = redis.call("TIME")
-redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops", payload,
-  "ts", now[1] .. string.format(".%06d", tonumber(now[2])))
-return rev
+redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops",
+  cjson.encode(effective), "ts", now[1] .. string.format(".%06d", tonumber(now[2])))
+return {rev, 1}

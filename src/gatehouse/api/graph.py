@@ -150,7 +150,6 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteRelationship(rel))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be TOUCH, CREATE or DELETE")
-        _no_duplicates(ops)
         revision = await self.ops.write(ops, pres)
         return pb.WriteRelationshipsResponse(revision=str(revision))
 
@@ -209,7 +208,6 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteObject(ref))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be PUT or DELETE")
-        _no_duplicates(ops)
         revision = await self.ops.write(ops)
         return pb.WriteObjectsResponse(revision=str(revision))
 
@@ -233,18 +231,3 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
             after = parse_revision(request.after_revision, "after_revision")
         async for change in self.ops.watch(after):
             yield _change_msg(change)
-
-
-def _no_duplicates(ops: list[Operation]) -> None:
-    """Refuse a batch that changes the same relationship or object twice: the
-    result would depend on order (TOUCH then DELETE), or a CREATE given twice
-    would pass both must-not-exist preconditions and succeed once."""
-    seen: dict[object, int] = {}
-    for i, op in enumerate(ops):
-        key: object = (op.relationship if isinstance(op, TouchRelationship | DeleteRelationship)
-                       else op.ref)
-        first = seen.setdefault(key, i)
-        if first != i:
-            raise InvalidArgument(f"updates[{i}]", f"changes the same "
-                                  f"{'relationship' if isinstance(key, Relationship) else 'object'}"
-                                  f" as updates[{first}]; give each change once per batch")

@@ -1,6 +1,6 @@
 """The syntax of names every layer shares: types, relations, ids and object keys.
 
-This is a base module: it imports nothing from gatehouse but ``errors``, so
+This is a base module: it imports nothing from gatehouse but ``errors`` and ``limits``, so
 the policy compiler, the graph, the engine and the API can all depend on it
 without depending on each other (``tests/test_layers.py`` holds the rule).
 
@@ -16,12 +16,15 @@ import re
 import sys
 
 from gatehouse.errors import InvalidArgument, quote
+from gatehouse.limits import LIMITS
 
-TYPE_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+TYPE_RE = re.compile(rf"[a-z][a-z0-9_]{{0,{LIMITS.type_chars - 1}}}")
 """A type, relation or action name: lowercase, digits and ``_``, starting with a letter."""
 RELATION_RE = TYPE_RE
-ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-=+/|]{0,255}$")
-"""An object id: 1-256 characters, no separators (``:``, ``#``, ``@``, spaces)."""
+ID_RE = re.compile(rf"[A-Za-z0-9_][A-Za-z0-9_.\-=+/|]{{0,{LIMITS.id_chars - 1}}}")
+"""An object id: 1-256 characters, no separators (``:``, ``#``, ``@``, spaces).
+
+Both patterns are meant for ``fullmatch``; their lengths come from limits.py."""
 SEPARATOR = ":"
 
 

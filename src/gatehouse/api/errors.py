@@ -82,7 +82,6 @@ def _domain(exc: Exception) -> GatehouseError | None:
 
 
 Req = TypeVar("Req")
-Resp = TypeVar("Resp")
 Self = TypeVar("Self")
 
 

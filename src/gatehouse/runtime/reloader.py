@@ -64,14 +64,6 @@ class PolicyReloader:
                 log.exception("policy reload failed; still serving %s, watching on",
                               self.follower.policy.version)
 
-    def reload_now(self) -> bool:
-        """Recompile the policy folder now. True if the new policy is serving."""
-        new = self._compile()
-        if new is None:
-            return False
-        self._swap(new)
-        return True
-
     def _compile(self) -> CompiledPolicy | None:
         try:
             return self._load(self.policy_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gatehouse.errors import Problem
-from gatehouse.sourcemap import MAX_DEPTH, SourceMap, load, render_path, walk_mapping
+from gatehouse.sourcemap import MAX_DEPTH, SourceMap, load, render_path
 
 DOC = """\
 types:
@@ -147,14 +147,6 @@ class TestLoad:
         assert [str(p) for p in problems] == [
             "p.yaml:1:1 aliases (*name) expand to more than 100000 values"
         ]
-
-
-class TestWalkMapping:
-    def test_items_of_a_mapping_or_nothing(self) -> None:
-        """Mappings yield their items; anything else yields nothing."""
-        assert list(walk_mapping({"a": 1})) == [("a", 1)]
-        assert list(walk_mapping([1, 2])) == []
-        assert list(walk_mapping(None)) == []
 
 
 class TestSourceMap:

@@ -76,7 +76,9 @@ class Limits:
     policy_total_bytes: int = 8 << 20
     """All files of one policy set together."""
     policy_files: int = 500
-    """Files in one policy set."""
+    """Files in one policy set (and, separately, test suites below it)."""
+    policy_file_values: int = 100_000
+    """Values (scalars, lists, mappings, keys) in one policy or test suite file."""
 
 
 LIMITS = Limits()

@@ -31,9 +31,10 @@ MAX_ALIAS_VALUES = 100_000
 MAX_EXACT_INT = 2**53
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
-# Numbers as a person writes them. YAML 1.1 also reads 0x1f, 0o17, 1_000, 1:30
-# (sexagesimal: 90) and .nan / .inf as numbers; a strict document refuses those.
-_PLAIN_INT = re.compile(r"[-+]?[0-9]+")
+# Numbers as a person writes them. YAML 1.1 also reads 0x1f, 017 (octal: 15),
+# 0b101, 1_000, 1:30 (sexagesimal: 90) and .nan / .inf as numbers; a strict
+# document refuses those.
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
 _PLAIN_FLOAT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
 

@@ -268,6 +268,20 @@ class TestSizeCaps:
         assert (problem.line, problem.message) == (
             2, f"more than {LIMITS.policy_file_values} values in one file")
 
+    def test_rules_past_the_cap_are_refused_at_the_first_one_over(self) -> None:
+        """More than LIMITS.policy_rules permission rules are refused at the first rule past
+        the cap (each action's table holds every rule granting it)."""
+        rules = "".join("  - {actions: ['*'], roles: [user.r]}\n"
+                        for _ in range(LIMITS.policy_rules + 1))
+        text = f"types:\n  user: {{subject: true, roles: [r], actions: [a]}}\npermissions:\n" \
+               f"  user:\n{rules}"
+        with pytest.raises(PolicyError) as info:
+            compile_sources([("policy.yaml", text)], "rules")
+        assert [str(p) for p in info.value.problems] == [
+            f"policy.yaml:{5 + LIMITS.policy_rules}:5 permissions.user[{LIMITS.policy_rules}]: "
+            f"more than {LIMITS.policy_rules} permission rules (the limit of one policy set)"
+        ]
+
     def test_a_suite_past_the_byte_cap_is_refused(self, tmp_path: Path) -> None:
         """Test suites follow the same per-file cap as policy files."""
         folder = tmp_path / "coupler"

@@ -30,7 +30,7 @@ from typing import Any
 
 from gatehouse.errors import quote
 from gatehouse.policy.model import OWNER, Attribute, Condition, Facts, TypeDef
-from gatehouse.policy.sections import is_number
+from gatehouse.policy.sections import is_number, listed
 from gatehouse.sourcemap import MAX_EXACT_INT
 
 _MISSING = object()
@@ -224,7 +224,7 @@ class _Compiler:
     def _attribute_getter(self, tdef: TypeDef, name: str, *, resource: bool) -> Getter:
         attr = tdef.attributes.get(name)
         if attr is None:
-            known = ", ".join(sorted(tdef.attributes)) or "none"
+            known = listed(tdef.attributes)
             raise ConditionError(
                 f"type {quote(tdef.name)} has no attribute {quote(name)} (declared: {known})"
             )

@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from gatehouse.policy.model import Constraint, Exclusive, MaxSubjects, TypeDef, Unique
-from gatehouse.policy.sections import ReportProblem, is_name, named_definitions, shown
+from gatehouse.policy.sections import (
+    LISTED_NAMES,
+    ReportProblem,
+    is_name,
+    listed,
+    named_definitions,
+    shown,
+)
 from gatehouse.sourcemap import MAX_EXACT_INT, DocPath
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_\-]{0,63}")
@@ -43,10 +50,11 @@ def _relation_ref(types: Mapping[str, TypeDef], value: Any, path: DocPath,
     type_, _, relation = value.partition(".")
     tdef = types.get(type_)
     if tdef is None:
-        report(path, f"unknown type {shown(type_)} (declared: {', '.join(sorted(types))})", False)
+        report(path, f"unknown type {shown(type_)} (declared: {listed(types)})", False)
         return None
     if relation not in tdef.relations:
-        known = ", ".join(f"{type_}.{r}" for r in sorted(tdef.relations)) or "none"
+        known = listed(tdef.relations) if len(tdef.relations) > LISTED_NAMES else ", ".join(
+            f"{type_}.{r}" for r in sorted(tdef.relations)) or "none"
         report(path, f"{shown(type_)} has no relation {shown(relation)} (known: {known})", False)
         return None
     return type_, relation

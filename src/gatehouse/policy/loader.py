@@ -19,6 +19,7 @@ from typing import Any
 
 from gatehouse.errors import PolicyError, Problem, quote
 from gatehouse.graph.model import TYPE_RE
+from gatehouse.limits import LIMITS
 from gatehouse.policy.conditions import ConditionError, compile_condition
 from gatehouse.policy.constraints import compile_constraints
 from gatehouse.policy.files import POLICY_STRICTNESS, read_capped, size_problems
@@ -39,7 +40,7 @@ from gatehouse.policy.model import (
     UsageModel,
 )
 from gatehouse.policy.rules import scope_kinds, write_rules
-from gatehouse.policy.sections import is_number, shown
+from gatehouse.policy.sections import LISTED_NAMES, is_number, listed, shown, unlisted
 from gatehouse.policy.usage import compile_usage
 from gatehouse.sourcemap import DocPath, SourceMap, load, render_path
 
@@ -48,10 +49,6 @@ TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "a
              "relations"}
 RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
 WILDCARD = "*"
-
-
-def _known(items: Any) -> str:
-    return ", ".join(sorted(items)) or "none"
 
 
 @dataclass(slots=True)
@@ -86,7 +83,11 @@ class _Compiler:
         if not isinstance(value, list):
             self.err(doc, path, f"{what} must be a list of names")
             return []
-        out: list[str] = []
+        if len(value) > LIMITS.policy_names_per_type:
+            self.err(doc, path, f"{len(value)} {what}, more than "
+                     f"{LIMITS.policy_names_per_type} (the limit of one type)")
+            return []
+        out: dict[str, None] = {}
         for i, item in enumerate(value):
             if not isinstance(item, str) or not TYPE_RE.fullmatch(item):
                 self.err(doc, (*path, i), f"{shown(item)} is not a valid {what[:-1]} name "
@@ -94,8 +95,8 @@ class _Compiler:
             elif item in out:
                 self.err(doc, (*path, i), f"{what[:-1]} {shown(item)} is listed twice")
             else:
-                out.append(item)
-        return out
+                out[item] = None
+        return list(out)
 
     def _attributes(self, src: _TypeSrc) -> dict[str, Attribute]:
         doc, base = src.doc, (*src.path, "attributes")
@@ -144,7 +145,7 @@ class _Compiler:
             doc, path, body = src.doc, src.path, src.body
             for key in sorted(set(body) - TYPE_KEYS):
                 self.err(doc, (*path, key), f"unknown key {shown(key)} in type {shown(name)} "
-                         f"(known: {_known(TYPE_KEYS)})", at_key=True)
+                         f"(known: {listed(TYPE_KEYS)})", at_key=True)
             info: dict[str, Any] = {
                 "parent": body.get("parent"),
                 "subject": body.get("subject", False),
@@ -160,7 +161,7 @@ class _Compiler:
             parent = info["parent"]
             if parent is not None and (not isinstance(parent, str) or parent not in sources):
                 self.err(doc, (*path, "parent"),
-                         f"unknown parent type {shown(parent)} (declared types: {_known(sources)})")
+                         f"unknown parent type {shown(parent)} (declared types: {listed(sources)})")
                 info["parent"] = None
             for role in info["roles"]:
                 if role == PARENT or (role == OWNER and info["owned"]):
@@ -172,22 +173,35 @@ class _Compiler:
             first = next(iter(sources.values()))
             self.err(first.doc, ("types",), "no type is declared 'subject: true' "
                      "(the type of the people or services that act, e.g. user)", at_key=True)
-        # Cycles in parents.
+        # Cycles in parents, and chains too long: each decision walks a resource's
+        # ancestors, so their number is bounded.
+        too_deep: list[str] = []
         for name, src in sources.items():
-            seen = [name]
+            chain = [name]
+            seen = {name}
             cur = shaped[name]["parent"]
             while cur is not None:
                 if cur in seen:
                     # Reported once, on the first type of the cycle; a type that
                     # merely descends from a cycle is not part of it.
                     if cur == name:
-                        chain = " -> ".join([*seen, cur])
+                        text = " -> ".join([*chain, cur])
                         self.err(src.doc, (*src.path, "parent"),
-                                 f"parent types form a cycle: {chain}")
+                                 f"parent types form a cycle: {text}")
                         shaped[name]["parent"] = None
                     break
-                seen.append(cur)
+                if len(chain) == LIMITS.policy_parent_depth:
+                    too_deep.append(name)
+                    break
+                chain.append(cur)
+                seen.add(cur)
                 cur = shaped[cur]["parent"]
+        for name in too_deep:
+            src = sources[name]
+            self.err(src.doc, (*src.path, "parent"), f"{shown(name)} has more than "
+                     f"{LIMITS.policy_parent_depth - 1} ancestor types (the limit of a parent "
+                     "chain)")
+            shaped[name]["parent"] = None
         # Second pass: relations and lineage.
         types: dict[str, TypeDef] = {}
         subjects = frozenset(subject_types)
@@ -222,7 +236,7 @@ class _Compiler:
                     bad = [t for t in names if not isinstance(t, str) or t not in sources]
                     if bad:
                         self.err(src.doc, rpath, f"unknown type {shown(bad[0])} "
-                                 f"(declared types: {_known(sources)})")
+                                 f"(declared types: {listed(sources)})")
                         continue
                     relations[rel] = frozenset(names)
             lineage = [name]
@@ -250,17 +264,23 @@ class _Compiler:
     ) -> dict[str, list[Rule]]:
         rules: dict[str, list[Rule]] = {name: [] for name in types}
         subject_types = {n for n, t in types.items() if t.subject}
+        count = 0
         for doc, tname, body in sections:
             base: DocPath = ("permissions", tname)
             tdef = types.get(tname)
             if tdef is None:
                 self.err(doc, base, f"permissions for unknown type {shown(tname)} "
-                         f"(declared types: {_known(types)})", at_key=True)
+                         f"(declared types: {listed(types)})", at_key=True)
                 continue
             if not isinstance(body, list):
                 self.err(doc, base, "permissions of a type are a list of rules")
                 continue
             for i, raw in enumerate(body):
+                count += 1
+                if count > LIMITS.policy_rules:
+                    self.err(doc, (*base, i), f"more than {LIMITS.policy_rules} permission "
+                             "rules (the limit of one policy set)")
+                    return rules
                 rule = self._rule(doc, (*base, i), tdef, types, subject_types, raw)
                 if rule is not None:
                     rules[tname].append(rule)
@@ -280,7 +300,7 @@ class _Compiler:
             return None
         ok = True
         for key in sorted(set(raw) - RULE_KEYS):
-            self.err(doc, (*path, key), f"unknown key {shown(key)} (known: {_known(RULE_KEYS)})",
+            self.err(doc, (*path, key), f"unknown key {shown(key)} (known: {listed(RULE_KEYS)})",
                      at_key=True)
             ok = False
         effect_raw = raw.get("effect", "allow")
@@ -304,7 +324,7 @@ class _Compiler:
                     actions.add(action)
                 else:
                     self.err(doc, (*path, "actions", j), f"unknown action {shown(action)} for "
-                             f"{shown(tdef.name)} (known: {_known(tdef.actions)}, or '*')")
+                             f"{shown(tdef.name)} (known: {listed(tdef.actions)}, or '*')")
                     ok = False
         # roles
         roles: list[RoleRef] = []
@@ -317,7 +337,7 @@ class _Compiler:
                      "[workspace.admin]")
             ok = False
         elif raw_roles:
-            reachable = [f"{t}.{r}" for t in tdef.lineage for r in sorted(types[t].roles)]
+            hint = ""  # built once, and only for a rule with a bad role
             for j, ref in enumerate(raw_roles):
                 rtype, dot, rname = (ref if isinstance(ref, str) else "").partition(".")
                 if dot and rtype in tdef.lineage and rname in types[rtype].roles:
@@ -328,8 +348,12 @@ class _Compiler:
                            f"({' -> '.join(tdef.lineage)})")
                 else:
                     why = f"unknown role {shown(ref)}"
-                self.err(doc, (*path, "roles", j),
-                         f"{why} (known: {', '.join(reachable) or 'none'})")
+                if not hint:
+                    count = sum(len(types[t].roles) for t in tdef.lineage)
+                    hint = unlisted(count) if count > LISTED_NAMES else ", ".join(
+                        f"{t}.{r}" for t in tdef.lineage for r in sorted(types[t].roles)
+                    ) or "none"
+                self.err(doc, (*path, "roles", j), f"{why} (known: {hint})")
                 ok = False
         # condition
         condition = None
@@ -436,7 +460,7 @@ def _compile(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
     usage_sections: dict[str, tuple[_Doc, Any]] = {}
     for doc in docs:
         for key in sorted(set(doc.data) - TOP_KEYS):
-            comp.err(doc, (key,), f"unknown top-level key {shown(key)} (known: {_known(TOP_KEYS)})",
+            comp.err(doc, (key,), f"unknown top-level key {shown(key)} (known: {listed(TOP_KEYS)})",
                      at_key=True)
         if isinstance(doc.data.get("name"), str):
             set_name = doc.data["name"]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Collection, Container, Iterator
 from typing import Any
 
 from gatehouse.errors import quote
@@ -35,6 +35,22 @@ def shown(value: Any) -> str:
     if len(text) <= LIMITS.quote_chars:
         return text
     return f"{text[:LIMITS.quote_chars]}... ({len(text)} characters)"
+
+
+LISTED_NAMES = 20
+
+
+def listed(names: Collection[str]) -> str:
+    """``names`` sorted and comma-separated for a "known: ..." hint, or their count when
+    there are too many to list (a hint per problem must not cost the whole set each time)."""
+    if len(names) > LISTED_NAMES:
+        return unlisted(len(names))
+    return ", ".join(sorted(names)) or "none"
+
+
+def unlisted(count: int) -> str:
+    """The hint given instead of more than LISTED_NAMES names."""
+    return f"{count} names, too many to list"
 
 
 def is_name(value: Any, known: Container[str]) -> bool:

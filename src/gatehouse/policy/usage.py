@@ -45,11 +45,14 @@ from gatehouse.policy.model import (
     UsageModel,
 )
 from gatehouse.policy.sections import (
+    LISTED_NAMES,
     ReportProblem,
     is_name,
     is_number,
+    listed,
     named_definitions,
     shown,
+    unlisted,
 )
 from gatehouse.sourcemap import MAX_EXACT_INT, DocPath
 
@@ -125,7 +128,7 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
         kpath: DocPath = (*base, kind)
         if kind == "count":
             if not is_name(value, types):
-                report(kpath, f"unknown type {shown(value)} (declared: {', '.join(sorted(types))})",
+                report(kpath, f"unknown type {shown(value)} (declared: {listed(types)})",
                        False)
                 continue
             out[name] = Metric(name, kind, desc, object_type=value, unit=unit)
@@ -141,10 +144,12 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
             for i, ref in enumerate(rels):
                 t, _, r = (ref if isinstance(ref, str) else "").partition(".")
                 if t not in (org_type, ws_type) or r not in types[t].relations:
-                    known = [f"{x}.{y}" for x in (ws_type, org_type)
-                             for y in sorted(types[x].relations) if y != "parent"]
+                    count = len(types[ws_type].relations) + len(types[org_type].relations)
+                    known = unlisted(count) if count > LISTED_NAMES else ", ".join(
+                        f"{x}.{y}" for x in (ws_type, org_type)
+                        for y in sorted(types[x].relations) if y != "parent")
                     report((*base, "relations", i), f"unknown relation {shown(ref)} (known: "
-                           f"{', '.join(known)})", False)
+                           f"{known})", False)
                     ok = False
                 else:
                     refs.append((t, r))
@@ -159,7 +164,7 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
         elif kind == "accounts":
             tdef = types.get(value) if isinstance(value, str) else None
             if tdef is None:
-                report(kpath, f"unknown type {shown(value)} (declared: {', '.join(sorted(types))})",
+                report(kpath, f"unknown type {shown(value)} (declared: {listed(types)})",
                        False)
                 continue
             src = body.get("source_types") or {}
@@ -254,7 +259,7 @@ def _plans(metrics: Mapping[str, Metric], raw: Any, report: ReportProblem
         for metric, limit in raw_limits.items():
             if metric not in metrics:
                 report((*base, "limits", metric), f"unknown metric {shown(metric)} (declared: "
-                       f"{', '.join(sorted(metrics)) or 'none'})", True)
+                       f"{listed(metrics)})", True)
                 continue
             if limit is None:
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gatehouse.errors import Problem
-from gatehouse.sourcemap import MAX_DEPTH, SourceMap, load, render_path, walk_mapping
+from gatehouse.sourcemap import MAX_DEPTH, MAX_EXACT_INT, SourceMap, Strictness, load, render_path
 
 DOC = """\
 types:
@@ -149,12 +149,65 @@ class TestLoad:
         ]
 
 
-class TestWalkMapping:
-    def test_items_of_a_mapping_or_nothing(self) -> None:
-        """Mappings yield their items; anything else yields nothing."""
-        assert list(walk_mapping({"a": 1})) == [("a", 1)]
-        assert list(walk_mapping([1, 2])) == []
-        assert list(walk_mapping(None)) == []
+STRICT = Strictness(max_values=1000, plain_numbers=True)
+
+
+class TestStrictReading:
+    @pytest.mark.parametrize(
+        ("text", "value"),
+        [("12", 12), ("-3", -3), ("+3", 3), ("2.5", 2.5), (".5", 0.5), ("1.5e+3", 1500.0), ("0", 0),
+         ("!!float 1", 1.0), (str(MAX_EXACT_INT), MAX_EXACT_INT), ("'1:30'", "1:30"),
+         ("\uff11", "\uff11"), ("\u00b2", "\u00b2")],
+    )
+    def test_plain_numbers_and_text_are_kept(self, text: str, value: object) -> None:
+        """Plain decimal numbers read as numbers; quoted text and non-ASCII digits stay text."""
+        got, _, problems = load(f"a: {text}\n", "p.yaml", STRICT)
+        assert problems == [] and got == {"a": value}
+        assert type(got["a"]) is type(value)
+
+    @pytest.mark.parametrize(
+        ("text", "why"),
+        [(".nan", "is not a plain decimal number"), (".inf", "is not a plain decimal number"),
+         ("-.Inf", "is not a plain decimal number"), ("1:30", "is not a plain decimal number"),
+         ("0x1F", "is not a plain decimal number"), ("017", "is not a plain decimal number"),
+         ("0b101", "is not a plain decimal number"),
+         ("1_000", "is not a plain decimal number"), ("!!int 1.5", "is not a plain decimal"),
+         ("1.0e+400", "is out of range"), (str(MAX_EXACT_INT + 1), "is out of range"),
+         ("9" * 5000, "is out of range")],
+    )
+    def test_loose_numbers_are_problems_where_written(self, text: str, why: str) -> None:
+        """A number YAML 1.1 reads loosely, or one past 2^53, is a positioned problem."""
+        got, _, problems = load(f"a: [x, {text}]\n", "p.yaml", STRICT)
+        assert got == {"a": ["x", None]}
+        (problem,) = problems
+        assert (problem.line, problem.column, problem.path) == (1, 8, "a[1]")
+        assert why in problem.message and len(problem.message) < 200
+
+    def test_lenient_reading_keeps_yaml_numbers(self) -> None:
+        """Without strictness (bootstrap data files) YAML's own reading is unchanged."""
+        got, _, problems = load("a: [1:30, 0x10]\n", "p.yaml")
+        assert problems == [] and got == {"a": [90, 16]}
+
+    def test_value_cap_is_refused_at_the_crossing_value(self) -> None:
+        """More values than the cap is one problem at the value past the cap; nothing is built."""
+        text = "a:\n" + "".join(f"  - {i}\n" for i in range(1200))
+        got, _, problems = load(text, "p.yaml", STRICT)
+        assert got is None
+        # values: the mapping, key 'a', the list, then items; item 997 is the 1001st.
+        assert [str(p) for p in problems] == ["p.yaml:999:5 more than 1000 values in one file"]
+
+    @pytest.mark.parametrize("opener", ["[", "{a: "])
+    def test_depth_is_refused_before_composing_at_its_position(self, opener: str) -> None:
+        """Nesting past MAX_DEPTH is refused where the level opens, on the libyaml path and
+        past libyaml's own nesting limit alike."""
+        for depth in (MAX_DEPTH + 1, 5000):
+            got, _, problems = load("a: " + opener * depth + "\n", "p.yaml")
+            assert got is None
+            assert [str(p) for p in problems] == [
+                # the document's own mapping is the first level
+                f"p.yaml:1:{4 + (MAX_DEPTH - 1) * len(opener)} nested deeper than {MAX_DEPTH} "
+                "levels"
+            ]
 
 
 class TestSourceMap:

@@ -123,18 +123,18 @@ def _validate(args: argparse.Namespace) -> int:
 def _test(args: argparse.Namespace) -> int:
     from gatehouse.policytest import run
 
-    report = run(args.dir)
-    for p in report.problems:
+    results = run(args.dir)
+    for p in results.problems:
         print(p, file=sys.stderr)
-    failed = [o for o in report.outcomes if not o.passed]
-    for o in report.outcomes:
+    failed = [o for o in results.outcomes if not o.passed]
+    for o in results.outcomes:
         if not o.passed or args.verbose:
             mark = "ok  " if o.passed else "FAIL"
             print(f"{mark} {o.case.id}" + ("" if o.passed else f"\n      {o.detail}"))
-    passed = len(report.outcomes) - len(failed)
+    passed = len(results.outcomes) - len(failed)
     print(f"{passed} passed, {len(failed)} failed" +
-          (f", {len(report.problems)} problem(s)" if report.problems else ""))
-    return 0 if report.ok else 1
+          (f", {len(results.problems)} problem(s)" if results.problems else ""))
+    return 0 if results.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,7 +78,15 @@ class Limits:
     policy_total_bytes: int = 8 << 20
     """All files of one policy set together."""
     policy_files: int = 500
-    """Files in one policy set."""
+    """Files in one policy set (and, separately, test suites below it)."""
+    policy_file_values: int = 100_000
+    """Values (scalars, lists, mappings, keys) in one policy or test suite file."""
+    policy_parent_depth: int = 16
+    """Types in one parent chain (organization -> workspace -> data_flow is 3)."""
+    policy_names_per_type: int = 256
+    """Roles, and separately actions, that one type declares."""
+    policy_rules: int = 10_000
+    """Permission rules in one policy set (each action's table holds its rules)."""
 
 
 LIMITS = Limits()

@@ -16,6 +16,7 @@ from gatehouse.graph.changes import Change
 from gatehouse.graph.datafile import parse_data
 from gatehouse.graph.index import GraphIndex
 from gatehouse.names import split_key
+from gatehouse.policy.files import size_problems
 from gatehouse.policy.loader import load_policy
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.policy.suite import Case, Suite, find_suites, parse_suite
@@ -58,7 +59,9 @@ def run_case(policy: CompiledPolicy, index: GraphIndex, case: Case) -> Outcome:
 
 
 @dataclass(slots=True)
-class Report:
+class SuiteResults:
+    """What ``gatehouse policy test`` prints: problems found, then every case's outcome."""
+
     policy: CompiledPolicy | None
     problems: list[Problem]
     outcomes: list[Outcome]
@@ -72,9 +75,12 @@ def collect(directory: str | Path) -> tuple[CompiledPolicy, list[tuple[Case, Gra
                                              list[Problem]]:
     """Load a policy folder and its suites. Raises PolicyError if the policy is bad."""
     policy = load_policy(directory)
-    problems: list[Problem] = []
     cases: list[tuple[Case, GraphIndex]] = []
-    for path in find_suites(directory):
+    suites = find_suites(directory)
+    problems = size_problems(Path(directory), suites, "test suites")
+    if problems:
+        return policy, cases, problems
+    for path in suites:
         suite, probs = parse_suite(path)
         problems.extend(probs)
         if suite is None:
@@ -86,12 +92,12 @@ def collect(directory: str | Path) -> tuple[CompiledPolicy, list[tuple[Case, Gra
     return policy, cases, problems
 
 
-def run(directory: str | Path) -> Report:
+def run(directory: str | Path) -> SuiteResults:
     try:
         policy, cases, problems = collect(directory)
     except PolicyError as exc:
-        return Report(None, exc.problems, [])
+        return SuiteResults(None, exc.problems, [])
     outcomes = [run_case(policy, index, case) for case, index in cases]
     if not cases and not problems:
         problems.append(Problem(str(directory), 0, 0, "", "no test suites (*_test.yaml) found"))
-    return Report(policy, problems, outcomes)
+    return SuiteResults(policy, problems, outcomes)

@@ -326,7 +326,21 @@ class TestCompileErrors:
             ("resource.size == ,", "expected a value, found ','"),
             ("resource.title == '\\x41'",
              "unknown escape '\\x' in a string (known: \\\\ \\' \\\" \\n \\t \\r)"),
-            ("resource.size == " + "9" * 5000, "number 99999999999999999999... is too long"),
+            ("resource.size == " + "9" * 5000,
+             "number '999999999999999999999999999999999999999999999999'... (5000 characters) "
+             "is out of range (numbers are at most 9007199254740992 in size)"),
+            ("resource.size == 9007199254740993",
+             "number '9007199254740993' is out of range (numbers are at most 9007199254740992 "
+             "in size)"),
+            ("resource.size == " + "9" * 400 + ".5",
+             "number '999999999999999999999999999999999999999999999999'... (402 characters) "
+             "is out of range (numbers are at most 9007199254740992 in size)"),
+            ("resource.size == \u0663", "cannot read '\u0663' in condition "
+             "'resource.size == \u0663'"),
+            ("resource.size > \uff11\uff12", "cannot read '\uff11\uff12' in condition "
+             "'resource.size > \uff11\uff12'"),
+            ("resource.size < 2\u00b2", "cannot read '\u00b2' in condition "
+             "'resource.size < 2\u00b2'"),
             ("", "empty condition"),
             (7, "a condition is a string, a list, or {all|any|not: ...}"),
             (None, "a condition is a string, a list, or {all|any|not: ...}"),

@@ -23,18 +23,22 @@ default for attributes that deny rules test.)
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gatehouse.errors import quote
 from gatehouse.policy.model import OWNER, Attribute, Condition, Facts, TypeDef
+from gatehouse.policy.sections import is_number, listed
+from gatehouse.sourcemap import MAX_EXACT_INT
 
 _MISSING = object()
 
 _TOKEN = re.compile(
     r"""\s*(?:
       (?P<str>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")
-    | (?P<num>-?\d+(?:\.\d+)?)
+    | (?P<num>-?[0-9]+(?:\.[0-9]+)?)
     | (?P<op>==|!=|<=|>=|<|>)
     | (?P<punct>[\[\],])
     | (?P<word>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?)
@@ -60,7 +64,8 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
-            raise ConditionError(f"cannot read {text[pos:].strip()!r} in condition {text!r}")
+            raise ConditionError(f"cannot read {quote(text[pos:].strip())} in condition "
+                                 f"{quote(text)}")
         kind = m.lastgroup or ""
         out.append((kind, m.group(kind)))
         pos = m.end()
@@ -87,10 +92,14 @@ def _literal(tokens: list[tuple[str, str]], i: int) -> tuple[Any, int]:
     if kind == "str":
         return _unescape(value[1:-1]), i + 1
     if kind == "num":
-        try:
-            return (float(value) if "." in value else int(value)), i + 1
-        except ValueError:  # more digits than int() accepts
-            raise ConditionError(f"number {value[:20]}... is too long") from None
+        # Digits are ASCII only (the pattern says [0-9], not \d, which would read
+        # Arabic-Indic or fullwidth digits as numbers too); past 40 digits a number
+        # is far out of range, and int() of a long digit string is itself slow.
+        number = math.inf if len(value) > 40 else float(value) if "." in value else int(value)
+        if not is_number(number):
+            raise ConditionError(f"number {quote(value)} is out of range (numbers are at most "
+                                 f"{MAX_EXACT_INT} in size)")
+        return number, i + 1
     if kind == "word" and value in ("true", "false"):
         return value == "true", i + 1
     if kind == "punct" and value == "[":
@@ -106,7 +115,7 @@ def _literal(tokens: list[tuple[str, str]], i: int) -> tuple[Any, int]:
         if i >= len(tokens):
             raise ConditionError("list is not closed with ']'")
         return items, i + 1
-    raise ConditionError(f"expected a value, found {value!r}")
+    raise ConditionError(f"expected a value, found {quote(value)}")
 
 
 class _Compiler:
@@ -134,7 +143,8 @@ class _Compiler:
                 except ConditionError as exc:
                     raise ConditionError(str(exc), ("not", *exc.subpath)) from None
                 return _negate(inner), f"not ({text})"
-            raise ConditionError(f"unknown condition key {key!r} (known: all, any, not)", (key,))
+            raise ConditionError(f"unknown condition key {quote(key)} (known: all, any, not)",
+                                 (key,))
         raise ConditionError("a condition is a string, a list, or {all|any|not: ...}")
 
     def _combine(
@@ -165,25 +175,25 @@ class _Compiler:
             raise ConditionError("empty condition")
         left, i = self._operand(tokens, 0)
         if i >= len(tokens):
-            raise ConditionError(f"{stripped!r} has no operator (expected ==, !=, <, in, ...)")
+            raise ConditionError(f"{quote(stripped)} has no operator (expected ==, !=, <, in, ...)")
         op = tokens[i][1]
         if tokens[i] == ("word", "not") and i + 1 < len(tokens) and tokens[i + 1] == ("word", "in"):
             op, i = "not in", i + 2
         elif tokens[i][0] == "op" or tokens[i] == ("word", "in"):
             i += 1
         else:
-            raise ConditionError(f"expected an operator after the left side, found {op!r}")
+            raise ConditionError(f"expected an operator after the left side, found {quote(op)}")
         if i >= len(tokens):
-            raise ConditionError(f"{stripped!r} has nothing after {op!r}")
+            raise ConditionError(f"{quote(stripped)} has nothing after {quote(op)}")
         right, i = self._operand(tokens, i)
         if i != len(tokens):
-            raise ConditionError(f"unexpected {tokens[i][1]!r} after the condition")
+            raise ConditionError(f"unexpected {quote(tokens[i][1])} after the condition")
         return _comparison(op, left, right)
 
     def _owner(self) -> Condition:
         if not self.rtype.owned:
             raise ConditionError(
-                f"'owner' needs a type declared 'owned: true'; {self.rtype.name!r} is not"
+                f"'owner' needs a type declared 'owned: true'; {quote(self.rtype.name)} is not"
             )
         return lambda s, r, f, c: f.holds(r, OWNER, s)
 
@@ -199,13 +209,14 @@ class _Compiler:
                     attr = self.types[st].attributes.get(name) or attr
                 if attr is None:
                     raise ConditionError(
-                        f"no subject type declares attribute {name!r}"
+                        f"no subject type declares attribute {quote(name)}"
                     )
                 return self._attr(attr, resource=False), i + 1
             if scope == "context":
                 return (lambda s, r, f, c: c.get(name, _MISSING)), i + 1
             raise ConditionError(
-                f"unknown operand {value!r} (use resource.<attr>, subject.<attr>, context.<key>)"
+                f"unknown operand {quote(value)} "
+                "(use resource.<attr>, subject.<attr>, context.<key>)"
             )
         value_, j = _literal(tokens, i)
         return (lambda s, r, f, c: value_), j
@@ -213,9 +224,9 @@ class _Compiler:
     def _attribute_getter(self, tdef: TypeDef, name: str, *, resource: bool) -> Getter:
         attr = tdef.attributes.get(name)
         if attr is None:
-            known = ", ".join(sorted(tdef.attributes)) or "none"
+            known = listed(tdef.attributes)
             raise ConditionError(
-                f"type {tdef.name!r} has no attribute {name!r} (declared: {known})"
+                f"type {quote(tdef.name)} has no attribute {quote(name)} (declared: {known})"
             )
         return self._attr(attr, resource=resource)
 

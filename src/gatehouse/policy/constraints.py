@@ -27,7 +27,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gatehouse.policy.sections import Path, Report, named_definitions
+from gatehouse.policy.sections import (
+    LISTED_NAMES,
+    ReportProblem,
+    is_name,
+    listed,
+    named_definitions,
+    shown,
+)
+from gatehouse.sourcemap import MAX_EXACT_INT, DocPath
 
 if TYPE_CHECKING:
     from gatehouse.policy.model import TypeDef
@@ -68,48 +76,51 @@ class MaxSubjects:
 Constraint = Exclusive | Unique | MaxSubjects
 
 
-def _relation_ref(types: Mapping[str, TypeDef], value: Any, path: Path,
-                  report: Report) -> tuple[str, str] | None:
+def _relation_ref(types: Mapping[str, TypeDef], value: Any, path: DocPath,
+                  report: ReportProblem) -> tuple[str, str] | None:
     if not isinstance(value, str) or "." not in value:
-        report(path, f"write a relation as type.relation, not {value!r}", False)
+        report(path, f"write a relation as type.relation, not {shown(value)}", False)
         return None
     type_, _, relation = value.partition(".")
     tdef = types.get(type_)
     if tdef is None:
-        report(path, f"unknown type {type_!r} (declared: {', '.join(sorted(types))})", False)
+        report(path, f"unknown type {shown(type_)} (declared: {listed(types)})", False)
         return None
     if relation not in tdef.relations:
-        known = ", ".join(f"{type_}.{r}" for r in sorted(tdef.relations)) or "none"
-        report(path, f"{type_!r} has no relation {relation!r} (known: {known})", False)
+        known = listed(tdef.relations) if len(tdef.relations) > LISTED_NAMES else ", ".join(
+            f"{type_}.{r}" for r in sorted(tdef.relations)) or "none"
+        report(path, f"{shown(type_)} has no relation {shown(relation)} (known: {known})", False)
         return None
     return type_, relation
 
 
 def compile_constraints(types: Mapping[str, TypeDef], raw: Any, roots: set[str],
-                        report: Report) -> tuple[Constraint, ...]:
+                        report: ReportProblem) -> tuple[Constraint, ...]:
     """Compile the merged ``constraints`` mapping; problems go to ``report``."""
     out: list[Constraint] = []
     if raw is None:
         return ()
     entries = named_definitions(
         raw, "constraints", "constraint", NAME_RE,
-        lambda name: f"constraint {name!r} must be a mapping with one of: {', '.join(KINDS)}",
+        lambda name: f"constraint {shown(name)} must be a mapping with one of: {', '.join(KINDS)}",
         report)
     for name, base, body in entries:
         for key in sorted(set(body) - KEYS):
-            report((*base, key), f"unknown key {key!r} (known: {', '.join(sorted(KEYS))})", True)
+            report((*base, key), f"unknown key {shown(key)} (known: {', '.join(sorted(KEYS))})",
+                   True)
         kinds = [k for k in KINDS if k in body]
         if len(kinds) != 1:
-            report(base, f"constraint {name!r} needs exactly one of: {', '.join(KINDS)}", True)
+            report(base, f"constraint {shown(name)} needs exactly one of: {', '.join(KINDS)}", True)
             continue
         scope = body.get("scope")
-        if scope is not None and scope not in roots:
+        if scope is not None and not is_name(scope, roots):
             report((*base, "scope"), f"constraints are scoped to the tenant; scope must be "
-                   f"{' or '.join(sorted(roots)) or 'a tenant root type'}, not {scope!r}", False)
+                   f"{' or '.join(sorted(roots)) or 'a tenant root type'}, not {shown(scope)}",
+                   False)
             continue
         kind = kinds[0]
         value = body[kind]
-        kpath: Path = (*base, kind)
+        kpath: DocPath = (*base, kind)
         if kind == "exclusive":
             if (not isinstance(value, list) or len(value) != 2
                     or not all(isinstance(side, list) and side for side in value)):
@@ -141,9 +152,10 @@ def compile_constraints(types: Mapping[str, TypeDef], raw: Any, roots: set[str],
                 continue
             found = _relation_ref(types, value.get("relation"), (*kpath, "relation"), report)
             limit = value.get("limit")
-            if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-                report((*kpath, "limit"), f"limit must be a whole number of at least 1, "
-                       f"not {limit!r}", False)
+            if (not isinstance(limit, int) or isinstance(limit, bool)
+                    or not 1 <= limit <= MAX_EXACT_INT):
+                report((*kpath, "limit"), f"limit must be a whole number from 1 to "
+                       f"{MAX_EXACT_INT}, not {shown(limit)}", False)
                 continue
             if found is not None:
                 out.append(MaxSubjects(name, found[0], found[1], limit))

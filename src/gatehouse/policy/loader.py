@@ -17,44 +17,36 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from gatehouse.errors import PolicyError, Problem
+from gatehouse.errors import PolicyError, Problem, quote
+from gatehouse.limits import LIMITS
 from gatehouse.names import TYPE_RE
 from gatehouse.policy.conditions import ConditionError, compile_condition
-from gatehouse.policy.constraints import compile_constraints
+from gatehouse.policy.constraints import Constraint, compile_constraints
+from gatehouse.policy.files import POLICY_STRICTNESS, read_capped, size_problems
+from gatehouse.policy.files import policy_files as policy_files
 from gatehouse.policy.model import (
     ATTRIBUTE_TYPES,
     OWNER,
     PARENT,
-    ROOT,
     ActionTable,
     Attribute,
     CompiledPolicy,
-    Constraint,
     Effect,
     RoleRef,
     Rule,
     TypeDef,
     UsageModel,
 )
-from gatehouse.policy.rules import scope_kinds, write_rules
+from gatehouse.policy.rules import ROOT, scope_kinds, write_rules
+from gatehouse.policy.sections import LISTED_NAMES, is_number, listed, shown, unlisted
 from gatehouse.policy.usage import compile_usage
-from gatehouse.sourcemap import SourceMap, load
+from gatehouse.sourcemap import DocPath, SourceMap, load, render_path
 
 TOP_KEYS = {"name", "description", "types", "permissions", "constraints", "metrics", "plans"}
 TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "attributes",
              "relations"}
 RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
 WILDCARD = "*"
-
-
-def _known(items: Any) -> str:
-    return ", ".join(sorted(items)) or "none"
-
-
-def policy_files(directory: Path) -> list[Path]:
-    """The files that make up the policy set in ``directory`` (tests excluded)."""
-    files = [p for p in sorted(directory.iterdir()) if p.suffix in (".yaml", ".yml")]
-    return [p for p in files if not p.stem.endswith("_test") and p.is_file()]
 
 
 @dataclass(slots=True)
@@ -69,7 +61,7 @@ class _TypeSrc:
     name: str
     body: dict[str, Any]
     doc: _Doc
-    path: tuple[str | int, ...]
+    path: DocPath
 
 
 class _Compiler:
@@ -77,28 +69,32 @@ class _Compiler:
         self.problems: list[Problem] = []
 
     def err(
-        self, doc: _Doc, path: tuple[str | int, ...], msg: str, *, at_key: bool = False
+        self, doc: _Doc, path: DocPath, msg: str, *, at_key: bool = False
     ) -> None:
         self.problems.append(doc.smap.problem(path, msg, at_key=at_key))
 
     # -- types --------------------------------------------------------------
 
-    def _names(self, doc: _Doc, path: tuple[str | int, ...], value: Any, what: str) -> list[str]:
+    def _names(self, doc: _Doc, path: DocPath, value: Any, what: str) -> list[str]:
         if value is None:
             return []
         if not isinstance(value, list):
             self.err(doc, path, f"{what} must be a list of names")
             return []
-        out: list[str] = []
+        if len(value) > LIMITS.policy_names_per_type:
+            self.err(doc, path, f"{len(value)} {what}, more than "
+                     f"{LIMITS.policy_names_per_type} (the limit of one type)")
+            return []
+        out: dict[str, None] = {}
         for i, item in enumerate(value):
             if not isinstance(item, str) or not TYPE_RE.fullmatch(item):
-                self.err(doc, (*path, i), f"{item!r} is not a valid {what[:-1]} name "
+                self.err(doc, (*path, i), f"{shown(item)} is not a valid {what[:-1]} name "
                          "(lowercase letters, digits, '_')")
             elif item in out:
-                self.err(doc, (*path, i), f"{what[:-1]} {item!r} is listed twice")
+                self.err(doc, (*path, i), f"{what[:-1]} {shown(item)} is listed twice")
             else:
-                out.append(item)
-        return out
+                out[item] = None
+        return list(out)
 
     def _attributes(self, src: _TypeSrc) -> dict[str, Attribute]:
         doc, base = src.doc, (*src.path, "attributes")
@@ -112,13 +108,13 @@ class _Compiler:
         for name, spec in raw.items():
             path = (*base, name)
             if not TYPE_RE.fullmatch(name):
-                self.err(doc, path, f"{name!r} is not a valid attribute name", at_key=True)
+                self.err(doc, path, f"{shown(name)} is not a valid attribute name", at_key=True)
                 continue
             default, has_default = None, False
             if isinstance(spec, dict):
                 unknown = set(spec) - {"type", "default", "description"}
                 for key in sorted(unknown):
-                    self.err(doc, (*path, key), f"unknown key {key!r} (known: default, "
+                    self.err(doc, (*path, key), f"unknown key {shown(key)} (known: default, "
                              "description, type)", at_key=True)
                 if "default" in spec:
                     default, has_default = spec["default"], True
@@ -128,13 +124,14 @@ class _Compiler:
             # A broken attribute is still declared, so that conditions using it
             # are not also reported as naming an undeclared attribute.
             if type_name not in ATTRIBUTE_TYPES:
-                self.err(doc, path, f"unknown attribute type {type_name!r} "
+                self.err(doc, path, f"unknown attribute type {shown(type_name)} "
                          f"(known: {', '.join(ATTRIBUTE_TYPES)})")
                 out[name] = Attribute(name, "")
                 continue
             attr = Attribute(name, type_name, default, has_default)
-            if has_default and not attr.accepts(default):
-                self.err(doc, (*path, "default"), f"default {default!r} is not a {type_name}")
+            if has_default and (not attr.accepts(default) or (
+                    type_name in ("int", "number") and not is_number(default))):
+                self.err(doc, (*path, "default"), f"default {shown(default)} is not a {type_name}")
                 attr = Attribute(name, type_name)
             out[name] = attr
         return out
@@ -145,8 +142,8 @@ class _Compiler:
         for name, src in sources.items():
             doc, path, body = src.doc, src.path, src.body
             for key in sorted(set(body) - TYPE_KEYS):
-                self.err(doc, (*path, key), f"unknown key {key!r} in type {name!r} "
-                         f"(known: {_known(TYPE_KEYS)})", at_key=True)
+                self.err(doc, (*path, key), f"unknown key {shown(key)} in type {shown(name)} "
+                         f"(known: {listed(TYPE_KEYS)})", at_key=True)
             info: dict[str, Any] = {
                 "parent": body.get("parent"),
                 "subject": body.get("subject", False),
@@ -162,11 +159,11 @@ class _Compiler:
             parent = info["parent"]
             if parent is not None and (not isinstance(parent, str) or parent not in sources):
                 self.err(doc, (*path, "parent"),
-                         f"unknown parent type {parent!r} (declared types: {_known(sources)})")
+                         f"unknown parent type {shown(parent)} (declared types: {listed(sources)})")
                 info["parent"] = None
             for role in info["roles"]:
                 if role == PARENT or (role == OWNER and info["owned"]):
-                    self.err(doc, (*path, "roles"), f"role {role!r} clashes with the built-in "
+                    self.err(doc, (*path, "roles"), f"role {shown(role)} clashes with the built-in "
                              f"'{role}' relation of {'owned ' if role == OWNER else ''}types")
             shaped[name] = info
         subject_types = {n for n, i in shaped.items() if i["subject"]}
@@ -174,22 +171,35 @@ class _Compiler:
             first = next(iter(sources.values()))
             self.err(first.doc, ("types",), "no type is declared 'subject: true' "
                      "(the type of the people or services that act, e.g. user)", at_key=True)
-        # Cycles in parents.
+        # Cycles in parents, and chains too long: each decision walks a resource's
+        # ancestors, so their number is bounded.
+        too_deep: list[str] = []
         for name, src in sources.items():
-            seen = [name]
+            chain = [name]
+            seen = {name}
             cur = shaped[name]["parent"]
             while cur is not None:
                 if cur in seen:
                     # Reported once, on the first type of the cycle; a type that
                     # merely descends from a cycle is not part of it.
                     if cur == name:
-                        chain = " -> ".join([*seen, cur])
+                        text = " -> ".join([*chain, cur])
                         self.err(src.doc, (*src.path, "parent"),
-                                 f"parent types form a cycle: {chain}")
+                                 f"parent types form a cycle: {text}")
                         shaped[name]["parent"] = None
                     break
-                seen.append(cur)
+                if len(chain) == LIMITS.policy_parent_depth:
+                    too_deep.append(name)
+                    break
+                chain.append(cur)
+                seen.add(cur)
                 cur = shaped[cur]["parent"]
+        for name in too_deep:
+            src = sources[name]
+            self.err(src.doc, (*src.path, "parent"), f"{shown(name)} has more than "
+                     f"{LIMITS.policy_parent_depth - 1} ancestor types (the limit of a parent "
+                     "chain)")
+            shaped[name]["parent"] = None
         # Second pass: relations and lineage.
         types: dict[str, TypeDef] = {}
         subjects = frozenset(subject_types)
@@ -210,12 +220,12 @@ class _Compiler:
                 for rel, targets in raw.items():
                     rpath = (*src.path, "relations", rel)
                     if not TYPE_RE.fullmatch(rel):
-                        self.err(src.doc, rpath, f"{rel!r} is not a valid relation name",
+                        self.err(src.doc, rpath, f"{shown(rel)} is not a valid relation name",
                                  at_key=True)
                         continue
                     if rel in relations or rel in (OWNER, PARENT):
-                        self.err(src.doc, rpath, f"relation {rel!r} is already defined on "
-                                 f"{name!r} (as parent, owner or a role)", at_key=True)
+                        self.err(src.doc, rpath, f"relation {shown(rel)} is already defined on "
+                                 f"{shown(name)} (as parent, owner or a role)", at_key=True)
                         continue
                     names = [targets] if isinstance(targets, str) else targets
                     if not isinstance(names, list) or not names:
@@ -223,8 +233,8 @@ class _Compiler:
                         continue
                     bad = [t for t in names if not isinstance(t, str) or t not in sources]
                     if bad:
-                        self.err(src.doc, rpath, f"unknown type {bad[0]!r} "
-                                 f"(declared types: {_known(sources)})")
+                        self.err(src.doc, rpath, f"unknown type {shown(bad[0])} "
+                                 f"(declared types: {listed(sources)})")
                         continue
                     relations[rel] = frozenset(names)
             lineage = [name]
@@ -252,17 +262,23 @@ class _Compiler:
     ) -> dict[str, list[Rule]]:
         rules: dict[str, list[Rule]] = {name: [] for name in types}
         subject_types = {n for n, t in types.items() if t.subject}
+        count = 0
         for doc, tname, body in sections:
-            base: tuple[str | int, ...] = ("permissions", tname)
+            base: DocPath = ("permissions", tname)
             tdef = types.get(tname)
             if tdef is None:
-                self.err(doc, base, f"permissions for unknown type {tname!r} "
-                         f"(declared types: {_known(types)})", at_key=True)
+                self.err(doc, base, f"permissions for unknown type {shown(tname)} "
+                         f"(declared types: {listed(types)})", at_key=True)
                 continue
             if not isinstance(body, list):
                 self.err(doc, base, "permissions of a type are a list of rules")
                 continue
             for i, raw in enumerate(body):
+                count += 1
+                if count > LIMITS.policy_rules:
+                    self.err(doc, (*base, i), f"more than {LIMITS.policy_rules} permission "
+                             "rules (the limit of one policy set)")
+                    return rules
                 rule = self._rule(doc, (*base, i), tdef, types, subject_types, raw)
                 if rule is not None:
                     rules[tname].append(rule)
@@ -271,7 +287,7 @@ class _Compiler:
     def _rule(
         self,
         doc: _Doc,
-        path: tuple[str | int, ...],
+        path: DocPath,
         tdef: TypeDef,
         types: Mapping[str, TypeDef],
         subject_types: set[str],
@@ -282,12 +298,13 @@ class _Compiler:
             return None
         ok = True
         for key in sorted(set(raw) - RULE_KEYS):
-            self.err(doc, (*path, key), f"unknown key {key!r} (known: {_known(RULE_KEYS)})",
+            self.err(doc, (*path, key), f"unknown key {shown(key)} (known: {listed(RULE_KEYS)})",
                      at_key=True)
             ok = False
         effect_raw = raw.get("effect", "allow")
         if effect_raw not in ("allow", "deny"):
-            self.err(doc, (*path, "effect"), f"effect must be allow or deny, not {effect_raw!r}")
+            self.err(doc, (*path, "effect"),
+                     f"effect must be allow or deny, not {shown(effect_raw)}")
             return None
         effect = Effect(effect_raw)
         # actions
@@ -304,8 +321,8 @@ class _Compiler:
                 elif isinstance(action, str) and action in tdef.actions:
                     actions.add(action)
                 else:
-                    self.err(doc, (*path, "actions", j), f"unknown action {action!r} for "
-                             f"{tdef.name!r} (known: {_known(tdef.actions)}, or '*')")
+                    self.err(doc, (*path, "actions", j), f"unknown action {shown(action)} for "
+                             f"{shown(tdef.name)} (known: {listed(tdef.actions)}, or '*')")
                     ok = False
         # roles
         roles: list[RoleRef] = []
@@ -318,19 +335,23 @@ class _Compiler:
                      "[workspace.admin]")
             ok = False
         elif raw_roles:
-            reachable = [f"{t}.{r}" for t in tdef.lineage for r in sorted(types[t].roles)]
+            hint = ""  # built once, and only for a rule with a bad role
             for j, ref in enumerate(raw_roles):
                 rtype, dot, rname = (ref if isinstance(ref, str) else "").partition(".")
                 if dot and rtype in tdef.lineage and rname in types[rtype].roles:
                     roles.append(RoleRef(sys.intern(rtype), sys.intern(rname)))
                     continue
                 if dot and rtype in types and rtype not in tdef.lineage:
-                    why = (f"{rtype!r} is not {tdef.name!r} or one of its ancestors "
+                    why = (f"{shown(rtype)} is not {shown(tdef.name)} or one of its ancestors "
                            f"({' -> '.join(tdef.lineage)})")
                 else:
-                    why = f"unknown role {ref!r}"
-                self.err(doc, (*path, "roles", j),
-                         f"{why} (known: {', '.join(reachable) or 'none'})")
+                    why = f"unknown role {shown(ref)}"
+                if not hint:
+                    count = sum(len(types[t].roles) for t in tdef.lineage)
+                    hint = unlisted(count) if count > LISTED_NAMES else ", ".join(
+                        f"{t}.{r}" for t in tdef.lineage for r in sorted(types[t].roles)
+                    ) or "none"
+                self.err(doc, (*path, "roles", j), f"{why} (known: {hint})")
                 ok = False
         # condition
         condition = None
@@ -344,8 +365,6 @@ class _Compiler:
         if not ok:
             return None
         line, col = doc.smap.position(path)
-        from gatehouse.sourcemap import render_path
-
         return Rule(
             effect=effect,
             actions=frozenset(actions),
@@ -392,15 +411,37 @@ def _tables(
     return tables
 
 
+INTERNAL_ERROR = "internal error in the policy compiler"
+
+
 def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
-    """Compile ``[(display file name, text), ...]`` into a policy. Raises PolicyError."""
+    """Compile ``[(display file name, text), ...]`` into a policy. Raises PolicyError.
+
+    Nothing else escapes: a reloading server keeps its last good policy only
+    if a bad edit raises PolicyError. Every input the compiler does not
+    understand is meant to be a positioned problem; should one still raise,
+    it is reported as an internal error (the fuzz tests look for that text)
+    rather than taking the reload down.
+    """
+    try:
+        return _compile(sources, name)
+    except PolicyError:
+        raise
+    except Exception as exc:
+        where = sources[0][0] if sources else name
+        raise PolicyError([Problem(where, 0, 0, "", f"{INTERNAL_ERROR} ({type(exc).__name__}: "
+                                   f"{quote(str(exc))}); the policy is not loaded")]) from exc
+
+
+def _compile(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
     comp = _Compiler()
+    read_problems: list[Problem] = []
     docs: list[_Doc] = []
     digest = hashlib.sha256()
     for fname, text in sources:
         digest.update(fname.encode() + b"\0" + text.encode() + b"\0")
-        value, smap, problems = load(text, fname)
-        comp.problems.extend(problems)
+        value, smap, problems = load(text, fname, POLICY_STRICTNESS)
+        read_problems.extend(problems)
         if value is None:
             if not problems:
                 comp.problems.append(Problem(fname, 1, 1, "", "file is empty"))
@@ -417,7 +458,7 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
     usage_sections: dict[str, tuple[_Doc, Any]] = {}
     for doc in docs:
         for key in sorted(set(doc.data) - TOP_KEYS):
-            comp.err(doc, (key,), f"unknown top-level key {key!r} (known: {_known(TOP_KEYS)})",
+            comp.err(doc, (key,), f"unknown top-level key {shown(key)} (known: {listed(TOP_KEYS)})",
                      at_key=True)
         if isinstance(doc.data.get("name"), str):
             set_name = doc.data["name"]
@@ -427,26 +468,27 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
                 comp.err(doc, ("types",), "types must map type names to their definitions")
             else:
                 for tname, body in raw_types.items():
-                    path: tuple[str | int, ...] = ("types", tname)
+                    path: DocPath = ("types", tname)
                     if not TYPE_RE.fullmatch(tname):
-                        comp.err(doc, path, f"{tname!r} is not a valid type name "
+                        comp.err(doc, path, f"{shown(tname)} is not a valid type name "
                                  "(lowercase letters, digits, '_')", at_key=True)
                         continue
                     if tname in type_sources:
                         first = type_sources[tname].doc
-                        comp.err(doc, path, f"type {tname!r} is already declared in "
+                        comp.err(doc, path, f"type {shown(tname)} is already declared in "
                                  f"{first.name}:{first.smap.key_position(path)[0]}", at_key=True)
                         continue
                     if body is None:
                         body = {}
                     if not isinstance(body, dict):
-                        comp.err(doc, path, f"type {tname!r} must be a mapping (use {{}} for none)")
+                        comp.err(doc, path,
+                                 f"type {shown(tname)} must be a mapping (use {{}} for none)")
                         continue
                     type_sources[tname] = _TypeSrc(tname, body, doc, path)
         for section in ("metrics", "plans"):
             if section in doc.data:
                 if section in usage_sections:
-                    comp.err(doc, (section,), f"{section!r} is already defined in "
+                    comp.err(doc, (section,), f"{shown(section)} is already defined in "
                              f"{usage_sections[section][0].name}", at_key=True)
                 else:
                     usage_sections[section] = (doc, doc.data[section])
@@ -467,13 +509,13 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
     constraints: list[Constraint] = []
     seen_constraints: dict[str, str] = {}
     for doc, raw in cons_sections:
-        def report(path: tuple[str | int, ...], msg: str, at_key: bool, doc: _Doc = doc) -> None:
+        def report_constraint(path: DocPath, msg: str, at_key: bool, doc: _Doc = doc) -> None:
             comp.err(doc, path, msg, at_key=at_key)
 
-        for con in compile_constraints(types, raw, roots, report):
+        for con in compile_constraints(types, raw, roots, report_constraint):
             if con.name in seen_constraints:
-                report(("constraints", con.name), f"constraint {con.name!r} is already defined "
-                       f"in {seen_constraints[con.name]}", True)
+                report_constraint(("constraints", con.name), f"constraint {shown(con.name)} is "
+                                  f"already defined in {seen_constraints[con.name]}", True)
                 continue
             seen_constraints[con.name] = doc.name
             constraints.append(con)
@@ -481,14 +523,18 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
     if usage_sections:
         docs_by_section = {k: v[0] for k, v in usage_sections.items()}
 
-        def usage_report(path: tuple[str | int, ...], msg: str, at_key: bool) -> None:
+        def report_usage(path: DocPath, msg: str, at_key: bool) -> None:
             doc = docs_by_section.get(str(path[0])) or next(iter(docs_by_section.values()))
             comp.err(doc, path, msg, at_key=at_key)
 
         usage = compile_usage(types, roots, usage_sections.get("metrics", (None, None))[1],
-                              usage_sections.get("plans", (None, None))[1], usage_report)
-    if comp.problems:
-        raise PolicyError(comp.problems)
+                              usage_sections.get("plans", (None, None))[1], report_usage)
+    if comp.problems or read_problems:
+        # A value the YAML reader refused (a NaN, a 1:30) reaches the compiler as
+        # None; what the compiler then says at the same place is only an echo.
+        refused = {(p.file, p.line, p.column, p.path) for p in read_problems}
+        echoes = [p for p in comp.problems if (p.file, p.line, p.column, p.path) in refused]
+        raise PolicyError(read_problems + [p for p in comp.problems if p not in echoes])
     return CompiledPolicy(
         name=set_name,
         version="sha256:" + digest.hexdigest()[:16],
@@ -504,18 +550,24 @@ def compile_sources(sources: list[tuple[str, str]], name: str) -> CompiledPolicy
 def load_policy(directory: str | Path) -> CompiledPolicy:
     """Load and compile the policy set in ``directory``. Raises PolicyError."""
     root = Path(directory)
-    if not root.is_dir():
-        raise PolicyError([Problem(str(root), 0, 0, "", "is not a folder")])
-    files = policy_files(root)
+    try:
+        if not root.is_dir():
+            raise PolicyError([Problem(str(root), 0, 0, "", "is not a folder")])
+        files = policy_files(root)
+    except OSError as exc:
+        raise PolicyError([Problem(str(root), 0, 0, "", f"cannot read: {exc}")]) from None
     if not files:
         raise PolicyError([Problem(str(root), 0, 0, "", "holds no policy files (*.yaml)")])
+    problems = size_problems(root, files, "policy files")
+    if problems:
+        raise PolicyError(problems)
     sources: list[tuple[str, str]] = []
-    problems: list[Problem] = []
     for path in files:
-        try:
-            sources.append((str(path), path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(str(path), 0, 0, "", f"cannot read: {exc}"))
+        text, problem = read_capped(path)
+        if problem is not None:
+            problems.append(problem)
+        elif text is not None:
+            sources.append((str(path), text))
     if problems:
         raise PolicyError(problems)
     return compile_sources(sources, root.name)

@@ -13,10 +13,6 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Protocol
 
-# ROOT and Constraint are re-exported for the policy loader, which names them
-# through this module; their home is beside their compilers.
-from gatehouse.policy.constraints import Constraint as Constraint
-from gatehouse.policy.rules import ROOT as ROOT
 from gatehouse.policy.rules import WriteRules
 
 PARENT = "parent"

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from gatehouse.errors import Problem
-from gatehouse.sourcemap import SourceMap, load
+from gatehouse.policy.files import POLICY_STRICTNESS, read_capped
+from gatehouse.policy.sections import shown
+from gatehouse.sourcemap import DocPath, SourceMap, load
 
 SUITE_KEYS = {"name", "description", "data", "data_file", "tests"}
 TEST_KEYS = {"name", "subject", "resource", "context", "allow", "deny"}
@@ -55,7 +57,7 @@ class Suite:
     file: str
     data: Any
     smap: SourceMap
-    data_base: tuple[str | int, ...]
+    data_base: DocPath
     cases: list[Case]
 
 
@@ -66,32 +68,29 @@ def find_suites(directory: str | Path) -> list[Path]:
 
 
 def parse_suite(path: Path) -> tuple[Suite | None, list[Problem]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return None, [Problem(str(path), 0, 0, "", f"cannot read: {exc}")]
-    value, smap, problems = load(text, str(path))
+    text, problem = read_capped(path)
+    if text is None:
+        return None, [problem] if problem is not None else []
+    value, smap, problems = load(text, str(path), POLICY_STRICTNESS)
     if problems:
         return None, problems
     if not isinstance(value, dict):
         return None, [smap.problem((), "a test suite is a mapping with data and tests")]
     for key in sorted(set(value) - SUITE_KEYS):
-        problems.append(smap.problem((key,), f"unknown key {key!r} (known: "
+        problems.append(smap.problem((key,), f"unknown key {shown(key)} (known: "
                                      f"{', '.join(sorted(SUITE_KEYS))})", at_key=True))
     name = str(value.get("name") or path.stem)
     data: Any = value.get("data")
-    base: tuple[str | int, ...]
+    base: DocPath
     smap_data, base = smap, ("data",)
     if "data_file" in value:
         if "data" in value:
             problems.append(smap.problem(("data_file",), "give data or data_file, not both"))
         ref = path.parent / str(value["data_file"])
-        try:
-            dtext = ref.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(smap.problem(("data_file",), f"cannot read {ref}: {exc}"))
-            dtext = ""
-        data, smap_data, dprobs = load(dtext, str(ref))
+        dtext, problem = read_capped(ref)
+        if problem is not None:
+            problems.append(smap.problem(("data_file",), f"{ref}: {problem.message}"))
+        data, smap_data, dprobs = load(dtext or "", str(ref), POLICY_STRICTNESS)
         problems.extend(dprobs)
         base = ()
     tests = value.get("tests")
@@ -101,13 +100,13 @@ def parse_suite(path: Path) -> tuple[Suite | None, list[Problem]]:
                                      "a suite needs a non-empty list of tests"))
         tests = []
     for i, test in enumerate(tests):
-        tpath: tuple[str | int, ...] = ("tests", i)
+        tpath: DocPath = ("tests", i)
         if not isinstance(test, dict):
             problems.append(smap.problem(tpath, "a test is a mapping with subject, resource, "
                                          "allow and/or deny"))
             continue
         for key in sorted(set(test) - TEST_KEYS):
-            problems.append(smap.problem((*tpath, key), f"unknown key {key!r} (known: "
+            problems.append(smap.problem((*tpath, key), f"unknown key {shown(key)} (known: "
                                          f"{', '.join(sorted(TEST_KEYS))})", at_key=True))
         tname = str(test.get("name") or f"test {i + 1}")
         subject, resource = test.get("subject"), test.get("resource")
@@ -126,10 +125,11 @@ def parse_suite(path: Path) -> tuple[Suite | None, list[Problem]]:
         line = smap.position(tpath)[0]
         allow, deny = test.get("allow", []), test.get("deny", [])
         if isinstance(allow, list) and isinstance(deny, list):
-            both = sorted({a for a in allow if isinstance(a, str)} & set(deny))
+            both = sorted({a for a in allow if isinstance(a, str)}
+                          & {a for a in deny if isinstance(a, str)})
             if both:
-                problems.append(smap.problem((*tpath, "deny"), f"{both[0]!r} is expected to be "
-                                             "both allowed and denied"))
+                problems.append(smap.problem((*tpath, "deny"), f"{shown(both[0])} is expected "
+                                             "to be both allowed and denied"))
                 ok = False
         for verdict in ("allow", "deny"):
             actions = test.get(verdict, [])

@@ -44,7 +44,17 @@ from gatehouse.policy.model import (
     TypeDef,
     UsageModel,
 )
-from gatehouse.policy.sections import Path, Report, named_definitions
+from gatehouse.policy.sections import (
+    LISTED_NAMES,
+    ReportProblem,
+    is_name,
+    is_number,
+    listed,
+    named_definitions,
+    shown,
+    unlisted,
+)
+from gatehouse.sourcemap import MAX_EXACT_INT, DocPath
 
 NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 PLAN_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,63}")
@@ -61,7 +71,6 @@ PLAN_KEYS = {"description", "limits", "features", "fallback"}
 PERIODS = ("month",)
 
 
-
 def _tenant_types(types: Mapping[str, TypeDef], roots: set[str]) -> tuple[str, str] | None:
     if len(roots) != 1:
         return None
@@ -73,7 +82,7 @@ def _tenant_types(types: Mapping[str, TypeDef], roots: set[str]) -> tuple[str, s
 
 
 def compile_usage(types: Mapping[str, TypeDef], roots: set[str], raw_metrics: Any,
-                  raw_plans: Any, report: Report) -> UsageModel:
+                  raw_plans: Any, report: ReportProblem) -> UsageModel:
     if raw_metrics is None and raw_plans is None:
         return UsageModel()
     tenant = _tenant_types(types, roots)
@@ -90,35 +99,36 @@ def compile_usage(types: Mapping[str, TypeDef], roots: set[str], raw_metrics: An
 
 
 def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any,
-             report: Report) -> dict[str, Metric]:
+             report: ReportProblem) -> dict[str, Metric]:
     out: dict[str, Metric] = {}
     if raw is None:
         return out
     entries = named_definitions(
         raw, "metrics", "metric", NAME_RE,
-        lambda name: f"metric {name!r} must be a mapping with one of: {', '.join(METRIC_KINDS)}",
+        lambda name: f"metric {shown(name)} must be a mapping with one of: "
+                     f"{', '.join(METRIC_KINDS)}",
         report)
     for name, base, body in entries:
         kinds = [k for k in METRIC_KINDS if k in body]
         if len(kinds) != 1:
-            report(base, f"metric {name!r} needs exactly one of: {', '.join(METRIC_KINDS)}",
+            report(base, f"metric {shown(name)} needs exactly one of: {', '.join(METRIC_KINDS)}",
                    True)
             continue
         kind = kinds[0]
         allowed = COMMON_KEYS | KIND_KEYS[kind]
         bad = sorted(set(body) - allowed)
         for key in bad:
-            report((*base, key), f"unknown key {key!r} for a {kind} metric (known: "
+            report((*base, key), f"unknown key {shown(key)} for a {kind} metric (known: "
                    f"{', '.join(sorted(allowed))})", True)
         if bad:
             continue
         desc = str(body.get("description", ""))
         unit = str(body.get("unit", ""))
         value = body[kind]
-        kpath: Path = (*base, kind)
+        kpath: DocPath = (*base, kind)
         if kind == "count":
-            if value not in types:
-                report(kpath, f"unknown type {value!r} (declared: {', '.join(sorted(types))})",
+            if not is_name(value, types):
+                report(kpath, f"unknown type {shown(value)} (declared: {listed(types)})",
                        False)
                 continue
             out[name] = Metric(name, kind, desc, object_type=value, unit=unit)
@@ -134,17 +144,19 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
             for i, ref in enumerate(rels):
                 t, _, r = (ref if isinstance(ref, str) else "").partition(".")
                 if t not in (org_type, ws_type) or r not in types[t].relations:
-                    known = [f"{x}.{y}" for x in (ws_type, org_type)
-                             for y in sorted(types[x].relations) if y != "parent"]
-                    report((*base, "relations", i), f"unknown relation {ref!r} (known: "
-                           f"{', '.join(known)})", False)
+                    count = len(types[ws_type].relations) + len(types[org_type].relations)
+                    known = unlisted(count) if count > LISTED_NAMES else ", ".join(
+                        f"{x}.{y}" for x in (ws_type, org_type)
+                        for y in sorted(types[x].relations) if y != "parent")
+                    report((*base, "relations", i), f"unknown relation {shown(ref)} (known: "
+                           f"{known})", False)
                     ok = False
                 else:
                     refs.append((t, r))
             attr_ok = isinstance(value, str) and any(
                 value in types[s].attributes for s in types if types[s].subject)
             if not attr_ok:
-                report(kpath, f"{value!r} is not an attribute of any subject type", False)
+                report(kpath, f"{shown(value)} is not an attribute of any subject type", False)
                 ok = False
             if ok:
                 out[name] = Metric(name, kind, desc, attribute=value, relations=tuple(refs),
@@ -152,7 +164,7 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
         elif kind == "accounts":
             tdef = types.get(value) if isinstance(value, str) else None
             if tdef is None:
-                report(kpath, f"unknown type {value!r} (declared: {', '.join(sorted(types))})",
+                report(kpath, f"unknown type {shown(value)} (declared: {listed(types)})",
                        False)
                 continue
             src = body.get("source_types") or {}
@@ -164,7 +176,7 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
                 continue
             for kname, sources in src.items():
                 if kname not in ACCOUNT_KINDS:
-                    report((*base, "source_types", kname), f"unknown kind {kname!r} (known: "
+                    report((*base, "source_types", kname), f"unknown kind {shown(kname)} (known: "
                            f"{', '.join(ACCOUNT_KINDS)})", True)
                     ok = False
                     continue
@@ -174,12 +186,12 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
                     continue
                 for st in sources:
                     if st in mapping:
-                        report((*base, "source_types", kname), f"source type {st!r} is listed "
+                        report((*base, "source_types", kname), f"source type {shown(st)} is listed "
                                f"under both {mapping[st]} and {kname}", False)
                         ok = False
                     mapping[st] = kname
             default = body.get("default", "connection")
-            if default not in ACCOUNT_KINDS:
+            if not is_name(default, ACCOUNT_KINDS):
                 report((*base, "default"), f"default must be one of {', '.join(ACCOUNT_KINDS)}",
                        False)
                 ok = False
@@ -188,9 +200,10 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
                                   ("credential_attribute", "credential_id"),
                                   ("tenants_attribute", "tenants")):
                 attr = body.get(key, fallback)
-                if attr not in tdef.attributes:
+                if not is_name(attr, tdef.attributes):
                     report((*base, key) if key in body else kpath,
-                           f"type {value!r} has no attribute {attr!r} (needed for {key})", False)
+                           f"type {shown(value)} has no attribute {shown(attr)} (needed for "
+                           f"{key})", False)
                     ok = False
                 attrs[key] = attr
             if ok:
@@ -207,23 +220,23 @@ def _metrics(types: Mapping[str, TypeDef], org_type: str, ws_type: str, raw: Any
                 report((*base, "of") if "of" in body else base,
                        "distinct needs of: <type> whose attribute is counted", "of" not in body)
                 continue
-            if value not in tdef.attributes:
-                report(kpath, f"type {of!r} has no attribute {value!r}", False)
+            if not is_name(value, tdef.attributes):
+                report(kpath, f"type {shown(of)} has no attribute {shown(value)}", False)
                 continue
             out[name] = Metric(name, kind, desc, object_type=str(of), attribute=value, unit=unit)
         else:
-            if value not in AGGREGATES:
+            if not is_name(value, AGGREGATES):
                 report(kpath, f"recorded takes an aggregation: {', '.join(AGGREGATES)}", False)
                 continue
-            period = body.get("period", "")
-            if period and period not in PERIODS:
+            period = body.get("period") or ""
+            if period != "" and not is_name(period, PERIODS):
                 report((*base, "period"), f"period must be {' or '.join(PERIODS)}", False)
                 continue
             out[name] = Metric(name, kind, desc, aggregate=value, period=period, unit=unit)
     return out
 
 
-def _plans(metrics: Mapping[str, Metric], raw: Any, report: Report
+def _plans(metrics: Mapping[str, Metric], raw: Any, report: ReportProblem
            ) -> tuple[dict[str, Plan], str | None]:
     plans: dict[str, Plan] = {}
     fallback: str | None = None
@@ -236,8 +249,8 @@ def _plans(metrics: Mapping[str, Metric], raw: Any, report: Report
         empty_body_ok=True)
     for name, base, body in entries:
         for key in sorted(set(body) - PLAN_KEYS):
-            report((*base, key), f"unknown key {key!r} (known: {', '.join(sorted(PLAN_KEYS))})",
-                   True)
+            report((*base, key),
+                   f"unknown key {shown(key)} (known: {', '.join(sorted(PLAN_KEYS))})", True)
         limits: dict[str, float] = {}
         raw_limits = body.get("limits") or {}
         if not isinstance(raw_limits, dict):
@@ -245,14 +258,14 @@ def _plans(metrics: Mapping[str, Metric], raw: Any, report: Report
             raw_limits = {}
         for metric, limit in raw_limits.items():
             if metric not in metrics:
-                report((*base, "limits", metric), f"unknown metric {metric!r} (declared: "
-                       f"{', '.join(sorted(metrics)) or 'none'})", True)
+                report((*base, "limits", metric), f"unknown metric {shown(metric)} (declared: "
+                       f"{listed(metrics)})", True)
                 continue
             if limit is None:
                 continue
-            if isinstance(limit, bool) or not isinstance(limit, int | float) or limit < 0:
-                report((*base, "limits", metric), f"a limit is a number of at least 0, or null "
-                       f"for unlimited, not {limit!r}", False)
+            if not is_number(limit) or limit < 0:
+                report((*base, "limits", metric), f"a limit is a number from 0 to "
+                       f"{MAX_EXACT_INT}, or null for unlimited, not {shown(limit)}", False)
                 continue
             limits[metric] = limit
         features = body.get("features") or []
@@ -262,7 +275,7 @@ def _plans(metrics: Mapping[str, Metric], raw: Any, report: Report
             features = []
         if body.get("fallback") is True:
             if fallback is not None:
-                report((*base, "fallback"), f"only one plan may be the fallback; {fallback!r} "
+                report((*base, "fallback"), f"only one plan may be the fallback; {shown(fallback)} "
                        "already is", False)
             else:
                 fallback = name

@@ -24,6 +24,8 @@ from gatehouse.runtime.follower import IndexFollower
 log = logging.getLogger("gatehouse.reloader")
 
 Signature = tuple[tuple[str, int, int], ...]
+# A rejected policy can have thousands of problems; the log shows the first ones.
+LOGGED_PROBLEMS = 50
 
 
 @contextlib.contextmanager
@@ -64,15 +66,25 @@ class PolicyReloader:
             return ()
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Poll the folder every ``interval`` seconds until cancelled."""
+        """Poll the folder every ``interval`` seconds until cancelled.
+
+        A change is compiled once the folder has looked the same for two polls
+        in a row, so an editor (or a deploy) writing several files is compiled
+        once, when it is done, not once per file.
+        """
         seen = self._signature()
+        pending: Signature | None = None
         while True:
             await asyncio.sleep(interval)
             try:
                 sig = self._signature()
                 if sig == seen:
+                    pending = None
                     continue
-                seen = sig
+                if sig != pending:
+                    pending = sig
+                    continue
+                seen, pending = sig, None
                 new = await asyncio.to_thread(self._compile)
                 if new is not None:
                     self._swap(new)
@@ -89,8 +101,10 @@ class PolicyReloader:
                 return self._load(self.policy_dir)
         except PolicyError as exc:
             self.failures += 1
+            problems = exc.problems
             log.error("policy reload rejected; still serving %s", self.follower.policy.version,
-                      extra={"problems": [str(p) for p in exc.problems]})
+                      extra={"problems": [str(p) for p in problems[:LOGGED_PROBLEMS]],
+                             "problem_count": len(problems)})
             return None
 
     def _swap(self, new: CompiledPolicy) -> None:

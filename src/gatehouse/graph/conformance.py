@@ -38,8 +38,7 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.store import ChangelogGap, GraphStore
-from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
-from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, WriteRules
+from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, Exclusive, MaxSubjects, Unique, WriteRules
 
 # A small tenancy model: users are global, organizations are tenants, workspaces
 # live in an organization and flows in a workspace.

@@ -25,9 +25,8 @@ from gatehouse.graph.changes import (
 )
 from gatehouse.graph.model import Snapshot
 from gatehouse.names import type_of
-from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
 from gatehouse.policy.model import PARENT
-from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, WriteRules
+from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, Exclusive, MaxSubjects, Unique, WriteRules
 
 GLOBAL_SCOPE = "_"
 

@@ -40,8 +40,7 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
 from gatehouse.graph.plan import check_batch, encode_attributes
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.policy.constraints import Exclusive, MaxSubjects, Unique
-from gatehouse.policy.rules import WriteRules
+from gatehouse.policy.rules import Exclusive, MaxSubjects, Unique, WriteRules
 from gatehouse.redisscript import PipelinedScript
 
 CHANGELOG_MAXLEN = 1_000_000

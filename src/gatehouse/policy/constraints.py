@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gatehouse.policy.rules import Constraint, Exclusive, MaxSubjects, Unique
 from gatehouse.policy.sections import (
     LISTED_NAMES,
     ReportProblem,
@@ -45,35 +45,6 @@ KINDS = ("exclusive", "unique", "max")
 KEYS = {"description", "scope", *KINDS}
 
 
-@dataclass(frozen=True, slots=True)
-class Exclusive:
-    """No subject holds relations from both sides within one tenant scope."""
-
-    name: str
-    left: frozenset[str]  # "type.relation"
-    right: frozenset[str]
-
-
-@dataclass(frozen=True, slots=True)
-class Unique:
-    """At most one object of ``type`` per tenant scope holds ``relation``."""
-
-    name: str
-    type: str
-    relation: str
-
-
-@dataclass(frozen=True, slots=True)
-class MaxSubjects:
-    """At most ``limit`` subjects per object of ``type`` hold ``relation``."""
-
-    name: str
-    type: str
-    relation: str
-    limit: int
-
-
-Constraint = Exclusive | Unique | MaxSubjects
 
 
 def _relation_ref(types: Mapping[str, TypeDef], value: Any, path: DocPath,

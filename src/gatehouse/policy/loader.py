@@ -21,7 +21,7 @@ from gatehouse.errors import PolicyError, Problem, quote
 from gatehouse.limits import LIMITS
 from gatehouse.names import TYPE_RE
 from gatehouse.policy.conditions import ConditionError, compile_condition
-from gatehouse.policy.constraints import Constraint, compile_constraints
+from gatehouse.policy.constraints import compile_constraints
 from gatehouse.policy.files import POLICY_STRICTNESS, read_capped, size_problems
 from gatehouse.policy.files import policy_files as policy_files
 from gatehouse.policy.model import (
@@ -37,7 +37,7 @@ from gatehouse.policy.model import (
     TypeDef,
     UsageModel,
 )
-from gatehouse.policy.rules import ROOT, scope_kinds, write_rules
+from gatehouse.policy.rules import ROOT, Constraint, scope_kinds, write_rules
 from gatehouse.policy.sections import LISTED_NAMES, is_number, listed, shown, unlisted
 from gatehouse.policy.usage import compile_usage
 from gatehouse.sourcemap import DocPath, SourceMap, load, render_path

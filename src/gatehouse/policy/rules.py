@@ -1,4 +1,6 @@
-"""The rules every graph store enforces on every write, compiled from the policy.
+"""The rules every graph store enforces on every write, compiled from the policy:
+tenant scopes, the relations each type may hold, and the constraint values
+(their compiler is :mod:`gatehouse.policy.constraints`).
 
 A store knows nothing else about the policy: for each type, how an object of
 it finds its tenant scope and which relations it may hold; and the policy's
@@ -13,10 +15,39 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from gatehouse.policy.constraints import Constraint
-
 if TYPE_CHECKING:
     from gatehouse.policy.model import TypeDef
+
+@dataclass(frozen=True, slots=True)
+class Exclusive:
+    """No subject holds relations from both sides within one tenant scope."""
+
+    name: str
+    left: frozenset[str]  # "type.relation"
+    right: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Unique:
+    """At most one object of ``type`` per tenant scope holds ``relation``."""
+
+    name: str
+    type: str
+    relation: str
+
+
+@dataclass(frozen=True, slots=True)
+class MaxSubjects:
+    """At most ``limit`` subjects per object of ``type`` hold ``relation``."""
+
+    name: str
+    type: str
+    relation: str
+    limit: int
+
+
+Constraint = Exclusive | Unique | MaxSubjects
+
 
 # How an object's tenant scope is found, by its type:
 ROOT = "root"  # the object is a tenant root (organization): its own scope

@@ -39,10 +39,12 @@ from gatehouse.policy.model import (
 )
 from gatehouse.policy.rules import ROOT, Constraint, scope_kinds, write_rules
 from gatehouse.policy.sections import LISTED_NAMES, is_number, listed, shown, unlisted
+from gatehouse.policy.tenancy import compile_tenancy
 from gatehouse.policy.usage import compile_usage
 from gatehouse.sourcemap import DocPath, SourceMap, load, render_path
 
-TOP_KEYS = {"name", "description", "types", "permissions", "constraints", "metrics", "plans"}
+TOP_KEYS = {"name", "description", "types", "permissions", "constraints", "metrics", "plans",
+            "tenancy"}
 TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "attributes",
              "relations"}
 RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
@@ -485,7 +487,7 @@ def _compile(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
                                  f"type {shown(tname)} must be a mapping (use {{}} for none)")
                         continue
                     type_sources[tname] = _TypeSrc(tname, body, doc, path)
-        for section in ("metrics", "plans"):
+        for section in ("metrics", "plans", "tenancy"):
             if section in doc.data:
                 if section in usage_sections:
                     comp.err(doc, (section,), f"{shown(section)} is already defined in "
@@ -529,6 +531,14 @@ def _compile(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
 
         usage = compile_usage(types, roots, usage_sections.get("metrics", (None, None))[1],
                               usage_sections.get("plans", (None, None))[1], report_usage)
+    tenancy = None
+    if "tenancy" in usage_sections:
+        tenancy_doc, raw_tenancy = usage_sections["tenancy"]
+
+        def report_tenancy(path: DocPath, msg: str, at_key: bool) -> None:
+            comp.err(tenancy_doc, path, msg, at_key=at_key)
+
+        tenancy = compile_tenancy(types, roots, raw_tenancy, report_tenancy)
     if comp.problems or read_problems:
         # A value the YAML reader refused (a NaN, a 1:30) reaches the compiler as
         # None; what the compiler then says at the same place is only an echo.
@@ -543,6 +553,7 @@ def _compile(sources: list[tuple[str, str]], name: str) -> CompiledPolicy:
         tables=MappingProxyType(_tables(types, rules)),
         write_rules=write_rules(types, tuple(constraints)),
         usage=usage,
+        tenancy=tenancy,
         files=tuple(f for f, _ in sources),
     )
 

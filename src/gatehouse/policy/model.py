@@ -200,6 +200,68 @@ class UsageModel:
         return None, True
 
 
+# -- tenancy (compiled by policy/tenancy.py) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """The action an operation needs: ``action`` on the object of ``type``
+    the operation targets (``type`` empty: the resource's own type)."""
+
+    type: str
+    action: str
+
+    def __str__(self) -> str:
+        return f"{self.type}.{self.action}" if self.type else self.action
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationRules:
+    type: str
+    ttl_seconds: int
+    max_ttl_seconds: int
+    roles: Mapping[str, frozenset[str]]
+    """Scope type (organization or workspace) -> roles an invitation there may grant."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemovalRules:
+    receivers: frozenset[str] = frozenset()
+    """Roles, as ``type.role``, of which ``reassign_to`` must hold one in the scope."""
+    keep: frozenset[str] = frozenset()
+    """Owned types that stay with their owner (never reassigned)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessLinkRules:
+    type: str
+    creates: str
+    ttl_seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class DomainRules:
+    type: str
+    public: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class TenancyModel:
+    """The compiled ``tenancy:`` section."""
+
+    organization: str
+    workspace: str
+    owner_role: str
+    primary_workspace: str
+    creator_role: str = ""
+    guards: Mapping[str, Guard] = field(default_factory=lambda: MappingProxyType({}))
+    features: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    invitations: InvitationRules | None = None
+    removal: RemovalRules = RemovalRules()
+    access_links: AccessLinkRules | None = None
+    domains: DomainRules | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     name: str
@@ -210,3 +272,5 @@ class CompiledPolicy:
     files: tuple[str, ...]
     write_rules: WriteRules = field(default_factory=lambda: WriteRules({}))
     usage: UsageModel = UsageModel()
+    tenancy: TenancyModel | None = None
+    """The ``tenancy:`` section; None when the set declares none."""

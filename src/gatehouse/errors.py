@@ -6,6 +6,8 @@ maps them to gRPC status codes in one table (``gatehouse.api.errors``).
     GatehouseError
     ├── InvalidArgument        bad input; names the offending field
     ├── NotFound               a named object does not exist
+    ├── AlreadyExists          an id or a unique value (a slug) is taken
+    ├── PermissionDenied       the actor may not do the operation (names action and resource)
     ├── FailedPrecondition     a rule, constraint or limit says no
     ├── Aborted                a write's own precondition did not hold (retry after re-reading)
     ├── Unavailable            the store cannot be reached
@@ -48,6 +50,20 @@ class InvalidArgument(GatehouseError):
 
 class NotFound(GatehouseError):
     """A named object does not exist."""
+
+
+class AlreadyExists(GatehouseError):
+    """An id or a value that must be unique (a workspace slug) is taken."""
+
+
+class PermissionDenied(GatehouseError):
+    """The policy does not grant the actor the action an operation needs."""
+
+    def __init__(self, action: str, resource: str, actor: str) -> None:
+        super().__init__(f"{actor} may not {action} on {resource}")
+        self.action = action
+        self.resource = resource
+        self.actor = actor
 
 
 class FailedPrecondition(GatehouseError):

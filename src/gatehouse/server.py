@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gatehouse.api.authorization import AuthorizationServicer
 from gatehouse.api.graph import GraphServicer
+from gatehouse.api.tenancy import TenancyServicer
 from gatehouse.api.usage import UsageServicer
 from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
@@ -30,6 +31,8 @@ from gatehouse.v1 import (
     authorization_pb2_grpc,
     graph_pb2,
     graph_pb2_grpc,
+    tenancy_pb2,
+    tenancy_pb2_grpc,
     usage_pb2,
     usage_pb2_grpc,
 )
@@ -38,7 +41,8 @@ log = logging.getLogger("gatehouse.server")
 
 READ_SERVICES = ("gatehouse.v1.AuthorizationService",)
 SWITCH_INTERVAL = 0.001
-WRITE_SERVICES = ("gatehouse.v1.GraphService", "gatehouse.v1.UsageService")
+WRITE_SERVICES = ("gatehouse.v1.GraphService", "gatehouse.v1.UsageService",
+                  "gatehouse.v1.TenancyService")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,12 +115,15 @@ class Server:
             GraphServicer(runtime.graph, follower), self.grpc)
         usage_pb2_grpc.add_UsageServiceServicer_to_server(
             UsageServicer(runtime.usage, follower), self.grpc)
+        tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(
+            TenancyServicer(runtime.tenancy, runtime.graph), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [
             authorization_pb2.DESCRIPTOR.services_by_name["AuthorizationService"].full_name,
             graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name,
             usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+            tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]

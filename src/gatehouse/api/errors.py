@@ -17,10 +17,12 @@ from google.rpc import status_pb2
 
 from gatehouse.errors import (
     Aborted,
+    AlreadyExists,
     FailedPrecondition,
     GatehouseError,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     PolicyError,
     ResourceExhausted,
     Unavailable,
@@ -31,6 +33,8 @@ from gatehouse.transport import Abort, ServicerContext
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (Aborted, grpc.StatusCode.ABORTED),

@@ -243,6 +243,8 @@ class AccessLinkRules:
 class DomainRules:
     type: str
     public: frozenset[str]
+    organization_role: str = ""
+    """Organization role a person joining by domain also gets ("" none)."""
 
 
 @dataclass(frozen=True, slots=True)

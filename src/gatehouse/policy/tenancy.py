@@ -46,8 +46,9 @@ MAX_TTL_DAYS = 365
 
 GUARDED = ("create_workspace", "rename_workspace", "delete_workspace",
            "manage_organization_members", "manage_workspace_members", "create_access_link",
-           "add_domain", "move_resource")
-"""Operations a ``guards:`` entry may name; all but the last are ``type.action``."""
+           "add_domain", "move_into", "move_resource")
+"""Operations a ``guards:`` entry may name; all but ``move_resource`` are ``type.action``
+(``move_into`` is checked on the workspace a resource moves to)."""
 REQUIRED_GUARDS = ("create_workspace", "rename_workspace", "delete_workspace",
                    "manage_organization_members", "manage_workspace_members")
 FEATURED = ("create_workspace", "add_domain", "create_access_link")
@@ -66,7 +67,7 @@ KEYS = {"organization", "workspace", "owner_role", "primary_workspace", "creator
 INVITATION_KEYS = {"type", "ttl_days", "max_ttl_days", "roles"}
 REMOVAL_KEYS = {"receivers", "keep"}
 LINK_KEYS = {"type", "creates", "ttl_days"}
-DOMAIN_KEYS = {"type", "public"}
+DOMAIN_KEYS = {"type", "public", "organization_role"}
 DOMAIN_RE = re.compile(r"(?=.{3,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}",
                        re.ASCII)
 
@@ -189,6 +190,9 @@ def compile_tenancy(types: Mapping[str, TypeDef], roots: set[str], raw: Any,
     removal = _removal(c, body.get("removal"), (*base, "removal"), org, ws)
     links = _links(c, body.get("access_links"), (*base, "access_links"), ws)
     domains = _domains(c, body.get("domains"), (*base, "domains"), org)
+    if "move_resource" in guards and "move_into" not in guards:
+        c.err((*base, "guards"), "a guard for 'move_into' (the target workspace) is required "
+              "with move_resource")
     for op, needs in (("create_access_link", links), ("add_domain", domains)):
         if needs is not None and op not in guards:
             c.err((*base, "guards"), f"a guard for {op!r} is required with its section")
@@ -354,6 +358,10 @@ def _domains(c: _Compiler, raw: Any, path: DocPath, org: str) -> DomainRules | N
                 c.err((*path, "public", i), f"{shown(value)} is not a domain name")
             else:
                 public.add(value)
+    org_role = c.text(body.get("organization_role"), (*path, "organization_role"),
+                      required=False)
+    if org_role and org_role not in c.types[org].roles:
+        c.err((*path, "organization_role"), f"{shown(org_role)} is not a role of {org!r}")
     if type_ is None:
         return None
-    return DomainRules(type_, frozenset(public))
+    return DomainRules(type_, frozenset(public), org_role)

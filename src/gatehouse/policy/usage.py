@@ -72,10 +72,15 @@ PERIODS = ("month",)
 
 
 def _tenant_types(types: Mapping[str, TypeDef], roots: set[str]) -> tuple[str, str] | None:
+    """(tenant root, workspace type): the root's one child type, or — when the root
+    also has record types below it (invitations, domain rules) — its one child type
+    that declares roles."""
     if len(roots) != 1:
         return None
     root = next(iter(roots))
     children = sorted(n for n, t in types.items() if t.parent == root)
+    if len(children) > 1:
+        children = [n for n in children if types[n].roles]
     if len(children) != 1:
         return None
     return root, children[0]
@@ -89,7 +94,7 @@ def compile_usage(types: Mapping[str, TypeDef], roots: set[str], raw_metrics: An
     if tenant is None:
         report(("metrics" if raw_metrics is not None else "plans",),
                "usage needs one tenant root type (e.g. organization) with exactly one child "
-               "type (e.g. workspace)", True)
+               "type that has roles (e.g. workspace)", True)
         return UsageModel()
     org_type, ws_type = tenant
     metrics = _metrics(types, org_type, ws_type, raw_metrics, report)

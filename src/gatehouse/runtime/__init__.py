@@ -8,7 +8,9 @@
     ├── reloader   PolicyReloader  recompiles the policy folder on change, swaps it in
     ├── decisions  Decisions       Check, CheckBulk, ListAccessible (pure engine calls)
     ├── graph      GraphOperations GraphService writes and reads
-    └── usage      UsageOperations ComputeUsage, RecordUsage, CheckLimit and their caches
+    ├── usage      UsageOperations ComputeUsage, RecordUsage, CheckLimit and their caches
+    └── tenancy    TenancyOperations  lifecycle operations: decide at a revision, commit if
+                                   the organization is unchanged, else decide again
 
 The API layer calls these parts; only the follower writes the index and
 the policy (the reloader asks it to).
@@ -40,6 +42,7 @@ from gatehouse.runtime.decisions import (
 from gatehouse.runtime.follower import IndexFollower, View
 from gatehouse.runtime.graph_ops import GraphOperations
 from gatehouse.runtime.reloader import PolicyReloader
+from gatehouse.runtime.tenancy_ops import TenancyOperations
 from gatehouse.runtime.usage_ops import EventInput, UsageOperations
 from gatehouse.usage.events import DEDUP_WINDOW_SECONDS, UsageStore
 from gatehouse.usage.memory import MemoryUsageStore
@@ -54,6 +57,7 @@ class Runtime:
     decisions: Decisions
     graph: GraphOperations
     usage: UsageOperations
+    tenancy: TenancyOperations
 
     @classmethod
     async def start(cls, policy: CompiledPolicy, store: GraphStore,
@@ -68,6 +72,7 @@ class Runtime:
             decisions=Decisions(follower),
             graph=GraphOperations(follower),
             usage=UsageOperations(follower, usage_store or MemoryUsageStore(), dedup_window),
+            tenancy=TenancyOperations(follower),
         )
 
     async def close(self) -> None:
@@ -92,6 +97,7 @@ __all__ = [
     "Mode",
     "PolicyReloader",
     "Runtime",
+    "TenancyOperations",
     "UsageOperations",
     "View",
     "parse_revision",

@@ -173,6 +173,13 @@ def compile_tenancy(types: Mapping[str, TypeDef], roots: set[str], raw: Any,
         ws = None
     if org is None or ws is None:
         return None
+    for type_, field, needs in ((org, "organization", ("name",)),
+                                (ws, "workspace", ("name", "slug"))):
+        attrs = types[type_].attributes
+        missing = [a for a in needs if a not in attrs or attrs[a].type != "string"]
+        if missing:
+            c.err((*base, field), f"type {type_!r} must declare the string attributes "
+                  f"{', '.join(missing)} (the operations set them)")
     owner_role = c.text(body.get("owner_role"), (*base, "owner_role"))
     if owner_role and owner_role not in types[org].roles:
         c.err((*base, "owner_role"), f"{shown(owner_role)} is not a role of {org!r} (roles: "

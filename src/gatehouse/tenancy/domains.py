@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gatehouse.errors import AlreadyExists, FailedPrecondition, InvalidArgument, quote
-from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
+from gatehouse.graph.changes import PutObject, TouchRelationship
 from gatehouse.graph.model import ObjectRef
 from gatehouse.names import object_key, type_of
 from gatehouse.policy.model import PARENT, DomainRules
@@ -112,14 +112,15 @@ def join_by_domain(ctx: Context, subject_ref: Any) -> Commit[Joined]:
         raise FailedPrecondition("domain", f"no organization auto-joins {email.partition('@')[2]}")
     match = matches[0]
     org = ctx.organization(match.organization_id)
-    ops: list[Operation] = []
     if not in_organization(ctx, subject.key, org):
         ctx.require_limit(org, AddMember(org, email))
+    grants: set[tuple[str, str]] = set()
     if rules.organization_role and not roles_held(ctx, subject.key, org):
-        ops.append(TouchRelationship(rel(org, rules.organization_role, subject.key)))
+        grants.add((org, rules.organization_role))
     scope = org
     if match.workspace_id:
         scope, _ = ctx.workspace(match.workspace_id)
     if not ctx.index.holds(scope, match.role, subject.key):
-        ops.append(TouchRelationship(rel(scope, match.role, subject.key)))
+        grants.add((scope, match.role))
+    ops = [TouchRelationship(rel(on, role, subject.key)) for on, role in sorted(grants)]
     return Commit(tuple(ops), (org,), lambda revision: Joined(match, revision))

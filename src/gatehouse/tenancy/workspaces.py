@@ -59,6 +59,21 @@ def slug_owner(ctx: Context, org: str, slug: str) -> str | None:
     return None
 
 
+def _records_naming(ctx: Context, org: str, ws: str) -> list[str]:
+    """Tenancy records kept under the organization that name the workspace: its
+    invitations and the domain rules that send people to it."""
+    out = []
+    rules = ctx.rules
+    if rules.invitations is not None:
+        out += [k for k in ctx.children(org, rules.invitations.type)
+                if ctx.index.attributes(k).get("scope") == ws]
+    if rules.domains is not None:
+        ws_id = split_key(ws)[1]
+        out += [k for k in ctx.children(org, rules.domains.type)
+                if ctx.index.attributes(k).get("workspace_id") == ws_id]
+    return out
+
+
 def create_organization(ctx: Context, actor_ref: Any, org_id: str, name: str,
                         plan: str) -> Commit[Created]:
     """The organization with its plan, the actor as owner, and its primary workspace."""
@@ -155,7 +170,7 @@ def delete_workspace(ctx: Context, actor_ref: Any, ws_id: str,
     if len(ctx.children(org, ctx.rules.workspace)) <= 1:
         raise FailedPrecondition("last-workspace", f"{ws} is the last workspace of {org}; an "
                                  "organization keeps at least one")
-    doomed = [*ctx.descendants(ws), ws]
+    doomed = [*ctx.descendants(ws), ws, *_records_naming(ctx, org, ws)]
     seen: set[tuple[str, str, str]] = set()
     ops: list[Operation] = []
     for key in doomed:
@@ -166,5 +181,5 @@ def delete_workspace(ctx: Context, actor_ref: Any, ws_id: str,
     for key in doomed:
         if key in ctx.index.attrs:
             ops.append(DeleteObject(ObjectRef.from_key(key)))
-    count = len(doomed)
+    count = len(doomed) - len(_records_naming(ctx, org, ws))
     return Commit(tuple(ops), (org,), lambda revision: Deleted(revision, count))

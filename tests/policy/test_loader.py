@@ -81,7 +81,9 @@ class TestLoadPolicy:
         assert policy.subject_types == frozenset({"user"})
         assert set(policy.types) == {
             "user", "organization", "workspace", "data_flow", "dashboard", "connection", "ai_chat",
+            "invitation", "access_link", "email_domain",
         }
+        assert policy.tenancy is not None and policy.tenancy.workspace == "workspace"
         assert policy.files == (str(COUPLER / "policy.yaml"),)
         assert policy.version.startswith("sha256:")
 

@@ -26,7 +26,8 @@ class TestPolicyCommands:
         policy = tmp_path / "p"
         shutil.copytree(ROOT / "policies/coupler", policy)
         text = (policy / "policy.yaml").read_text()
-        text = text.replace("actions: [view, manage_members]", "actions: [view, manage_members]\n"
+        text = text.replace("actions: [view, manage_members, request_accounts]",
+                            "actions: [view, manage_members, request_accounts]\n"
                             "    colour: blue", 1)
         text = text.replace("roles: [workspace.guest]\n      when: owner",
                             "roles: [workspace.guest]\n      when: resource.colour == 'x'", 1)

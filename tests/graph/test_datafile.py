@@ -121,8 +121,9 @@ class TestBadLines:
     def test_unknown_object_type(self) -> None:
         """An object of a type the policy does not declare is reported at its line."""
         assert one_problem("objects:\n  user:a: {}\n  robot:r2: {}\n") == (
-            "d.yaml:3:3 objects.robot:r2: unknown type 'robot' (declared: ai_chat, connection, "
-            "dashboard, data_flow, organization, user, workspace)"
+            "d.yaml:3:3 objects.robot:r2: unknown type 'robot' (declared: access_link, ai_chat, "
+            "connection, dashboard, data_flow, email_domain, invitation, organization, user, "
+            "workspace)"
         )
 
     def test_unknown_resource_type_in_relationship(self) -> None:

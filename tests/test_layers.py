@@ -1,4 +1,5 @@
-"""Imports flow one way: names → policy → graph → engine → usage → api → server.
+"""Imports flow one way: names → policy → graph → engine → usage → tenancy → runtime →
+api → server.
 
 The rule is data (``FORBIDDEN``): for each package, the modules it may not
 import, directly or (for ``TRANSITIVE``) through anything it imports. Every
@@ -18,7 +19,8 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 PACKAGE = "gatehouse"
 GENERATED = ("gatehouse.v1",)
 
-_ABOVE_GRAPH = ("gatehouse.engine", "gatehouse.usage", "gatehouse.api", "gatehouse.runtime",
+_ABOVE_GRAPH = ("gatehouse.engine", "gatehouse.usage", "gatehouse.tenancy", "gatehouse.api",
+                "gatehouse.runtime",
                 "gatehouse.server", "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
                 "gatehouse.policytest")
 
@@ -28,11 +30,18 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     "gatehouse.errors": ("gatehouse.names", "gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),
     "gatehouse.policy": ("gatehouse.graph", *_ABOVE_GRAPH),
     "gatehouse.graph": _ABOVE_GRAPH,
-    "gatehouse.engine": ("gatehouse.usage", "gatehouse.api", "gatehouse.runtime",
+    "gatehouse.engine": ("gatehouse.usage", "gatehouse.tenancy", "gatehouse.api",
+                         "gatehouse.runtime",
                          "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
                          "gatehouse.transport", "gatehouse.policytest"),
-    "gatehouse.usage": ("gatehouse.api", "gatehouse.runtime", "gatehouse.server",
-                        "gatehouse.workers", "gatehouse.cli", "gatehouse.transport"),
+    "gatehouse.usage": ("gatehouse.tenancy", "gatehouse.api", "gatehouse.runtime",
+                        "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
+                        "gatehouse.transport"),
+    # Decisions only: no store, no wire, no clock of its own (the runtime passes one).
+    "gatehouse.tenancy": ("gatehouse.api", "gatehouse.runtime", "gatehouse.server",
+                          "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
+                          "gatehouse.graph.redis", "gatehouse.graph.memory", "gatehouse.v1",
+                          "grpc", "google.protobuf", "redis"),
     # The live state knows nothing of the wire: no protobuf, no grpc, no servicers.
     "gatehouse.runtime": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
                           "gatehouse.cli", "gatehouse.transport", "gatehouse.v1", "grpc",

@@ -53,3 +53,21 @@ class Precondition:
 
     relationship: Relationship
     must_exist: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUnchanged:
+    """Commit only if no write touched the tenant after ``revision``.
+
+    ``tenant`` is the key of the tenant's root object (``organization:acme``).
+    An operation that decided from the graph at ``revision`` commits with this
+    precondition, so what it decided still holds when the write lands; if the
+    tenant changed meanwhile the write is refused (Aborted) and the operation
+    decides again.
+    """
+
+    tenant: str
+    revision: int
+
+
+WritePrecondition = Precondition | TenantUnchanged

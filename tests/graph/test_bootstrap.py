@@ -14,7 +14,7 @@ from gatehouse.graph.changes import TouchRelationship
 from gatehouse.graph.conformance import Backend, MemoryBackend, RedisBackend
 from gatehouse.graph.model import Relationship
 from gatehouse.graph.store import GraphStore
-from gatehouse.policy.loader import load_policy
+from gatehouse.policy.loader import compile_sources, load_policy
 from gatehouse.policy.model import CompiledPolicy
 from tests.redis_server import RedisServer
 
@@ -112,5 +112,35 @@ class TestAllOrNothing:
             assert again.all_relationships() == snap.all_relationships()
             assert Relationship.parse("organization:northwind#owner@user:olivia") in \
                 again.all_relationships()
+
+        on_store(backend, body)
+
+
+REQUIRES = compile_sources([("policy.yaml", """\
+types:
+  user: {subject: true}
+  organization: {roles: [member]}
+  workspace: {parent: organization, roles: [member]}
+constraints:
+  members_are_org_members:
+    requires: {relations: [workspace.member], needs: [organization.member]}
+""")], "requires")
+
+
+class TestChunkOrder:
+    def test_what_requires_needs_is_written_in_an_earlier_chunk(self, backend: Backend,
+                                                                 tmp_path: Path) -> None:
+        """A file listing workspace members before their organization memberships loads in
+        small chunks: roles on the tenant root are written first."""
+        lines = ["relationships:"]
+        lines += [f"  - workspace:w{i}#parent@organization:o" for i in range(3)]
+        lines += [f"  - workspace:w{i % 3}#member@user:u{i}" for i in range(30)]
+        lines += [f"  - organization:o#member@user:u{i}" for i in range(30)]
+        path = tmp_path / "data.yaml"
+        path.write_text("\n".join(lines) + "\n")
+
+        async def body(store: GraphStore) -> None:
+            await load_data(store, REQUIRES, path, chunk=8)
+            assert len((await store.snapshot()).all_relationships()) == 63
 
         on_store(backend, body)

@@ -6,7 +6,9 @@ committed. So the whole file is checked first, as one batch, against the
 policy's write rules *and the store's current state* (a snapshot), and only
 then written. Data files only add (touch relationships, put objects), and
 every rule a store enforces is monotone in what is added, so when the whole
-file passes, every chunk (parents before children) passes too.
+file passes, every chunk (parents before children) passes too. The one
+exception, ``requires``, holds too because relationships on tenant roots
+(what it requires) are written before the others.
 
 What remains: a writer that commits between the check and the chunks (at
 boot, another server process or a caller of GraphService) can still make a
@@ -33,13 +35,14 @@ CHUNK = 2000
 
 
 def load_order(policy: CompiledPolicy, op: Operation) -> tuple[int, int]:
-    """Parent edges first, shallowest types first, then other relationships, then
-    objects: a chunk never refers to an object a later chunk places."""
-    if isinstance(op, TouchRelationship) and op.relationship.relation == PARENT:
-        tdef = policy.types.get(op.relationship.resource.type)
-        return (1, len(tdef.lineage) if tdef else 0)
+    """Parent edges first, shallowest types first, then other relationships (those on
+    tenant roots first), then objects: a chunk never refers to an object a later chunk
+    places, and a relationship a ``requires`` constraint needs (a role on the tenant
+    root) is written no later than the ones that need it."""
     if isinstance(op, TouchRelationship):
-        return (2, 0)
+        tdef = policy.types.get(op.relationship.resource.type)
+        depth = len(tdef.lineage) if tdef else 0
+        return (1 if op.relationship.relation == PARENT else 2, depth)
     tdef = policy.types.get(op.ref.type) if isinstance(op, PutObject) else None
     return (3, len(tdef.lineage) if tdef else 0)
 

@@ -33,12 +33,27 @@ from gatehouse.graph.changes import (
     Operation,
     Precondition,
     PutObject,
+    TenantUnchanged,
     TouchRelationship,
+    WritePrecondition,
 )
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.store import ChangelogGap, GraphStore
-from gatehouse.policy.rules import CHILD, GLOBAL, ROOT, Exclusive, MaxSubjects, Unique, WriteRules
+from gatehouse.policy.rules import (
+    CHILD,
+    GLOBAL,
+    ROOT,
+    AttributeRule,
+    Exclusive,
+    MaxSubjects,
+    MinChildren,
+    MinSubjects,
+    PerSubject,
+    Requires,
+    Unique,
+    WriteRules,
+)
 
 # A small tenancy model: users are global, organizations are tenants, workspaces
 # live in an organization and flows in a workspace.
@@ -57,6 +72,27 @@ RULES = WriteRules(
         "organization": frozenset({"owner", "member", "ai_workspace"}),
         "workspace": frozenset({"parent", "member", "client", "ai"}),
         "flow": frozenset({"parent", "owner", "uses"}),
+    }),
+)
+
+
+# The same model under the tenancy rules: a client in one workspace per organization,
+# workspace roles only for organization members, an owner and a workspace that remain,
+# workspace slugs fixed once set and unique per organization, flow names unique.
+TENANCY_RULES = WriteRules(
+    RULES.scope_kind,
+    (
+        PerSubject("client_in_one_workspace", "workspace", "client", 1),
+        Requires("members_are_org_members", frozenset({"workspace.member", "workspace.admin"}),
+                 frozenset({"organization.member", "organization.owner"})),
+        MinSubjects("an_owner_remains", "organization", "owner", 1),
+        MinChildren("a_workspace_remains", "workspace", 1),
+    ),
+    MappingProxyType({**RULES.relations,
+                      "workspace": frozenset({"parent", "member", "admin", "client", "ai"})}),
+    MappingProxyType({
+        "workspace": (AttributeRule("slug", immutable=True, unique=True),),
+        "flow": (AttributeRule("name", unique=True),),
     }),
 )
 
@@ -201,12 +237,12 @@ async def objects_of(store: GraphStore) -> dict[str, dict[str, object]]:
 
 
 async def refused(store: GraphStore, ops: Sequence[Operation], name: str,
-                  pre: Sequence[Precondition] = ()) -> str:
+                  pre: Sequence[WritePrecondition] = (), rules: WriteRules = RULES) -> str:
     """The write fails with ``name`` (a rule; "precondition"; "invalid") and changes nothing."""
     before_rev = await store.head_revision()
     before = (await rels_of(store), await objects_of(store))
     try:
-        await store.write(ops, pre, RULES)
+        await store.write(ops, pre, rules)
     except GatehouseError as exc:
         error: GatehouseError = exc
     else:
@@ -523,3 +559,336 @@ async def follow_detects_a_new_epoch(store: GraphStore, backend: Backend) -> Non
     except ChangelogGap:
         return
     raise AssertionError("following with a stale epoch did not raise ChangelogGap")
+
+
+# -- tenant revisions (TenantUnchanged) --------------------------------------------
+
+T = TENANCY_RULES
+
+
+async def race(store: GraphStore, batches: Sequence[tuple[Sequence[Operation],
+                                                         Sequence[WritePrecondition]]],
+               rules: WriteRules) -> list[GatehouseError | None]:
+    """Start every batch at once; each one's error (or None when it committed), in order."""
+    results = await asyncio.gather(*(store.write(ops, pre, rules) for ops, pre in batches),
+                                   return_exceptions=True)
+    out: list[GatehouseError | None] = []
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, GatehouseError):
+            raise result
+        out.append(result if isinstance(result, GatehouseError) else None)
+    return out
+
+
+def unchanged(tenant: str, revision: int) -> list[WritePrecondition]:
+    return [TenantUnchanged(tenant, revision)]
+
+
+@scenario()
+async def tenant_unchanged_holds_until_the_tenant_changes(store: GraphStore,
+                                                         backend: Backend) -> None:
+    """A write conditioned on a tenant being unchanged since R commits while it is, and is
+    refused (Aborted, naming the tenant, nothing written) once any write changed the tenant
+    after R: a relationship, the root's attributes or a child's attributes."""
+    await store.write(BASE, (), RULES)
+    r = await store.head_revision()
+    await store.write(touch("workspace:w1#member@user:a"), unchanged("organization:o1", r),
+                      RULES)
+    msg = await refused(store, touch("workspace:w1#member@user:b"), "precondition",
+                        unchanged("organization:o1", r))
+    assert "organization:o1" in msg, msg
+    for ops in ([PutObject(obj("organization:o1"), {"plan": "pro"})],
+                [PutObject(obj("flow:f1"), {"name": "x"})]):
+        r = await store.head_revision()
+        await store.write(ops, (), RULES)
+        await refused(store, touch("workspace:w1#member@user:b"), "precondition",
+                      unchanged("organization:o1", r))
+    # Read at the current revision again, it holds.
+    r = await store.head_revision()
+    await store.write(touch("workspace:w1#member@user:b"), unchanged("organization:o1", r),
+                      RULES)
+    assert "workspace:w1#member@user:b" in await rels_of(store)
+
+
+@scenario()
+async def tenant_unchanged_ignores_other_tenants_globals_and_no_ops(store: GraphStore,
+                                                                   backend: Backend) -> None:
+    """Writes to another tenant, to global objects only, and batches that change nothing
+    leave a tenant's revision where it was."""
+    await store.write(BASE, (), RULES)
+    r = await store.head_revision()
+    await store.write(touch("workspace:x1#member@user:a"), (), RULES)  # organization:o2
+    await store.write([PutObject(obj("user:a"), {"email": "a@x.io"})], (), RULES)
+    await store.write(touch("workspace:w1#parent@organization:o1")
+                      + delete("workspace:w1#member@user:nobody"), (), RULES)  # no-op
+    assert await store.head_revision() == r + 2
+    await store.write(touch("workspace:w1#member@user:a"), unchanged("organization:o1", r),
+                      RULES)
+    # Deleting a user who is a subject in o1 changes o1 (its relationship goes).
+    r = await store.head_revision()
+    await store.write([*delete("workspace:w1#member@user:a", "workspace:x1#member@user:a"),
+                       DeleteObject(obj("user:a"))], (), RULES)
+    await refused(store, touch("workspace:w2#member@user:c"), "precondition",
+                  unchanged("organization:o1", r))
+
+
+@scenario()
+async def a_tenant_created_after_the_decision_is_refused(store: GraphStore,
+                                                        backend: Backend) -> None:
+    """A tenant never written is at revision 0; one created after the revision a decision
+    read refuses that decision's write."""
+    await store.write(BASE, (), RULES)
+    r = await store.head_revision()
+    await store.write(touch("workspace:n1#parent@organization:new"),
+                      unchanged("organization:new", 0), RULES)
+    await refused(store, touch("workspace:n2#parent@organization:new"), "precondition",
+                  unchanged("organization:new", r))
+    assert "workspace:n2#parent@organization:new" not in await rels_of(store)
+
+
+@scenario()
+async def tenant_unchanged_must_name_a_tenant_root(store: GraphStore, backend: Backend) -> None:
+    """A tenant precondition naming an object that is no tenant root is malformed."""
+    await store.write(BASE, (), RULES)
+    for key in ("workspace:w1", "user:a"):
+        msg = await refused(store, touch("workspace:w1#member@user:a"), "invalid",
+                            unchanged(key, 10))
+        assert "preconditions[0]" in msg and key in msg, msg
+
+
+@scenario()
+async def two_decisions_at_one_revision_only_one_commits(store: GraphStore,
+                                                        backend: Backend) -> None:
+    """Two writes decided at the same revision of one tenant race: the first commits, the
+    second is refused and nothing of it is written."""
+    await store.write(BASE, (), RULES)
+    for round_ in range(3):
+        r = await store.head_revision()
+        batches = [(touch(f"workspace:w1#member@user:r{round_}w{i}",
+                          f"workspace:w2#member@user:r{round_}w{i}"),
+                    unchanged("organization:o1", r)) for i in range(4)]
+        results = await race(store, batches, RULES)
+        winners = [i for i, err in enumerate(results) if err is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(err, Aborted) for err in results if err is not None), results
+        rels = await rels_of(store)
+        for i in range(4):
+            both = {f"workspace:w{n}#member@user:r{round_}w{i}" for n in (1, 2)}
+            assert both & rels == (both if i in winners else set()), (i, rels)
+        assert await store.head_revision() == r + 1
+
+
+# -- the tenancy constraints ------------------------------------------------------
+
+
+@scenario()
+async def per_subject_limits_objects_per_tenant(store: GraphStore, backend: Backend) -> None:
+    """A subject holds a per_subject relation on at most `limit` objects of one tenant; other
+    tenants count apart and moving in one batch works."""
+    await store.write(BASE, (), T)
+    await store.write(touch("workspace:w1#client@user:c"), (), T)
+    msg = await refused(store, touch("workspace:w2#client@user:c"), "client_in_one_workspace",
+                        rules=T)
+    assert "user:c" in msg and "at most 1" in msg, msg
+    await refused(store, touch("workspace:w1#client@user:d", "workspace:w2#client@user:d"),
+                  "client_in_one_workspace", rules=T)
+    await store.write(touch("workspace:x1#client@user:c"), (), T)  # organization:o2
+    await store.write(delete("workspace:w1#client@user:c")
+                      + touch("workspace:w2#client@user:c"), (), T)
+    assert "workspace:w2#client@user:c" in await rels_of(store)
+
+
+@scenario()
+async def per_subject_under_concurrent_writers(store: GraphStore, backend: Backend) -> None:
+    """Writers racing to make one person a client of different workspaces of a tenant leave
+    exactly one such relationship; every other writer is refused with the constraint."""
+    await store.write(BASE + touch(*(f"workspace:w{i}#parent@organization:o1"
+                                     for i in range(3, 7))), (), T)
+    results = await race(store, [(touch(f"workspace:w{i}#client@user:r"), ())
+                                 for i in range(1, 7)], T)
+    assert sum(err is None for err in results) == 1, results
+    assert all(isinstance(err, FailedPrecondition) and err.rule == "client_in_one_workspace"
+               for err in results if err is not None), results
+    assert len({r for r in await rels_of(store) if r.endswith("#client@user:r")}) == 1
+
+
+@scenario()
+async def requires_holds_both_ways(store: GraphStore, backend: Backend) -> None:
+    """A workspace role needs an organization role in the same tenant: granting it without
+    one is refused, and so is removing the last organization role while it remains."""
+    await store.write(BASE, (), T)
+    msg = await refused(store, touch("workspace:w1#member@user:u"), "members_are_org_members",
+                        rules=T)
+    assert "user:u" in msg and "workspace.member" in msg and "organization.member" in msg, msg
+    await store.write(touch("organization:o1#member@user:u", "workspace:w1#member@user:u",
+                            "workspace:w2#admin@user:u"), (), T)
+    # Membership of o1 does not count in o2.
+    await refused(store, touch("workspace:x1#member@user:u"), "members_are_org_members",
+                  rules=T)
+    await refused(store, delete("organization:o1#member@user:u"), "members_are_org_members",
+                  rules=T)
+    # Another need may replace it in the same batch (the owner role counts too) ...
+    await store.write(delete("organization:o1#member@user:u")
+                      + touch("organization:o1#owner@user:u"), (), T)
+    # ... and the organization role goes once no workspace role is left.
+    await store.write(touch("organization:o1#owner@user:keeper"), (), T)
+    await refused(store, delete("organization:o1#owner@user:u", "workspace:w1#member@user:u"),
+                  "members_are_org_members", rules=T)
+    await store.write(delete("organization:o1#owner@user:u", "workspace:w1#member@user:u",
+                             "workspace:w2#admin@user:u"), (), T)
+
+
+@scenario()
+async def requires_under_concurrent_writers(store: GraphStore, backend: Backend) -> None:
+    """Removing a person's organization role while others grant them workspace roles leaves
+    either the removal or the grants, never a workspace role without the organization
+    role."""
+    await store.write(BASE + touch("organization:o1#owner@user:keeper"), (), T)
+    for round_ in range(3):
+        u = f"user:p{round_}"
+        await store.write(touch(f"organization:o1#member@user:p{round_}"), (), T)
+        batches: list[tuple[Sequence[Operation], Sequence[WritePrecondition]]] = [
+            (touch(f"workspace:w1#member@{u}"), ()),
+            (delete(f"organization:o1#member@{u}"), ()),
+            (touch(f"workspace:w2#admin@{u}"), ()),
+        ]
+        batches = batches[round_:] + batches[:round_]  # the removal first, second, last
+        results = await race(store, batches, T)
+        assert all(isinstance(err, FailedPrecondition) and err.rule == "members_are_org_members"
+                   for err in results if err is not None), results
+        rels = await rels_of(store)
+        workspace_roles = {r for r in rels if r.startswith("workspace:") and r.endswith(u)}
+        member = f"organization:o1#member@{u}" in rels
+        assert member or not workspace_roles, rels
+        assert any(err is not None for err in results), results
+
+
+@scenario()
+async def minimum_subjects_remain(store: GraphStore, backend: Backend) -> None:
+    """An object that has reached a minimum of subjects keeps it (a swap in one batch is
+    fine); deleting the object itself with its relationships is allowed."""
+    await store.write(BASE, (), T)
+    await store.write(touch("organization:o1#owner@user:a"), (), T)
+    msg = await refused(store, delete("organization:o1#owner@user:a"), "an_owner_remains",
+                        rules=T)
+    assert "organization:o1#owner" in msg and "at least 1" in msg, msg
+    await store.write(delete("organization:o1#owner@user:a")
+                      + touch("organization:o1#owner@user:b"), (), T)
+    await store.write([*touch("organization:o3#owner@user:a"),
+                       PutObject(obj("organization:o3"), {"name": "three"})], (), T)
+    await refused(store, delete("organization:o3#owner@user:a"), "an_owner_remains", rules=T)
+    await store.write([*delete("organization:o3#owner@user:a"),
+                       DeleteObject(obj("organization:o3"))], (), T)
+    assert "organization:o3" not in await objects_of(store)
+
+
+@scenario()
+async def minimum_subjects_under_concurrent_writers(store: GraphStore,
+                                                   backend: Backend) -> None:
+    """Writers each removing a different owner of one organization leave at least one."""
+    await store.write(BASE + touch(*(f"organization:o1#owner@user:o{i}" for i in range(4))),
+                      (), T)
+    results = await race(store, [(delete(f"organization:o1#owner@user:o{i}"), ())
+                                 for i in range(4)], T)
+    assert sum(err is None for err in results) == 3, results
+    assert all(isinstance(err, FailedPrecondition) and err.rule == "an_owner_remains"
+               for err in results if err is not None), results
+    assert len({r for r in await rels_of(store) if "#owner@" in r}) == 1
+
+
+@scenario()
+async def minimum_children_remain(store: GraphStore, backend: Backend) -> None:
+    """A tenant keeps the minimum number of children of a type once it has them."""
+    await store.write(BASE, (), T)
+    await store.write(delete("workspace:w2#parent@organization:o1"), (), T)
+    msg = await refused(store, delete("workspace:w1#parent@organization:o1"),
+                        "a_workspace_remains", rules=T)
+    assert "organization:o1" in msg and "at least 1" in msg, msg
+    await refused(store, delete("workspace:x1#parent@organization:o2"), "a_workspace_remains",
+                  rules=T)
+    # Replacing the last one in one batch is fine.
+    await store.write(delete("workspace:w1#parent@organization:o1", "flow:f1#parent@workspace:w1")
+                      + touch("workspace:w9#parent@organization:o1"), (), T)
+    # Racing one create and two deletes: in any order one delete is refused.
+    results = await race(store, [(touch("workspace:w8#parent@organization:o1"), ()),
+                                 (delete("workspace:w9#parent@organization:o1"), ()),
+                                 (delete("workspace:w8#parent@organization:o1"), ())], T)
+    refusals = [err for err in results if err is not None]
+    assert len(refusals) == 1, results
+    assert isinstance(refusals[0], FailedPrecondition) and \
+        refusals[0].rule == "a_workspace_remains", results
+    assert len({r for r in await rels_of(store) if r.endswith("#parent@organization:o1")}) == 1
+
+
+@scenario()
+async def immutable_attributes_keep_their_value(store: GraphStore, backend: Backend) -> None:
+    """Once an object has an immutable attribute, a put may neither change nor drop it;
+    other attributes change freely and deleting the object is allowed."""
+    await store.write(BASE, (), T)
+    w1 = obj("workspace:w1")
+    await store.write([PutObject(w1, {"name": "one"})], (), T)
+    await store.write([PutObject(w1, {"name": "one", "slug": "one"})], (), T)
+    await store.write([PutObject(w1, {"name": "renamed", "slug": "one"})], (), T)
+    msg = await refused(store, [PutObject(w1, {"name": "renamed", "slug": "two"})],
+                        "immutable-attribute", rules=T)
+    assert "workspace:w1 slug" in msg and "'one'" in msg, msg
+    await refused(store, [PutObject(w1, {"name": "renamed"})], "immutable-attribute", rules=T)
+    await store.write([*touch("workspace:w3#parent@organization:o1"),
+                       PutObject(obj("workspace:w3"), {"slug": "three"})], (), T)
+    await store.write([*delete("workspace:w3#parent@organization:o1"),
+                       DeleteObject(obj("workspace:w3"))], (), T)
+    await store.write([*touch("workspace:w3#parent@organization:o1"),
+                       PutObject(obj("workspace:w3"), {"slug": "again"})], (), T)
+    assert (await objects_of(store))["workspace:w3"] == {"slug": "again"}
+
+
+@scenario()
+async def unique_attributes_within_a_tenant(store: GraphStore, backend: Backend) -> None:
+    """No two objects of a type in one tenant hold the same value of a unique attribute;
+    other tenants count apart, values swap in one batch and a deleted object frees its."""
+    await store.write(BASE + touch("flow:f2#parent@workspace:w2", "flow:y1#parent@workspace:x1"),
+                      (), T)
+    await store.write([PutObject(obj("workspace:w1"), {"slug": "alpha"})], (), T)
+    msg = await refused(store, [PutObject(obj("workspace:w2"), {"slug": "alpha"})],
+                        "unique-attribute", rules=T)
+    assert "workspace:w2 slug 'alpha'" in msg and "workspace:w1" in msg, msg
+    await store.write([PutObject(obj("workspace:x1"), {"slug": "alpha"})], (), T)  # o2
+    await refused(store, [*touch("workspace:w3#parent@organization:o1",
+                                 "workspace:w4#parent@organization:o1"),
+                          PutObject(obj("workspace:w3"), {"slug": "beta"}),
+                          PutObject(obj("workspace:w4"), {"slug": "beta"})],
+                  "unique-attribute",
+                  rules=T)
+    # Flows (a mutable unique name): swap in one batch, free by rename and by delete.
+    await store.write([PutObject(obj("flow:f1"), {"name": "n1"}),
+                       PutObject(obj("flow:f2"), {"name": "n2"}),
+                       PutObject(obj("flow:y1"), {"name": "n1"})], (), T)
+    await refused(store, [PutObject(obj("flow:f2"), {"name": "n1"})], "unique-attribute",
+                  rules=T)
+    await store.write([PutObject(obj("flow:f1"), {"name": "n2"}),
+                       PutObject(obj("flow:f2"), {"name": "n1"})], (), T)
+    await store.write([PutObject(obj("flow:f1"), {"name": "n3"})], (), T)
+    await store.write([*touch("flow:f3#parent@workspace:w1"),
+                       PutObject(obj("flow:f3"), {"name": "n2"})], (), T)
+    await store.write([*delete("flow:f2#parent@workspace:w2"), DeleteObject(obj("flow:f2"))],
+                      (), T)
+    await store.write([*touch("flow:f4#parent@workspace:w1"),
+                       PutObject(obj("flow:f4"), {"name": "n1"})], (), T)
+    names = {k: v.get("name") for k, v in (await objects_of(store)).items()
+             if k.startswith("flow:")}
+    assert names == {"flow:f1": "n3", "flow:f3": "n2", "flow:f4": "n1", "flow:y1": "n1"}
+
+
+@scenario()
+async def unique_attributes_under_concurrent_writers(store: GraphStore,
+                                                     backend: Backend) -> None:
+    """Writers racing to create workspaces with one slug in one tenant: exactly one wins."""
+    await store.write(BASE, (), T)
+    results = await race(store, [([*touch(f"workspace:n{i}#parent@organization:o1"),
+                                   PutObject(obj(f"workspace:n{i}"), {"slug": "same"})], ())
+                                 for i in range(5)], T)
+    assert sum(err is None for err in results) == 1, results
+    assert all(isinstance(err, FailedPrecondition) and err.rule == "unique-attribute"
+               for err in results if err is not None), results
+    slugs = [v.get("slug") for v in (await objects_of(store)).values()]
+    assert slugs.count("same") == 1

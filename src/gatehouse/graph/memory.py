@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 from gatehouse.graph.changes import (
     Change,
     Operation,
-    Precondition,
+    WritePrecondition,
 )
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Snapshot
 from gatehouse.graph.plan import MemoryState, plan_batch
@@ -59,11 +59,11 @@ class MemoryGraphStore:
     async def write(
         self,
         ops: Sequence[Operation],
-        preconditions: Sequence[Precondition] = (),
+        preconditions: Sequence[WritePrecondition] = (),
         rules: WriteRules | None = None,
     ) -> Change:
         plan = plan_batch(self._state, ops, preconditions, rules or WriteRules({}))
-        effective = self._state.apply(plan)
+        effective = self._state.apply(plan, self._revision + 1)
         if not effective:
             # Nothing changed: nothing to commit or log; the answer is the
             # revision at which the batch's preconditions were seen to hold.

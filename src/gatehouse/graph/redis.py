@@ -33,14 +33,24 @@ from gatehouse.graph.changes import (
     DeleteObject,
     DeleteRelationship,
     Operation,
-    Precondition,
     PutObject,
+    TenantUnchanged,
     TouchRelationship,
+    WritePrecondition,
 )
 from gatehouse.graph.model import ObjectRecord, ObjectRef, Relationship, Snapshot
-from gatehouse.graph.plan import check_batch, encode_attributes
+from gatehouse.graph.plan import check_batch, check_preconditions, encode_attributes
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.policy.rules import Exclusive, MaxSubjects, Unique, WriteRules
+from gatehouse.policy.rules import (
+    Exclusive,
+    MaxSubjects,
+    MinChildren,
+    MinSubjects,
+    PerSubject,
+    Requires,
+    Unique,
+    WriteRules,
+)
 from gatehouse.redisscript import PipelinedScript
 
 CHANGELOG_MAXLEN = 1_000_000
@@ -79,7 +89,8 @@ def _encode_op(op: Operation) -> list[str]:
 
 
 def _encode_rules(rules: WriteRules) -> str:
-    """The JSON fragment for the script's "kinds", "rels" and "cons" (same for every write)."""
+    """The JSON fragment for the script's "kinds", "rels", "cons" and "ar" (same for every
+    write)."""
     kinds = dict(rules.scope_kind) or {"": ""}
     cons: list[Any] = []
     for c in rules.constraints:
@@ -89,12 +100,24 @@ def _encode_rules(rules: WriteRules) -> str:
             cons.append({"k": "un", "n": c.name, "t": c.type, "r": c.relation})
         elif isinstance(c, Exclusive):
             cons.append({"k": "ex", "n": c.name, "l": sorted(c.left), "r": sorted(c.right)})
+        elif isinstance(c, PerSubject):
+            cons.append({"k": "ps", "n": c.name, "t": c.type, "r": c.relation, "m": c.limit})
+        elif isinstance(c, Requires):
+            cons.append({"k": "rq", "n": c.name, "l": sorted(c.relations),
+                         "r": sorted(c.needs)})
+        elif isinstance(c, MinSubjects):
+            cons.append({"k": "ms", "n": c.name, "t": c.type, "r": c.relation, "c": c.count})
+        elif isinstance(c, MinChildren):
+            cons.append({"k": "mc", "n": c.name, "t": c.type, "c": c.count})
     rels = {t: sorted(r) for t, r in rules.relations.items() if r} or {"": [""]}
+    attribute_rules = {t: [[r.attribute, int(r.immutable), int(r.unique)] for r in found]
+                       for t, found in rules.attribute_rules.items()} or {"": []}
     # cjson decodes [] and {} alike as an empty table; {} keeps "kinds" a map.
     cons_json = json.dumps(cons, separators=(",", ":")) if cons else "{}"
     compact = (",", ":")
     return (f'"kinds":{json.dumps(kinds, separators=compact)},'
-            f'"rels":{json.dumps(rels, separators=compact)},"cons":{cons_json}')
+            f'"rels":{json.dumps(rels, separators=compact)},"cons":{cons_json},'
+            f'"ar":{json.dumps(attribute_rules, separators=compact)}')
 
 
 def redact(url: str) -> str:
@@ -163,11 +186,12 @@ class RedisGraphStore:
     async def write(
         self,
         ops: Sequence[Operation],
-        preconditions: Sequence[Precondition] = (),
+        preconditions: Sequence[WritePrecondition] = (),
         rules: WriteRules | None = None,
     ) -> Change:
         rules = rules or _NO_RULES
         check_batch(ops)
+        check_preconditions(preconditions, rules)
         cached = self._rules_json.get(id(rules))
         if cached is None or cached[0] is not rules:
             if len(self._rules_json) > 8:
@@ -176,8 +200,9 @@ class RedisGraphStore:
             self._rules_json[id(rules)] = cached
         dumps = json.dumps
         ops_json = dumps([_encode_op(op) for op in ops], separators=(",", ":"))
-        pre = [[1 if p.must_exist else 0, p.relationship.resource.key,
-                p.relationship.relation, p.relationship.subject.key]
+        pre = [[2, p.tenant, p.revision] if isinstance(p, TenantUnchanged)
+               else [1 if p.must_exist else 0, p.relationship.resource.key,
+                     p.relationship.relation, p.relationship.subject.key]
                for p in preconditions]
         pre_json = dumps(pre, separators=(",", ":")) if pre else "{}"
         payload = (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gatehouse.errors import quote
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.policy.model import CompiledPolicy
 
@@ -33,6 +34,10 @@ def object_problems(policy: CompiledPolicy, ref: ObjectRef, attributes: Any) -> 
                        f"(declared: {_known(tdef.attributes)})")
         elif not attr.accepts(value):
             out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, not {value!r}")
+        elif isinstance(value, str):
+            why = attr.rule_problem(value)
+            if why is not None:
+                out.append(f"attribute {name!r} of {ref.type!r}: {quote(value)} {why}")
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from gatehouse.graph.changes import Change, Operation, Precondition
+from gatehouse.graph.changes import Change, Operation, WritePrecondition
 from gatehouse.graph.model import Snapshot
 from gatehouse.policy.rules import WriteRules
 
@@ -53,16 +53,20 @@ class GraphStore(Protocol):
     async def write(
         self,
         ops: Sequence[Operation],
-        preconditions: Sequence[Precondition] = (),
+        preconditions: Sequence[WritePrecondition] = (),
         rules: WriteRules | None = None,
     ) -> Change:
         """Apply all of ``ops`` atomically or none of them; return the change.
 
         A batch that changes nothing commits nothing: no new revision, no
         changelog entry; the change answers the current revision with no ops.
+        Each tenant a committed batch changes records the batch's revision as
+        its own; ``TenantUnchanged(tenant, R)`` holds while that is at most R
+        (a tenant never changed is at 0).
         Raises InvalidArgument (the batch names one relationship or object
-        twice), Aborted (a precondition failed), FailedPrecondition (a rule or
-        constraint refused), Unavailable (the store cannot be reached).
+        twice; a tenant precondition names no tenant root), Aborted (a
+        precondition failed), FailedPrecondition (a rule or constraint
+        refused), Unavailable (the store cannot be reached).
         """
         ...
 

@@ -10,9 +10,10 @@ does not compile, so a broken edit can never replace a good policy.
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -38,7 +39,7 @@ from gatehouse.policy.model import (
     UsageModel,
 )
 from gatehouse.policy.rules import ROOT, Constraint, scope_kinds, write_rules
-from gatehouse.policy.sections import LISTED_NAMES, is_number, listed, shown, unlisted
+from gatehouse.policy.sections import LISTED_NAMES, is_name, is_number, listed, shown, unlisted
 from gatehouse.policy.tenancy import compile_tenancy
 from gatehouse.policy.usage import compile_usage
 from gatehouse.sourcemap import DocPath, SourceMap, load, render_path
@@ -48,6 +49,10 @@ TOP_KEYS = {"name", "description", "types", "permissions", "constraints", "metri
 TYPE_KEYS = {"description", "parent", "subject", "owned", "roles", "actions", "attributes",
              "relations"}
 RULE_KEYS = {"description", "effect", "actions", "roles", "when"}
+ATTRIBUTE_RULE_KEYS = ("min_length", "max_length", "pattern", "immutable", "unique_within")
+ATTRIBUTE_KEYS = {"type", "default", "description", *ATTRIBUTE_RULE_KEYS}
+MAX_ATTRIBUTE_LENGTH = 10_000
+MAX_PATTERN_CHARS = 200
 WILDCARD = "*"
 
 
@@ -69,6 +74,9 @@ class _TypeSrc:
 class _Compiler:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
+        # (doc, attribute path, attribute, value) of each unique_within, checked
+        # once lineages are known.
+        self.unique_within: list[tuple[_Doc, DocPath, str, Any]] = []
 
     def err(
         self, doc: _Doc, path: DocPath, msg: str, *, at_key: bool = False
@@ -113,14 +121,16 @@ class _Compiler:
                 self.err(doc, path, f"{shown(name)} is not a valid attribute name", at_key=True)
                 continue
             default, has_default = None, False
+            rules: dict[str, Any] = {}
             if isinstance(spec, dict):
-                unknown = set(spec) - {"type", "default", "description"}
+                unknown = set(spec) - ATTRIBUTE_KEYS
                 for key in sorted(unknown):
-                    self.err(doc, (*path, key), f"unknown key {shown(key)} (known: default, "
-                             "description, type)", at_key=True)
+                    self.err(doc, (*path, key), f"unknown key {shown(key)} (known: "
+                             f"{', '.join(sorted(ATTRIBUTE_KEYS))})", at_key=True)
                 if "default" in spec:
                     default, has_default = spec["default"], True
                 type_name = spec.get("type")
+                rules = {k: spec[k] for k in ATTRIBUTE_RULE_KEYS if k in spec}
             else:
                 type_name = spec
             # A broken attribute is still declared, so that conditions using it
@@ -130,13 +140,69 @@ class _Compiler:
                          f"(known: {', '.join(ATTRIBUTE_TYPES)})")
                 out[name] = Attribute(name, "")
                 continue
-            attr = Attribute(name, type_name, default, has_default)
-            if has_default and (not attr.accepts(default) or (
-                    type_name in ("int", "number") and not is_number(default))):
-                self.err(doc, (*path, "default"), f"default {shown(default)} is not a {type_name}")
-                attr = Attribute(name, type_name)
+            attr = self._attribute_rules(doc, path, Attribute(name, type_name), rules)
+            if has_default:
+                with_default = replace(attr, default=default, has_default=True)
+                why = None
+                if not attr.accepts(default) or (
+                        type_name in ("int", "number") and not is_number(default)):
+                    why = f"is not a {type_name}"
+                elif isinstance(default, str):
+                    why = attr.rule_problem(default)
+                if why is None:
+                    attr = with_default
+                else:
+                    self.err(doc, (*path, "default"), f"default {shown(default)} {why}")
             out[name] = attr
         return out
+
+    def _attribute_rules(self, doc: _Doc, path: DocPath, attr: Attribute,
+                         rules: dict[str, Any]) -> Attribute:
+        """``attr`` with the rules of its spec that are well formed (the rest reported)."""
+        values: dict[str, Any] = {}
+        for key in ("min_length", "max_length", "pattern", "unique_within"):
+            if key in rules and attr.type != "string":
+                self.err(doc, (*path, key), f"{key} applies to string attributes, not "
+                         f"{attr.type}")
+                rules.pop(key)
+        for key in ("min_length", "max_length"):
+            if key not in rules:
+                continue
+            value = rules[key]
+            if (not isinstance(value, int) or isinstance(value, bool)
+                    or not 0 <= value <= MAX_ATTRIBUTE_LENGTH):
+                self.err(doc, (*path, key), f"{key} must be a whole number from 0 to "
+                         f"{MAX_ATTRIBUTE_LENGTH}, not {shown(value)}")
+            else:
+                values[key] = value
+        if values.get("min_length", 0) > values.get("max_length", MAX_ATTRIBUTE_LENGTH):
+            self.err(doc, (*path, "min_length"), f"min_length {values['min_length']} is more "
+                     f"than max_length {values['max_length']}")
+            values.pop("min_length")
+        if "pattern" in rules:
+            pattern = rules["pattern"]
+            if not isinstance(pattern, str):
+                self.err(doc, (*path, "pattern"), f"pattern must be a regular expression "
+                         f"(a string), not {shown(pattern)}")
+            elif len(pattern) > MAX_PATTERN_CHARS:
+                self.err(doc, (*path, "pattern"), f"pattern is {len(pattern)} characters, more "
+                         f"than {MAX_PATTERN_CHARS}")
+            else:
+                try:
+                    values["pattern"] = re.compile(pattern, re.ASCII)
+                except (re.error, OverflowError, RecursionError, ValueError) as exc:
+                    why = str(exc) if isinstance(exc, re.error) else type(exc).__name__
+                    self.err(doc, (*path, "pattern"), f"pattern {shown(pattern)} is not a valid "
+                             f"regular expression ({why})")
+        if "immutable" in rules:
+            if isinstance(rules["immutable"], bool):
+                values["immutable"] = rules["immutable"]
+            else:
+                self.err(doc, (*path, "immutable"), "immutable must be true or false")
+        if "unique_within" in rules:
+            # Checked against the type's ancestors once every type is known.
+            self.unique_within.append((doc, path, attr.name, rules["unique_within"]))
+        return replace(attr, **values)
 
     def compile_types(self, sources: dict[str, _TypeSrc]) -> dict[str, TypeDef]:
         # First pass: shapes.
@@ -255,7 +321,31 @@ class _Compiler:
                 relations=MappingProxyType(relations),
                 lineage=tuple(lineage),
             )
+        self._check_unique_within(types)
         return types
+
+    def _check_unique_within(self, types: dict[str, TypeDef]) -> None:
+        """Keep each ``unique_within`` that names the tenant root above its type."""
+        for doc, path, attr_name, value in self.unique_within:
+            tname = str(path[1])
+            tdef = types.get(tname)
+            if tdef is None:
+                continue
+            ancestors = tdef.lineage[1:]
+            if not ancestors:
+                self.err(doc, (*path, "unique_within"), f"{shown(tname)} has no ancestor "
+                         "types; unique_within names the tenant root type above it")
+            elif not is_name(value, ancestors):
+                self.err(doc, (*path, "unique_within"), f"unique_within must name an ancestor "
+                         f"type of {shown(tname)} ({', '.join(ancestors)}), not {shown(value)}")
+            elif value != ancestors[-1]:
+                self.err(doc, (*path, "unique_within"), f"unique_within must be the tenant root "
+                         f"type {shown(ancestors[-1])}: the store keeps values unique per "
+                         f"tenant, not per {shown(value)}")
+            else:
+                attrs = dict(tdef.attributes)
+                attrs[attr_name] = replace(attrs[attr_name], unique_within=value)
+                types[tname] = replace(tdef, attributes=MappingProxyType(attrs))
 
     # -- permissions --------------------------------------------------------
 

@@ -7,12 +7,14 @@ each beside the code that compiles them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from gatehouse.errors import quote
 from gatehouse.policy.rules import WriteRules
 
 PARENT = "parent"
@@ -46,6 +48,13 @@ class Attribute:
     type: str
     default: Any = None
     has_default: bool = False
+    # Rules for string values (checked where objects are validated).
+    min_length: int | None = None
+    max_length: int | None = None
+    pattern: re.Pattern[str] | None = None  # fullmatch, ASCII
+    # Rules every store enforces on every write (see policy.rules.AttributeRule).
+    immutable: bool = False
+    unique_within: str | None = None  # the tenant root type
 
     def accepts(self, value: Any) -> bool:
         if self.type == "bool":
@@ -59,6 +68,16 @@ class Attribute:
         if self.type == "list":
             return isinstance(value, list) and all(isinstance(v, str) for v in value)
         return False
+
+    def rule_problem(self, value: str) -> str | None:
+        """Which of min_length / max_length / pattern a string value breaks, if any."""
+        if self.min_length is not None and len(value) < self.min_length:
+            return f"is shorter than {self.min_length} characters"
+        if self.max_length is not None and len(value) > self.max_length:
+            return f"is longer than {self.max_length} characters"
+        if self.pattern is not None and self.pattern.fullmatch(value) is None:
+            return f"does not match the pattern {quote(self.pattern.pattern)}"
+        return None
 
 
 @dataclass(frozen=True, slots=True)

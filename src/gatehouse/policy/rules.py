@@ -46,7 +46,60 @@ class MaxSubjects:
     limit: int
 
 
-Constraint = Exclusive | Unique | MaxSubjects
+@dataclass(frozen=True, slots=True)
+class PerSubject:
+    """Within one tenant scope a subject holds ``relation`` on at most ``limit`` objects
+    of ``type``."""
+
+    name: str
+    type: str
+    relation: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Requires:
+    """A subject holding any of ``relations`` in a tenant scope holds one of ``needs``
+    on the tenant root (``needs`` are relations of the root type)."""
+
+    name: str
+    relations: frozenset[str]  # "type.relation"
+    needs: frozenset[str]  # "root_type.relation"
+
+
+@dataclass(frozen=True, slots=True)
+class MinSubjects:
+    """An object of ``type`` that has at least ``count`` subjects on ``relation`` keeps
+    that many, unless the batch deletes the object itself."""
+
+    name: str
+    type: str
+    relation: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MinChildren:
+    """A tenant that holds at least ``count`` objects of ``type`` (placed by their
+    parent edge) keeps that many."""
+
+    name: str
+    type: str
+    count: int
+
+
+Constraint = Exclusive | Unique | MaxSubjects | PerSubject | Requires | MinSubjects | MinChildren
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeRule:
+    """What a store enforces about one attribute of a type on every write."""
+
+    attribute: str
+    # Once an object has a value for it, a put may not change or drop it.
+    immutable: bool = False
+    # No two objects of the type in one tenant scope hold the same (string) value.
+    unique: bool = False
 
 
 # How an object's tenant scope is found, by its type:
@@ -65,6 +118,10 @@ class WriteRules:
     # store counts an object's remaining relationships through these when the
     # object is deleted (see docs/storage.md, "Deleting an object").
     relations: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    # type -> its attributes that are immutable or unique; only types with such
+    # rules appear, so a put of any other type skips these checks.
+    attribute_rules: Mapping[str, tuple[AttributeRule, ...]] = field(
         default_factory=lambda: MappingProxyType({}))
 
 
@@ -87,5 +144,12 @@ def write_rules(types: Mapping[str, TypeDef], constraints: tuple[Constraint, ...
                 ) -> WriteRules:
     """The store-facing rules of a policy's types and constraints."""
     relations = {name: frozenset(tdef.relations) for name, tdef in types.items()}
+    attribute_rules: dict[str, tuple[AttributeRule, ...]] = {}
+    for name, tdef in types.items():
+        found = tuple(AttributeRule(a.name, a.immutable, a.unique_within is not None)
+                      for _, a in sorted(tdef.attributes.items())
+                      if a.immutable or a.unique_within is not None)
+        if found:
+            attribute_rules[name] = found
     return WriteRules(MappingProxyType(scope_kinds(types)), constraints,
-                      MappingProxyType(relations))
+                      MappingProxyType(relations), MappingProxyType(attribute_rules))

@@ -4,12 +4,15 @@
 -- and runs in Python before this script.)
 --
 -- ARGV[1]  key prefix (e.g. "gh")
--- ARGV[2]  JSON batch: {ops, pre, kinds, rels, cons, maxlen}
+-- ARGV[2]  JSON batch: {ops, pre, kinds, rels, cons, ar, maxlen}
 --   ops:  ["t"|"d", res, rel, subj] | ["p", obj, attrs_json] | ["x", obj]
---   pre:  [must_exist (1|0), res, rel, subj]
+--   pre:  [must_exist (1|0), res, rel, subj] | [2, tenant, revision] (tenant unchanged)
 --   kinds: {type: "root"|"child"|"global"}
 --   rels:  {type: [relation, ...]}  (what an object of the type may hold)
 --   cons:  {k="mx", n, t, r, m} | {k="un", n, t, r} | {k="ex", n, l=[...], r=[...]}
+--          | {k="ps", n, t, r, m} (per subject) | {k="rq", n, l=relations, r=needs}
+--          | {k="ms", n, t, r, c} (minimum subjects) | {k="mc", n, t, c} (minimum children)
+--   ar:   {type: [[attribute, immutable (1|0), unique (1|0)], ...]}  (attribute rules)
 -- ARGV[3]  epoch to set if Redis holds none (a fresh or wiped server)
 -- Returns {revision, changed}: the new revision and 1, or, when the batch
 -- changes nothing, the current revision and 0 (nothing committed or logged).
@@ -26,6 +29,24 @@ end
 local function tname(key) return string.match(key, "^([^:]+):") end
 local function scoped(scope, suffix) return P .. ":{" .. scope .. "}:" .. suffix end
 local function fkey(scope, res, rel) return scoped(scope, "f:" .. res .. "#" .. rel) end
+local function ukey(scope, t, attr) return scoped(scope, "u:" .. t .. "." .. attr) end
+local function quote(v)
+  if #v <= 48 then return "'" .. v .. "'" end
+  return "'" .. string.sub(v, 1, 48) .. "'... (" .. #v .. " characters)"
+end
+-- attribute values equal as decoded JSON (plan.same_value)
+local function same(a, x)
+  if type(a) ~= type(x) then return false end
+  if type(a) ~= "table" then return a == x end
+  for k, v in pairs(a) do if not same(v, x[k]) then return false end end
+  for k, _ in pairs(x) do if a[k] == nil then return false end end
+  return true
+end
+local function shown(v)
+  if type(v) == "string" then return quote(v) end
+  if type(v) == "table" then return quote(cjson.encode(v)) end
+  return quote(tostring(v))
+end
 
 local homes, new_homes = {}, {}
 local function home(key)
@@ -44,13 +65,22 @@ local function is_member(res, rel, subj)
   return redis.call("SISMEMBER", fkey(h, res, rel), subj) == 1
 end
 
--- 1. preconditions
+-- 1. preconditions, in their order
 for _, pre in ipairs(b.pre) do
-  local exists = is_member(pre[2], pre[3], pre[4])
-  if exists ~= (pre[1] == 1) then
-    local rel = pre[2] .. "#" .. pre[3] .. "@" .. pre[4]
-    return fail("ABORTED", "precondition", "precondition failed: " .. rel ..
-      (pre[1] == 1 and " does not exist" or " exists"))
+  if pre[1] == 2 then
+    local last = tonumber(redis.call("GET", scoped(pre[2], "rev")) or "0")
+    if last > pre[3] then
+      return fail("ABORTED", "precondition", "precondition failed: tenant " .. pre[2] ..
+        " changed at revision " .. last .. ", after " .. string.format("%d", pre[3]) ..
+        "; read again and decide again")
+    end
+  else
+    local exists = is_member(pre[2], pre[3], pre[4])
+    if exists ~= (pre[1] == 1) then
+      local rel = pre[2] .. "#" .. pre[3] .. "@" .. pre[4]
+      return fail("ABORTED", "precondition", "precondition failed: " .. rel ..
+        (pre[1] == 1 and " does not exist" or " exists"))
+    end
   end
 end
 
@@ -137,6 +167,63 @@ for _, k in ipairs(final_order) do
   end
 end
 
+local deleted = {}
+for _, op in ipairs(b.ops) do
+  if op[1] == "x" then deleted[op[2]] = true end
+end
+-- res#rel of every relationship subj would hold within scope
+local function final_entries(scope, subj)
+  local entries = {}
+  for _, e in ipairs(redis.call("SMEMBERS", scoped(scope, "s:" .. subj))) do
+    entries[e] = true
+  end
+  for _, k in ipairs(final_order) do
+    local f = final[k]
+    if f.subs[subj] ~= nil and homes[f.res] == scope then
+      entries[f.res .. "#" .. f.rel] = f.subs[subj] or nil
+    end
+  end
+  return entries
+end
+-- type.relation of each of those entries
+local function held_relations(scope, subj)
+  local held = {}
+  for e, _ in pairs(final_entries(scope, subj)) do
+    local res, rel = string.match(e, "^(.*)#([^#]*)$")
+    held[tname(res) .. "." .. rel] = true
+  end
+  return held
+end
+-- (scope, subject) pairs, sorted, for which want(type.relation, present) holds
+local function touched_subjects(want)
+  local touched, order = {}, {}
+  for _, k in ipairs(final_order) do
+    local f = final[k]
+    local tr = tname(f.res) .. "." .. f.rel
+    for _, s in ipairs(f.order) do
+      if want(tr, f.subs[s]) then
+        local key = homes[f.res] .. "\n" .. s
+        if not touched[key] then
+          touched[key] = {scope = homes[f.res], subj = s}
+          table.insert(order, touched[key])
+        end
+      end
+    end
+  end
+  table.sort(order, function(x, y)
+    if x.scope ~= y.scope then return x.scope < y.scope end
+    return x.subj < y.subj
+  end)
+  return order
+end
+local function sorted_keys(set)
+  local out = {}
+  for k, _ in pairs(set) do table.insert(out, k) end
+  table.sort(out)
+  return out
+end
+local function in_set(tr, set) return set[tr] == true end
+
 -- 5. policy constraints
 for _, c in ipairs(b.cons) do
   if c.k == "mx" then
@@ -179,46 +266,156 @@ for _, c in ipairs(b.cons) do
     local left, right = {}, {}
     for _, x in ipairs(c.l) do left[x] = true end
     for _, x in ipairs(c.r) do right[x] = true end
-    local touched, touched_order = {}, {}
+    local touched = touched_subjects(function(tr, present)
+      return present and (left[tr] or right[tr]) or false
+    end)
+    for _, t in ipairs(touched) do
+      local hl, hr = {}, {}
+      for tr, _ in pairs(held_relations(t.scope, t.subj)) do
+        if left[tr] then hl[tr] = true end
+        if right[tr] then hr[tr] = true end
+      end
+      hl, hr = sorted_keys(hl), sorted_keys(hr)
+      if #hl > 0 and #hr > 0 then
+        return fail("FAILED", c.n, t.subj .. " cannot hold " .. hl[1] .. " and " .. hr[1] ..
+          " in " .. t.scope .. ": these roles are mutually exclusive")
+      end
+    end
+  elseif c.k == "ps" then
+    local want = c.t .. "." .. c.r
+    local touched = touched_subjects(function(tr, present) return present and tr == want end)
+    for _, t in ipairs(touched) do
+      local n = 0
+      for e, _ in pairs(final_entries(t.scope, t.subj)) do
+        local res, rel = string.match(e, "^(.*)#([^#]*)$")
+        if rel == c.r and tname(res) == c.t then n = n + 1 end
+      end
+      if n > c.m then
+        return fail("FAILED", c.n, t.subj .. " would hold " .. want .. " on " .. n ..
+          " objects in " .. t.scope .. "; at most " .. c.m .. " allowed")
+      end
+    end
+  elseif c.k == "rq" then
+    local rels, needs = {}, {}
+    for _, x in ipairs(c.l) do rels[x] = true end
+    for _, x in ipairs(c.r) do needs[x] = true end
+    local touched = touched_subjects(function(tr, present)
+      if rels[tr] then return present end
+      if needs[tr] then return not present end
+      return false
+    end)
+    for _, t in ipairs(touched) do
+      local held = held_relations(t.scope, t.subj)
+      local has, missing = {}, true
+      for tr, _ in pairs(held) do
+        if rels[tr] then has[tr] = true end
+        if needs[tr] then missing = false end
+      end
+      has = sorted_keys(has)
+      if #has > 0 and missing then
+        return fail("FAILED", c.n, t.subj .. " would hold " .. has[1] .. " in " .. t.scope ..
+          " without any of " .. table.concat(c.r, ", "))
+      end
+    end
+  elseif c.k == "ms" then
     for _, k in ipairs(final_order) do
       local f = final[k]
-      local tr = tname(f.res) .. "." .. f.rel
-      if left[tr] or right[tr] then
-        for _, s in ipairs(f.order) do
-          if f.subs[s] then
-            local key = homes[f.res] .. "\n" .. s
-            if not touched[key] then
-              touched[key] = {scope = homes[f.res], subj = s}
-              table.insert(touched_order, key)
+      if f.rel == c.r and tname(f.res) == c.t and not deleted[f.res] then
+        local before = redis.call("SCARD", fkey(homes[f.res], f.res, f.rel))
+        local after = final_count(f)
+        if after < c.c and c.c <= before then
+          return fail("FAILED", c.n, f.res .. "#" .. f.rel .. " would have " .. after ..
+            " subjects; it keeps at least " .. c.c)
+        end
+      end
+    end
+  elseif c.k == "mc" then
+    local scopes = {}
+    for _, k in ipairs(final_order) do
+      local f = final[k]
+      if f.rel == "parent" and tname(f.res) == c.t then scopes[homes[f.res]] = true end
+    end
+    for _, scope in ipairs(sorted_keys(scopes)) do
+      local holders = {}
+      local members = redis.call("SMEMBERS", scoped(scope, "t:" .. c.t .. "#parent"))
+      local before = #members
+      for _, r in ipairs(members) do holders[r] = true end
+      for _, k in ipairs(final_order) do
+        local f = final[k]
+        if f.rel == "parent" and tname(f.res) == c.t and homes[f.res] == scope then
+          holders[f.res] = (final_count(f) > 0) or nil
+        end
+      end
+      local after = #sorted_keys(holders)
+      if after < c.c and c.c <= before then
+        return fail("FAILED", c.n, scope .. " would have " .. after .. " " .. c.t ..
+          " object(s); it keeps at least " .. c.c)
+      end
+    end
+  end
+end
+
+-- 5b. attribute rules (immutable; unique within the tenant) of the objects put or deleted
+local attr_rules = b.ar or {}
+local old_attrs = {}  -- object key -> decoded stored attributes (types with rules only)
+local claims, claim_order, released = {}, {}, {}
+for _, op in ipairs(b.ops) do
+  local ar = (op[1] == "p" or op[1] == "x") and attr_rules[tname(op[2])] or nil
+  local scope = ar and home(op[2])
+  if ar and scope then
+    local key, t = op[2], tname(op[2])
+    local stored = redis.call("HGET", scoped(scope, "objs"), key)
+    local old = stored and cjson.decode(stored) or {}
+    old_attrs[key] = old
+    local new = (op[1] == "p") and cjson.decode(op[3]) or nil
+    for _, rule in ipairs(ar) do
+      local name = rule[1]
+      if rule[2] == 1 and new and old[name] ~= nil and
+          (new[name] == nil or not same(old[name], new[name])) then
+        return fail("FAILED", "immutable-attribute", key .. " " .. name .. " is " ..
+          shown(old[name]) .. " and may not be changed or removed")
+      end
+      if rule[3] == 1 then
+        local was, now = old[name], new and new[name] or nil
+        if type(was) ~= "string" then was = nil end
+        if type(now) ~= "string" then now = nil end
+        if was ~= now then
+          local base = scope .. "\n" .. t .. "\n" .. name .. "\n"
+          if was then released[base .. was] = key end
+          if now then
+            local slot = base .. now
+            if claims[slot] == nil then
+              claims[slot] = {key = key, scope = scope, t = t, name = name, value = now}
+              table.insert(claim_order, slot)
+            elseif claims[slot].key ~= key then
+              return fail("FAILED", "unique-attribute", key .. " " .. name .. " " ..
+                quote(now) .. " is also written to " .. claims[slot].key ..
+                " in this batch; it is unique within " .. scope)
             end
           end
         end
       end
     end
-    for _, key in ipairs(touched_order) do
-      local t = touched[key]
-      local entries = {}
-      for _, e in ipairs(redis.call("SMEMBERS", scoped(t.scope, "s:" .. t.subj))) do
-        entries[e] = true
+  end
+end
+for _, slot in ipairs(claim_order) do
+  local cl = claims[slot]
+  local holder = redis.call("HGET", ukey(cl.scope, cl.t, cl.name), cl.value)
+  if holder and holder ~= cl.key and released[slot] ~= holder then
+    return fail("FAILED", "unique-attribute", cl.key .. " " .. cl.name .. " " ..
+      quote(cl.value) .. " is already held by " .. holder .. " in " .. cl.scope)
+  end
+end
+-- move an object's unique values in the index from old to new attributes
+local function index_unique(scope, key, old, new)
+  for _, rule in ipairs(attr_rules[tname(key)] or {}) do
+    if rule[3] == 1 then
+      local uk = ukey(scope, tname(key), rule[1])
+      local was, now = old[rule[1]], new[rule[1]]
+      if type(was) == "string" and was ~= now and redis.call("HGET", uk, was) == key then
+        redis.call("HDEL", uk, was)
       end
-      for _, k in ipairs(final_order) do
-        local f = final[k]
-        if f.subs[t.subj] ~= nil and homes[f.res] == t.scope then
-          entries[f.res .. "#" .. f.rel] = f.subs[t.subj] or nil
-        end
-      end
-      local hl, hr = {}, {}
-      for e, _ in pairs(entries) do
-        local res, rel = string.match(e, "^(.*)#([^#]*)$")
-        local tr = tname(res) .. "." .. rel
-        if left[tr] then table.insert(hl, tr) end
-        if right[tr] then table.insert(hr, tr) end
-      end
-      if #hl > 0 and #hr > 0 then
-        table.sort(hl); table.sort(hr)
-        return fail("FAILED", c.n, t.subj .. " cannot hold " .. hl[1] .. " and " .. hr[1] ..
-          " in " .. t.scope .. ": these roles are mutually exclusive")
-      end
+      if type(now) == "string" then redis.call("HSET", uk, now, key) end
     end
   end
 end
@@ -279,6 +476,7 @@ if redis.call("HSETNX", P .. ":meta", "epoch", ARGV[3]) == 1 then
 end
 for k, h in pairs(new_homes) do redis.call("HSET", P .. ":home", k, h) end
 local effective = {}
+local changed = {}
 for _, op in ipairs(b.ops) do
   local kind = op[1]
   if kind == "t" or kind == "d" then
@@ -293,6 +491,7 @@ for _, op in ipairs(b.ops) do
           redis.call("SADD", scoped(h, "t:" .. tname(res) .. "#" .. rel), res)
           redis.call("SADD", P .. ":scopes", h)
           table.insert(effective, op)
+          changed[h] = true
         end
       else
         if redis.call("SREM", fk, subj) == 1 then
@@ -302,6 +501,7 @@ for _, op in ipairs(b.ops) do
             redis.call("SREM", scoped(h, "t:" .. tname(res) .. "#" .. rel), res)
           end
           table.insert(effective, op)
+          changed[h] = true
         end
       end
     end
@@ -311,11 +511,15 @@ for _, op in ipairs(b.ops) do
       redis.call("HSET", scoped(h, "objs"), op[2], op[3])
       redis.call("SADD", P .. ":scopes", h)
       table.insert(effective, op)
+      changed[h] = true
+      if old_attrs[op[2]] then index_unique(h, op[2], old_attrs[op[2]], cjson.decode(op[3])) end
     end
   elseif kind == "x" then
     local h = home(op[2])
     if h and redis.call("HDEL", scoped(h, "objs"), op[2]) == 1 then
       table.insert(effective, op)
+      changed[h] = true
+      if old_attrs[op[2]] then index_unique(h, op[2], old_attrs[op[2]], {}) end
     end
   end
 end
@@ -323,6 +527,9 @@ if #effective == 0 then
   return {tonumber(redis.call("GET", P .. ":rev") or "0"), 0}
 end
 local rev = redis.call("INCR", P .. ":rev")
+for scope, _ in pairs(changed) do
+  if scope ~= GLOBAL then redis.call("SET", scoped(scope, "rev"), rev) end
+end
 local now = redis.call("TIME")
 redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops",
   cjson.encode(effective), "ts", now[1] .. string.format(".%06d", tonumber(now[2])))

@@ -200,8 +200,8 @@ def compile_tenancy(types: Mapping[str, TypeDef], roots: set[str], raw: Any,
     if "move_resource" in guards and "move_into" not in guards:
         c.err((*base, "guards"), "a guard for 'move_into' (the target workspace) is required "
               "with move_resource")
-    for op, needs in (("create_access_link", links), ("add_domain", domains)):
-        if needs is not None and op not in guards:
+    for op, section in (("create_access_link", links), ("add_domain", domains)):
+        if section is not None and op not in guards:
             c.err((*base, "guards"), f"a guard for {op!r} is required with its section")
     if not c.ok:
         return None

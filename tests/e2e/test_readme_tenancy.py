@@ -42,7 +42,7 @@ class TestReadmeTenancy:
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stdout + out.stderr
         printed = out.stdout + out.stderr
-        assert '"organizationId": "globex"' in printed
+        assert '"organization_id": "globex"' in printed
         for line in walkthrough().splitlines():
             if line.startswith("# => "):
                 expected = line[len("# => "):].split("...")[0]

@@ -24,7 +24,7 @@ from tests.redis_server import RedisServer
 
 STAFF = ["organization:brightside#owner@user:{u}", "organization:brightside#admin@user:{u}",
          "organization:brightside#member@user:{u}"]
-CLIENT = ["workspace:acme#client@user:{u}", "workspace:dash#client@user:{u}"]
+CLIENT = ["workspace:acme#client@user:{u}"]
 WRITERS = 16
 ROUNDS = 6
 
@@ -42,11 +42,12 @@ def servers(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
     b.stop()
 
 
-def race(servers: list[ServerProcess], user: str) -> list[tuple[str, grpc.StatusCode | None,
-                                                                str]]:
+def race(servers: list[ServerProcess], user: str, sides: list[str] | None = None,
+         ) -> list[tuple[str, grpc.StatusCode | None, str]]:
     """Every writer fires its one write at the same moment; returns (tuple, code, details)."""
     stubs = [pb_grpc.GraphServiceStub(s.channel()) for s in servers]
-    plan = [(STAFF + CLIENT)[i % 5].format(u=user) for i in range(WRITERS)]
+    tuples = sides or STAFF + CLIENT
+    plan = [tuples[i % len(tuples)].format(u=user) for i in range(WRITERS)]
     results: list[tuple[str, grpc.StatusCode | None, str]] = [("", None, "")] * WRITERS
     barrier = threading.Barrier(WRITERS)
 
@@ -105,3 +106,22 @@ class TestStaffClientRace:
             assert details.startswith("staff_or_client:")
         # What Redis holds agrees, as read through the other process.
         assert stored_roles(servers[1], user) == set(winners)
+
+
+class TestOneClientWorkspaceRace:
+    @pytest.mark.parametrize("round_", range(3))
+    def test_a_client_lands_in_exactly_one_workspace(self, servers: list[ServerProcess],
+                                                     round_: int) -> None:
+        """Writers racing to make one person a client of two workspaces: one workspace
+        wins, every write for the other is refused naming client_in_one_workspace."""
+        user = f"client{round_}{uuid.uuid4().hex[:4]}"
+        two = ["workspace:acme#client@user:{u}", "workspace:dash#client@user:{u}"]
+        results = race(servers, user, two)
+        ok = {t for t, code, _ in results if code is None}
+        assert len(ok) == 1, results
+        for t, code, details in results:
+            if code is not None:
+                assert t not in ok
+                assert code == grpc.StatusCode.FAILED_PRECONDITION
+                assert details.startswith("client_in_one_workspace:")
+        assert stored_roles(servers[1], user) == ok

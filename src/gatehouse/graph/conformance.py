@@ -892,3 +892,20 @@ async def unique_attributes_under_concurrent_writers(store: GraphStore,
                for err in results if err is not None), results
     slugs = [v.get("slug") for v in (await objects_of(store)).values()]
     assert slugs.count("same") == 1
+
+
+@scenario()
+async def a_stale_unique_entry_does_not_block(store: GraphStore, backend: Backend) -> None:
+    """A value an object gave up while the policy had no unique rule is free again when the
+    rule returns: the index entry left behind does not refuse a new holder."""
+    await store.write(BASE, (), T)
+    await store.write([PutObject(obj("workspace:w1"), {"slug": "alpha"})], (), T)
+    await store.write([PutObject(obj("workspace:w1"), {"slug": "beta"})], (), RULES)
+    await store.write([PutObject(obj("workspace:w2"), {"slug": "alpha"})], (), T)
+    msg = await refused(store, [PutObject(obj("workspace:w1"), {"slug": "alpha"})],
+                        "immutable-attribute", rules=T)
+    assert "'beta'" in msg, msg
+    # The new holder is indexed: the value is taken again.
+    await refused(store, [*touch("workspace:w5#parent@organization:o1"),
+                          PutObject(obj("workspace:w5"), {"slug": "alpha"})],
+                  "unique-attribute", rules=T)

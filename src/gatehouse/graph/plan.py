@@ -495,8 +495,10 @@ def check_attribute_rules(state: StateReader, plan: BatchPlan, rules: WriteRules
                         )
     for (scope, type_, name, value), key in claims.items():
         holder = state.unique_holder(scope, type_, name, value)
-        if holder is not None and holder != key and released.get(
-                (scope, type_, name, value)) != holder:
+        if holder is None or holder == key or released.get((scope, type_, name, value)) == holder:
+            continue
+        # An entry the index kept while the policy had no such rule may be stale.
+        if (state.object_attributes(holder) or {}).get(name) == value:
             raise FailedPrecondition(
                 "unique-attribute",
                 f"{key} {name} {quote(value)} is already held by {holder} in {scope}",

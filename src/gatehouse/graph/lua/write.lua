@@ -401,7 +401,13 @@ end
 for _, slot in ipairs(claim_order) do
   local cl = claims[slot]
   local holder = redis.call("HGET", ukey(cl.scope, cl.t, cl.name), cl.value)
+  local held = false
   if holder and holder ~= cl.key and released[slot] ~= holder then
+    -- an entry the index kept while the policy had no such rule may be stale
+    local stored = redis.call("HGET", scoped(cl.scope, "objs"), holder)
+    held = stored and cjson.decode(stored)[cl.name] == cl.value or false
+  end
+  if held then
     return fail("FAILED", "unique-attribute", cl.key .. " " .. cl.name .. " " ..
       quote(cl.value) .. " is already held by " .. holder .. " in " .. cl.scope)
   end

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -189,7 +190,12 @@ class _Compiler:
                          f"than {MAX_PATTERN_CHARS}")
             else:
                 try:
-                    values["pattern"] = re.compile(pattern, re.ASCII)
+                    # The re module warns about syntax it may read differently one
+                    # day ("possible set difference"); the pattern compiles today,
+                    # and a policy load prints no warnings of its own.
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)
+                        values["pattern"] = re.compile(pattern, re.ASCII)
                 except (re.error, OverflowError, RecursionError, ValueError) as exc:
                     why = str(exc) if isinstance(exc, re.error) else type(exc).__name__
                     self.err(doc, (*path, "pattern"), f"pattern {shown(pattern)} is not a valid "

@@ -66,13 +66,14 @@ class Runtime:
                     freshness_wait: float = LIMITS.freshness_wait_seconds) -> Runtime:
         """Build the index from a snapshot and start following the changelog."""
         follower = await IndexFollower.start(store, policy, freshness_wait)
+        usage = UsageOperations(follower, usage_store or MemoryUsageStore(), dedup_window)
         return cls(
             follower=follower,
             reloader=PolicyReloader(follower, policy_dir) if policy_dir is not None else None,
             decisions=Decisions(follower),
             graph=GraphOperations(follower),
-            usage=UsageOperations(follower, usage_store or MemoryUsageStore(), dedup_window),
-            tenancy=TenancyOperations(follower),
+            usage=usage,
+            tenancy=TenancyOperations(follower, usage),
         )
 
     async def close(self) -> None:

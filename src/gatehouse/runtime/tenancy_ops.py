@@ -24,6 +24,7 @@ from gatehouse.graph.changes import TenantUnchanged, WritePrecondition
 from gatehouse.limits import LIMITS
 from gatehouse.runtime.consistency import FULLY_CONSISTENT
 from gatehouse.runtime.follower import IndexFollower
+from gatehouse.runtime.usage_ops import UsageOperations
 from gatehouse.tenancy.commit import Commit
 from gatehouse.tenancy.context import Context
 
@@ -37,24 +38,30 @@ MAX_ATTEMPTS = 10
 class TenancyOperations:
     """Runs tenancy decisions against the live graph."""
 
-    def __init__(self, follower: IndexFollower, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, follower: IndexFollower, usage: UsageOperations | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.follower = follower
+        self.usage = usage
         self.clock = clock
         self.conflicts = 0
         """Commits refused because the tenant changed meanwhile (each retried)."""
 
+    def _context(self) -> Context:
+        view = self.follower.view()
+        facts = (self.usage.facts_source(view.policy, view.index)
+                 if self.usage is not None else None)
+        return Context(view.policy, view.index, self.clock(), facts)
+
     async def read(self, decide: Callable[[Context], T]) -> T:
         """A read-only operation, from a view at least as fresh as the store's head."""
         await self.follower.ensure(FULLY_CONSISTENT, LIMITS.freshness_wait_seconds)
-        view = self.follower.view()
-        return decide(Context(view.policy, view.index, self.clock()))
+        return decide(self._context())
 
     async def run(self, decide: Callable[[Context], Commit[T]]) -> T:
         """Decide and commit, again while the tenant keeps changing underneath."""
         for attempt in range(MAX_ATTEMPTS):
             await self.follower.ensure(FULLY_CONSISTENT, LIMITS.freshness_wait_seconds)
-            view = self.follower.view()
-            ctx = Context(view.policy, view.index, self.clock())
+            ctx = self._context()
             commit = decide(ctx)
             if not commit.ops:
                 return commit.answer(ctx.revision)
@@ -62,7 +69,7 @@ class TenancyOperations:
             pres.extend(TenantUnchanged(t, ctx.revision) for t in commit.tenants)
             try:
                 change = await self.follower.store.write(commit.ops, pres,
-                                                         view.policy.write_rules)
+                                                         ctx.policy.write_rules)
             except Aborted:
                 self.conflicts += 1
                 await asyncio.sleep(random.uniform(0.0, 0.001 * 2 ** attempt))

@@ -16,11 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gatehouse.errors import FailedPrecondition, InvalidArgument, NotFound, quote
+from gatehouse.graph.index import GraphIndex
 from gatehouse.limits import LIMITS
 from gatehouse.names import object_key, split_key, validate_id
-from gatehouse.policy.model import UsageModel
+from gatehouse.policy.model import CompiledPolicy, UsageModel
 from gatehouse.runtime.follower import IndexFollower
 from gatehouse.usage.compute import (
+    FactsSource,
     MetricUsage,
     UsageReport,
     UsageView,
@@ -94,11 +96,10 @@ class UsageOperations:
             raise NotFound(f"{field}: {key} is not a workspace of {org}")
         return key
 
-    async def _view(self, model: UsageModel, org: str, period: str) -> UsageView:
-        periods = {ALL_TIME: ALL_TIME, period: period}
-        counters = await self.store.counters(org, periods)
-        view = self.follower.view()
-        index, version = view.index, view.policy.version
+    def facts_source(self, policy: CompiledPolicy, index: GraphIndex) -> FactsSource:
+        """Per-workspace facts of ``index``, reused while the workspace is unchanged
+        (shared by ComputeUsage, CheckLimit and the tenancy operations' limit checks)."""
+        model, version = policy.usage, policy.version
         cache = self._facts_cache
         if len(cache) > 200_000:
             cache.clear()
@@ -112,7 +113,14 @@ class UsageOperations:
             cache[ws] = (stamp, fresh)
             return fresh
 
-        return UsageView(model, index, org, counters, period, facts)
+        return facts
+
+    async def _view(self, model: UsageModel, org: str, period: str) -> UsageView:
+        periods = {ALL_TIME: ALL_TIME, period: period}
+        counters = await self.store.counters(org, periods)
+        view = self.follower.view()
+        facts = self.facts_source(view.policy, view.index)
+        return UsageView(model, view.index, org, counters, period, facts)
 
     # -- the operations -------------------------------------------------------
 

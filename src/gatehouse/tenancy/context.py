@@ -24,7 +24,7 @@ from gatehouse.graph.index import GraphIndex
 from gatehouse.graph.model import ObjectRef
 from gatehouse.names import object_key, split_key, type_of, validate_id, validate_type
 from gatehouse.policy.model import CompiledPolicy, Plan, TenancyModel
-from gatehouse.usage.compute import UsageView
+from gatehouse.usage.compute import FactsSource, UsageView
 from gatehouse.usage.events import ALL_TIME, Counters
 from gatehouse.usage.limits import Proposal, check_limit
 
@@ -40,7 +40,8 @@ class Subject:
 class Context:
     """One operation's reading of the world."""
 
-    def __init__(self, policy: CompiledPolicy, index: GraphIndex, now: float) -> None:
+    def __init__(self, policy: CompiledPolicy, index: GraphIndex, now: float,
+                 facts: FactsSource | None = None) -> None:
         if policy.tenancy is None:
             raise FailedPrecondition("tenancy", f"policy {policy.name!r} declares no tenancy "
                                      "section, so it supports no tenancy operations")
@@ -48,6 +49,8 @@ class Context:
         self.index = index
         self.now = now
         self.rules: TenancyModel = policy.tenancy
+        self.facts = facts
+        """Per-workspace usage facts (cached by the runtime); None computes them afresh."""
 
     @property
     def revision(self) -> int:
@@ -148,7 +151,7 @@ class Context:
             return
         period = "current"
         view = UsageView(model, self.index, org, {ALL_TIME: Counters(), period: Counters()},
-                         period)
+                         period, self.facts)
         decision = check_limit(view, proposal)
         if not decision.allowed:
             raise FailedPrecondition("plan-limit", decision.reason)

@@ -116,7 +116,7 @@ class Server:
         usage_pb2_grpc.add_UsageServiceServicer_to_server(
             UsageServicer(runtime.usage, follower), self.grpc)
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(
-            TenancyServicer(runtime.tenancy, runtime.graph), self.grpc)
+            TenancyServicer(runtime.tenancy), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [

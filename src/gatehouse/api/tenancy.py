@@ -10,9 +10,8 @@ from gatehouse.api.errors import translate_errors
 from gatehouse.errors import InvalidArgument
 from gatehouse.graph.model import ObjectRef
 from gatehouse.limits import LIMITS
-from gatehouse.runtime import GraphOperations, TenancyOperations
-from gatehouse.tenancy import Commit, domains, invitations, links, members, moves, workspaces
-from gatehouse.tenancy import Context as TenancyContext
+from gatehouse.runtime import TenancyOperations
+from gatehouse.tenancy import domains, invitations, links, members, moves, workspaces
 from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import tenancy_pb2 as pb
@@ -52,9 +51,8 @@ def _match(m: domains.Match) -> pb.SignupMatch:
 
 
 class TenancyServicer(pb_grpc.TenancyServiceServicer):  # type: ignore[misc]
-    def __init__(self, tenancy: TenancyOperations, graph: GraphOperations) -> None:
+    def __init__(self, tenancy: TenancyOperations) -> None:
         self.ops = tenancy
-        self.graph = graph
 
     @translate_errors
     async def CreateOrganization(self, request: pb.CreateOrganizationRequest,
@@ -182,17 +180,8 @@ class TenancyServicer(pb_grpc.TenancyServiceServicer):  # type: ignore[misc]
         attrs = (convert.struct(request.attributes, "attributes", LIMITS.attributes_bytes)
                  if request.HasField("attributes") else {})
 
-        def decide(ctx: TenancyContext) -> Commit[links.Redeemed]:
-            rules = ctx.rules.access_links
-            if rules is not None:
-                # The connection's attributes must fit its type (source_type comes from
-                # the link and may not be given).
-                if "source_type" in attrs:
-                    raise InvalidArgument("attributes.source_type", "comes from the link")
-                self.graph.validate_object(ObjectRef(rules.creates, "x"), attrs, "")
-            return links.redeem_access_link(ctx, request.token, request.connection_id, attrs)
-
-        out = await self.ops.run(decide)
+        out = await self.ops.run(lambda ctx: links.redeem_access_link(
+            ctx, request.token, request.connection_id, attrs))
         return pb.RedeemAccessLinkResponse(connection_id=out.connection_id,
                                            revision=str(out.revision))
 

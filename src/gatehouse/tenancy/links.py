@@ -15,6 +15,7 @@ from typing import Any
 from gatehouse.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from gatehouse.graph.changes import DeleteObject, DeleteRelationship, PutObject, TouchRelationship
 from gatehouse.graph.model import ObjectRef
+from gatehouse.graph.schema import object_problems
 from gatehouse.names import object_key, validate_id
 from gatehouse.policy.model import OWNER, PARENT, AccessLinkRules
 from gatehouse.tenancy import tokens
@@ -94,9 +95,28 @@ def list_access_links(ctx: Context, actor_ref: Any, ws_id: str) -> list[LinkView
     return out
 
 
+def _connection_attributes(ctx: Context, type_: str, given: dict[str, Any],
+                           source_type: str) -> dict[str, Any]:
+    """The redeemer's attributes, checked against the created type (whole numbers
+    read as int where the type says int); ``source_type`` comes from the link."""
+    if "source_type" in given:
+        raise InvalidArgument("attributes.source_type", "comes from the link")
+    tdef = ctx.policy.types[type_]
+    values = dict(given)
+    for name, value in given.items():
+        attr = tdef.attributes.get(name)
+        if (attr is not None and attr.type == "int" and isinstance(value, float)
+                and value.is_integer()):
+            values[name] = int(value)
+    values["source_type"] = source_type
+    problems = object_problems(ctx.policy, ObjectRef(type_, "new"), values)
+    if problems:
+        raise InvalidArgument("attributes", problems[0])
+    return values
+
+
 def redeem_access_link(ctx: Context, token_text: str, connection_id: str,
                        attributes: dict[str, Any]) -> Commit[Redeemed]:
-    """``attributes`` are already checked against the created type by the caller."""
     rules = _rules(ctx)
     link_id, secret = tokens.parse(token_text)
     link = object_key(rules.type, link_id)
@@ -119,7 +139,8 @@ def redeem_access_link(ctx: Context, token_text: str, connection_id: str,
     conn = object_key(rules.creates, connection_id)
     if ctx.index.exists(conn):
         raise AlreadyExists(f"connection_id: {conn} already exists")
-    values = {**attributes, "source_type": attrs.get("source_type", "")}
+    values = _connection_attributes(ctx, rules.creates, attributes,
+                                    str(attrs.get("source_type", "")))
     ops = (PutObject(ObjectRef.from_key(conn), values),
            TouchRelationship(rel(conn, PARENT, ws)),
            TouchRelationship(rel(conn, OWNER, creator)),
@@ -139,4 +160,4 @@ def delete_access_link(ctx: Context, actor_ref: Any, link_id: str) -> Commit[int
     org = ctx.tenant_of(ws)
     ctx.authorize(actor, "create_access_link", ws)
     ops = (DeleteRelationship(rel(link, PARENT, ws)), DeleteObject(ObjectRef.from_key(link)))
-    return Commit(ops, (org or ws,), lambda revision: revision)
+    return Commit(ops, tuple(t for t in (org,) if t), lambda revision: revision)

@@ -388,7 +388,8 @@ def _answer(op: str, value: Any, now: float) -> dict[str, Any]:
         return {**dataclasses.asdict(value.match), "revision": value.revision}
     fields: dict[str, Any] = dataclasses.asdict(value)
     if isinstance(value, invitations.Issued):
-        fields["invitation_id" if "invitation" in op else "link_id"] = value.record_id
+        link = op == "create_access_link"
+        fields["link_id" if link else "invitation_id"] = value.record_id
         fields["expires_in_seconds"] = value.expires_at - int(now)
     return fields
 
@@ -506,9 +507,9 @@ async def _run_operations(runtime: Runtime, case: OperationCase) -> str:
     for step in case.steps:
         where = f"line {step.line} {step.op}"
         offset[0] += step.advance_days * DAY
-        args = {k: _substitute(v, saved) if isinstance(v, str) else v
-                for k, v in step.args.items()}
         try:
+            args = {k: _substitute(v, saved) if isinstance(v, str) else v
+                    for k, v in step.args.items()}
             actor_text = _substitute(step.actor, saved)
             value = await _perform(runtime, ops, dataclasses.replace(step, actor=actor_text),
                                    args)

@@ -729,7 +729,7 @@ class _Reader:
         if not self.mapping(path, value, OPERATION_KEYS, "an operations case"):
             return None
         before = len(self.problems)
-        steps: list[Step] = []
+        steps: list[tuple[DocPath, Step]] = []
         then: tuple[After, ...] = ()
         if "steps" in value:
             inline = sorted(set(value) & (STEP_KEYS - {"then"}))
@@ -745,23 +745,24 @@ class _Reader:
                 if self.mapping(spath, item, STEP_KEYS, "a step"):
                     step = self.step(spath, item)
                     if step is not None:
-                        steps.append(step)
+                        steps.append((spath, step))
             if "then" in value:
                 then = self.then((*path, "then"), value["then"])
         else:
             step = self.step(path, value)
             if step is not None:
-                steps.append(step)
+                steps.append((path, step))
         saved: set[str] = set()
-        for step in steps:
+        for spath, step in steps:
             for name in sorted(self.references(step.args) - saved):
-                self.problem(path, f"${name}.… names no earlier step's save: {name}")
+                self.problem((*spath, "args"), f"${name} names no earlier step (give that "
+                             f"step save: {name})")
             if step.save:
                 saved.add(step.save)
         if len(self.problems) > before or not steps:
             return None
         return OperationCase(self.suite, self.name(value, path, "operation"), self.file,
-                             self.line(path), tuple(steps), then)
+                             self.line(path), tuple(s for _, s in steps), then)
 
     def references(self, args: Mapping[str, Any]) -> set[str]:
         names: set[str] = set()

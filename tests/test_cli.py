@@ -42,10 +42,16 @@ class TestPolicyCommands:
         assert "2 problem(s)" in out.stderr
 
     def test_test_runs_suites_and_reports_counts(self) -> None:
-        """`policy test` runs the suites and ends with the pass/fail count."""
+        """`policy test` runs the suites, counts the cases of each kind and ends with the
+        pass/fail count."""
         out = gatehouse("policy", "test", "policies/coupler")
         assert out.returncode == 0, out.stdout + out.stderr
-        assert out.stdout.strip().splitlines()[-1].endswith(" passed, 0 failed")
+        *_, kinds, summary = out.stdout.strip().splitlines()
+        assert summary.endswith(" passed, 0 failed")
+        counts = dict(reversed(part.split(" ")) for part in kinds.removeprefix("cases: ")
+                      .split(", "))
+        assert set(counts) == {"check", "usage", "limits", "writes", "operations"}
+        assert sum(int(n) for n in counts.values()) == int(summary.split(" ")[0])
 
     def test_test_fails_on_a_wrong_expectation(self, tmp_path: Path) -> None:
         """A suite whose expectation the policy contradicts fails with the rule trace."""
@@ -69,4 +75,4 @@ class TestPolicyCommands:
         assert "FAIL wrong_test.yaml:7 users delete others' flows (wrong on purpose) " \
             "[delete: allow]" in out.stdout
         assert "FAIL wrong_test.yaml:7" in out.stdout and "[view: deny]" in out.stdout
-        assert out.stdout.strip().splitlines()[-1] == "0 passed, 2 failed"
+        assert out.stdout.strip().splitlines()[-2:] == ["cases: 2 check", "0 passed, 2 failed"]

@@ -132,6 +132,9 @@ def _test(args: argparse.Namespace) -> int:
             mark = "ok  " if o.passed else "FAIL"
             print(f"{mark} {o.case.id}" + ("" if o.passed else f"\n      {o.detail}"))
     passed = len(results.outcomes) - len(failed)
+    counts = results.counts()
+    if counts:
+        print("cases: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
     print(f"{passed} passed, {len(failed)} failed" +
           (f", {len(results.problems)} problem(s)" if results.problems else ""))
     return 0 if results.ok else 1

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gatehouse.graph.index import GraphIndex
 from gatehouse.policy.model import CompiledPolicy
-from gatehouse.policy.suite import Case
-from gatehouse.policytest import collect, run_case
+from gatehouse.policy.suite import AnyCase
+from gatehouse.policytest import SuiteGraph, collect, run_case
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_SETS = sorted(p for p in (ROOT / "policies").iterdir() if p.is_dir())
@@ -24,8 +23,8 @@ def _cases() -> list[pytest.ParameterSet]:
     for folder in POLICY_SETS:
         policy, cases, problems = collect(folder)
         assert not problems, "\n".join(str(p) for p in problems)
-        params.extend(pytest.param(policy, index, case, id=f"{folder.name}/{case.id}")
-                      for case, index in cases)
+        params.extend(pytest.param(policy, graph, case, id=f"{folder.name}/{case.id}")
+                      for case, graph in cases)
     return params
 
 
@@ -37,8 +36,9 @@ class TestShippedPolicySets:
         for folder in POLICY_SETS:
             assert list(folder.rglob("*_test.yaml")), f"{folder.name} has no test suite"
 
-    @pytest.mark.parametrize(("policy", "index", "case"), _cases())
-    def test_case(self, policy: CompiledPolicy, index: GraphIndex, case: Case) -> None:
-        """The engine decides the case as its suite expects, and check agrees with explain."""
-        outcome = run_case(policy, index, case)
+    @pytest.mark.parametrize(("policy", "graph", "case"), _cases())
+    def test_case(self, policy: CompiledPolicy, graph: SuiteGraph, case: AnyCase) -> None:
+        """The case (a Check, usage value, limit, write or tenancy operation) is decided as
+        its suite expects."""
+        outcome = run_case(policy, graph, case)
         assert outcome.passed, outcome.detail

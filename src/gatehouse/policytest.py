@@ -504,7 +504,7 @@ async def _run_operations(runtime: Runtime, case: OperationCase) -> str:
     def clock() -> float:
         return base + offset[0]
 
-    ops = TenancyOperations(runtime.follower, clock)
+    ops = TenancyOperations(runtime.follower, runtime.usage, clock)
     saved: dict[str, dict[str, Any]] = {}
     answers = []
     for step in case.steps:

@@ -3,7 +3,9 @@ roles at a scope away and hands what they own there to someone else.
 
 Organization and workspace roles are independent (a person may hold both):
 removing an organization role keeps the person's workspace roles, and what
-they own in those workspaces stays theirs. What they own where they will no
+they own in those workspaces stays theirs — unless the policy makes the
+workspace roles depend on an organization role (a ``requires`` constraint):
+then leaving the organization takes those workspace roles too. What they own where they will no
 longer have a role is reassigned, in the same atomic write, to the
 ``reassign_to`` subject, except the types the policy keeps with their owner
 (AI chats).
@@ -19,6 +21,7 @@ from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
 from gatehouse.graph.changes import DeleteRelationship, Operation, TouchRelationship
 from gatehouse.names import type_of
 from gatehouse.policy.model import OWNER
+from gatehouse.policy.rules import Requires
 from gatehouse.tenancy.commit import Commit
 from gatehouse.tenancy.context import Context, Subject
 from gatehouse.tenancy.workspaces import rel
@@ -98,9 +101,12 @@ def remove_member(ctx: Context, actor_ref: Any, scope_ref: Any, member_ref: Any,
     if not held:
         raise FailedPrecondition("not-a-member", f"{member.key} holds no role on {scope}")
     _last_owner(ctx, org, member.key, held)
-    ops: list[Operation] = [DeleteRelationship(rel(scope, r, member.key)) for r in held]
+    removed = [(scope, r) for r in held]
+    if scope == org:
+        removed += _dependent_roles(ctx, member.key, org, held)
+    ops: list[Operation] = [DeleteRelationship(rel(on, r, member.key)) for on, r in removed]
     reassigned: Counter[str] = Counter()
-    for resource, ws in _owned_losing_access(ctx, member, scope, org):
+    for resource, ws in _owned_losing_access(ctx, member, scope, org, set(removed)):
         if not _receives_in(ctx, receiver.key, org, ws):
             receivers = ", ".join(sorted(ctx.rules.removal.receivers))
             raise FailedPrecondition("reassign_to", f"{receiver.key} holds none of "
@@ -112,8 +118,26 @@ def remove_member(ctx: Context, actor_ref: Any, scope_ref: Any, member_ref: Any,
     return Commit(tuple(ops), (org,), lambda revision: Removed(revision, counts))
 
 
-def _owned_losing_access(ctx: Context, member: Subject, scope: str,
-                         org: str) -> list[tuple[str, str | None]]:
+def _dependent_roles(ctx: Context, member: str, org: str,
+                     removing: list[str]) -> list[tuple[str, str]]:
+    """(object, relation) pairs the member must lose with the organization roles
+    ``removing``: what a ``requires`` constraint lets them hold only with one of them."""
+    org_type = ctx.rules.organization
+    kept = {f"{org_type}.{r}" for r in roles_held(ctx, member, org) if r not in removing}
+    out: set[tuple[str, str]] = set()
+    for con in ctx.policy.write_rules.constraints:
+        if not isinstance(con, Requires) or con.needs & kept:
+            continue
+        for ref in con.relations:
+            type_, _, relation = ref.partition(".")
+            for obj in ctx.index.objects(member, relation):
+                if type_of(obj) == type_ and ctx.tenant_of(obj) == org:
+                    out.add((obj, relation))
+    return sorted(out)
+
+
+def _owned_losing_access(ctx: Context, member: Subject, scope: str, org: str,
+                         removed: set[tuple[str, str]]) -> list[tuple[str, str | None]]:
     """(resource, its workspace) for everything the member owns that moves.
 
     Removed from a workspace: everything they own in it. Removed from the
@@ -137,7 +161,8 @@ def _owned_losing_access(ctx: Context, member: Subject, scope: str,
         if type_of(scope) == ws_type:
             if ws != scope:
                 continue
-        elif ws is not None and roles_held(ctx, member.key, ws):
+        elif ws is not None and any((ws, r) not in removed
+                                    for r in roles_held(ctx, member.key, ws)):
             continue
         out.append((resource, ws))
     return out

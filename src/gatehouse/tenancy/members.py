@@ -3,10 +3,12 @@ roles at a scope away and hands what they own there to someone else.
 
 Organization and workspace roles are independent (a person may hold both):
 removing an organization role keeps the person's workspace roles, and what
-they own in those workspaces stays theirs. What they own where they will no
-longer have a role is reassigned, in the same atomic write, to the
-``reassign_to`` subject, except the types the policy keeps with their owner
-(AI chats).
+they own in those workspaces stays theirs — unless a ``requires`` constraint
+of the policy lets those roles exist only beside an organization role
+(gumloop's ``members_are_org_members``): then removal from the organization
+takes them too, in the same write. What they own where they will no longer
+have a role is reassigned, in that write, to the ``reassign_to`` subject,
+except the types the policy keeps with their owner (AI chats).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
 from gatehouse.graph.changes import DeleteRelationship, Operation, TouchRelationship
 from gatehouse.names import type_of
 from gatehouse.policy.model import OWNER
+from gatehouse.policy.rules import Requires
 from gatehouse.tenancy.commit import Commit
 from gatehouse.tenancy.context import Context, Subject
 from gatehouse.tenancy.workspaces import rel
@@ -98,9 +101,12 @@ def remove_member(ctx: Context, actor_ref: Any, scope_ref: Any, member_ref: Any,
     if not held:
         raise FailedPrecondition("not-a-member", f"{member.key} holds no role on {scope}")
     _last_owner(ctx, org, member.key, held)
-    ops: list[Operation] = [DeleteRelationship(rel(scope, r, member.key)) for r in held]
+    dropped = [(scope, r) for r in held]
+    if scope == org:
+        dropped += _needing_an_organization_role(ctx, member.key, org)
+    ops: list[Operation] = [DeleteRelationship(rel(on, r, member.key)) for on, r in dropped]
     reassigned: Counter[str] = Counter()
-    for resource, ws in _owned_losing_access(ctx, member, scope, org):
+    for resource, ws in _owned_losing_access(ctx, member, scope, org, set(dropped)):
         if not _receives_in(ctx, receiver.key, org, ws):
             receivers = ", ".join(sorted(ctx.rules.removal.receivers))
             raise FailedPrecondition("reassign_to", f"{receiver.key} holds none of "
@@ -112,12 +118,32 @@ def remove_member(ctx: Context, actor_ref: Any, scope_ref: Any, member_ref: Any,
     return Commit(tuple(ops), (org,), lambda revision: Removed(revision, counts))
 
 
-def _owned_losing_access(ctx: Context, member: Subject, scope: str,
-                         org: str) -> list[tuple[str, str | None]]:
+def _needing_an_organization_role(ctx: Context, member: str,
+                                  org: str) -> list[tuple[str, str]]:
+    """(object, role) of the member's roles in the organization's tenant that a
+    ``requires`` constraint allows only beside an organization role; the member is
+    losing every organization role, so these cannot stay either."""
+    org_type = ctx.rules.organization
+    out = []
+    for con in ctx.policy.write_rules.constraints:
+        if not isinstance(con, Requires):
+            continue
+        if not all(need.partition(".")[0] == org_type for need in con.needs):
+            continue
+        for obj, relations in sorted(ctx.index.held.get(member, {}).items()):
+            if obj == org or ctx.tenant_of(obj) != org:
+                continue
+            out += [(obj, r) for r in sorted(relations)
+                    if f"{type_of(obj)}.{r}" in con.relations and (obj, r) not in out]
+    return out
+
+
+def _owned_losing_access(ctx: Context, member: Subject, scope: str, org: str,
+                         dropped: set[tuple[str, str]]) -> list[tuple[str, str | None]]:
     """(resource, its workspace) for everything the member owns that moves.
 
     Removed from a workspace: everything they own in it. Removed from the
-    organization: everything they own in workspaces where they hold no
+    organization: everything they own in workspaces where they keep no
     workspace role (where they keep one, they keep their things).
     """
     keep = ctx.rules.removal.keep
@@ -137,7 +163,8 @@ def _owned_losing_access(ctx: Context, member: Subject, scope: str,
         if type_of(scope) == ws_type:
             if ws != scope:
                 continue
-        elif ws is not None and roles_held(ctx, member.key, ws):
+        elif ws is not None and any((ws, r) not in dropped
+                                    for r in roles_held(ctx, member.key, ws)):
             continue
         out.append((resource, ws))
     return out

@@ -262,8 +262,8 @@ class TestSlugsAndNames:
 class TestInvitations:
     def test_workspace_invitations_grant_client_only(self, c: Client) -> None:
         """At workspace scope every role but client is INVALID_ARGUMENT naming the role
-        field, and no invitation is recorded."""
-        owner, _org, ws = agency(c, "growth")
+        field, and no invitation is recorded; any staff member may invite a client."""
+        owner, org, ws = agency(c, "growth")
         scope = f"workspace:{ws}"
         for role in ("owner", "admin", "member", "viewer", ""):
             err = refused(c.tenancy.InviteMember, pb.InviteMemberRequest(
@@ -271,7 +271,8 @@ class TestInvitations:
             assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, role
             assert err.details().startswith("role:") and "client" in err.details()
         assert statuses(c, owner, scope) == {}
-        inv = c.invite(owner, scope, "client@example.com", "client")
+        member = staff(c, org, "member")
+        inv = c.invite(member, scope, "client@example.com", "client")
         assert statuses(c, owner, scope) == {inv.invitation_id: pb.INVITATION_PENDING}
 
     def test_invitations_expire_after_seven_days_at_most(self, c: Client) -> None:
@@ -296,7 +297,8 @@ class TestInvitations:
 
     def test_teammates_are_invited_to_the_account(self, c: Client) -> None:
         """An account invitation grants a staff role, which reaches every workspace; the
-        client role cannot be granted at account scope."""
+        client role cannot be granted at account scope, and a member may not invite
+        staff (PERMISSION_DENIED naming manage_staff)."""
         owner, org, primary = agency(c, "growth")
         other = create(c, owner, org, "Other client").workspace_id
         email = f"t{uuid.uuid4().hex[:6]}@agency.example"
@@ -305,6 +307,12 @@ class TestInvitations:
             actor=ref(owner), scope=ref(f"organization:{org}"), email=email, role="client"))
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.details().startswith("role:")
+        member = staff(c, org, "member")
+        err = refused(c.tenancy.InviteMember, pb.InviteMemberRequest(
+            actor=ref(member), scope=ref(f"organization:{org}"), email=email, role="member"))
+        assert err.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "manage_staff" in err.details() and f"organization:{org}" in err.details()
+        assert statuses(c, owner, f"organization:{org}") == {}
         inv = c.invite(owner, f"organization:{org}", email, "member")
         rev = c.accept(inv.token, mate)
         for ws in (primary, other):

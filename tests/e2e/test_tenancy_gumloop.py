@@ -18,7 +18,7 @@ from gatehouse.v1 import usage_pb2 as upb
 from tests.conftest import ServerProcess, start_on_store
 from tests.e2e.test_graph_service import ref
 from tests.e2e.test_tenancy import Client, refused
-from tests.e2e.test_tenancy_agency import held, workspace_count
+from tests.e2e.test_tenancy_agency import held, statuses, workspace_count
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -152,6 +152,33 @@ class TestRoles:
         rev = set_role(c, second, scope, admin, "member")
         assert not c.allowed(admin, "manage_billing", scope, at=rev)
         assert c.allowed(second, "manage_billing", scope, at=rev)
+
+
+class TestInvitations:
+    def test_a_workspace_invitation_waits_for_organization_membership(self,
+                                                                     c: Client) -> None:
+        """Accepting a workspace invitation before belonging to the organization is
+        FAILED_PRECONDITION naming members_are_org_members and leaves it pending; after
+        joining by domain the same token grants the workspace role."""
+        admin, org, ws = company(c, "pro")
+        domain = f"i{uuid.uuid4().hex[:8]}.example.com"
+        email = f"bo@{domain}"
+        bo = c.user(email)
+        inv = c.invite(admin, f"workspace:{ws}", email, "member")
+        err = refused(c.tenancy.AcceptInvitation, pb.AcceptInvitationRequest(
+            token=inv.token, subject=ref(bo)))
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details().startswith("members_are_org_members:")
+        assert held(c, bo) == set()
+        assert statuses(c, admin, f"workspace:{ws}") == {inv.invitation_id:
+                                                        pb.INVITATION_PENDING}
+        c.tenancy.AddDomain(pb.AddDomainRequest(
+            actor=ref(admin), organization_id=org, domain=domain,
+            mode=pb.ENROLLMENT_AUTO_JOIN, role="member"), timeout=10)
+        c.tenancy.JoinByDomain(pb.JoinByDomainRequest(subject=ref(bo)), timeout=10)
+        rev = c.accept(inv.token, bo)
+        assert held(c, bo) == {f"organization:{org}#member", f"workspace:{ws}#member"}
+        assert c.allowed(bo, "create_flow", f"workspace:{ws}", at=rev)
 
 
 class TestDomains:

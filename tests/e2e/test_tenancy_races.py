@@ -150,6 +150,37 @@ class TestAcceptRace:
         assert {m.name: m.value for m in usage.metrics}["users"] == 2
 
 
+    def test_acceptances_racing_for_the_last_seats_stop_at_the_limit(self, c: Client) -> None:
+        """On a plan of three users (the owner holds one), eight different invitees
+        accepting at once: exactly two get in, six are FAILED_PRECONDITION naming the
+        users limit and keep their invitations pending."""
+        owner = c.user()
+        org, ws = c.org(owner, plan="active")
+        people, invites = [], []
+        for _ in range(8):
+            email = f"s{uuid.uuid4().hex[:6]}@example.com"
+            people.append(c.user(email))
+            invites.append(c.invite(owner, f"workspace:{ws}", email, "guest"))
+        results = race(8, lambda i: c.tenancy.AcceptInvitation(pb.AcceptInvitationRequest(
+            token=invites[i].token, subject=ref(people[i])), timeout=60))
+        won = [i for i, r in enumerate(results) if isinstance(r, pb.AcceptInvitationResponse)]
+        assert len(won) == 2, results
+        now = statuses(c, owner, f"workspace:{ws}")
+        for i, r in enumerate(results):
+            if i in won:
+                assert held(c, people[i]) == {f"workspace:{ws}#guest"}
+                assert now[invites[i].invitation_id] == pb.INVITATION_ACCEPTED
+                continue
+            assert r.code() == grpc.StatusCode.FAILED_PRECONDITION, r.details()
+            assert "users: 4 would exceed the limit of 3 on plan 'active'" in r.details()
+            assert held(c, people[i]) == set()
+            assert now[invites[i].invitation_id] == pb.INVITATION_PENDING
+        usage = c.usage.ComputeUsage(upb.ComputeUsageRequest(
+            organization_id=org, metrics=["users"],
+            consistency=apb.Consistency(fully_consistent=True)), timeout=10)
+        assert {m.name: m.value for m in usage.metrics}["users"] == 3
+
+
 @pytest.fixture(scope="module")
 def two(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
         ) -> Iterator[tuple[Client, Client]]:

@@ -23,6 +23,9 @@ from tests.redis_server import RedisServer
 
 CREATORS = 4
 AFTER = 3  # flows each creator adds once the removal has answered
+# Flows each creator adds at most while the removal runs; then it waits for the
+# removal, so a removal that keeps conflicting still ends once the writers pause.
+DURING = 150
 
 
 @pytest.fixture(scope="module", params=["memory", "redis"])
@@ -40,13 +43,28 @@ def c(server: ServerProcess) -> Client:
 
 
 def flows_in(c: Client, ws: str) -> dict[str, set[str]]:
-    """Every data flow of workspace ``ws`` and its owners, read fully consistent."""
-    req = gpb.ReadRelationshipsRequest(filter=gpb.RelationshipFilter(
-        resource_type="data_flow", relation="parent", subject_type="workspace",
-        subject_id=ws))
-    req.consistency.fully_consistent = True
-    flows = [f"data_flow:{m.relationship.resource.id}"
-             for m in c.graph.ReadRelationships(req, timeout=10) if m.HasField("relationship")]
+    """Every data flow of workspace ``ws`` and its owners, read fully consistent (all
+    pages, each read at the first page's revision)."""
+    flows: list[str] = []
+    cursor, revision = "", ""
+    while True:
+        req = gpb.ReadRelationshipsRequest(filter=gpb.RelationshipFilter(
+            resource_type="data_flow", relation="parent", subject_type="workspace",
+            subject_id=ws), cursor=cursor)
+        if revision:
+            req.consistency.at_least_as_fresh = revision
+        else:
+            req.consistency.fully_consistent = True
+        last = None
+        for m in c.graph.ReadRelationships(req, timeout=10):
+            if m.HasField("relationship"):
+                flows.append(f"data_flow:{m.relationship.resource.id}")
+            last = m
+        assert last is not None
+        revision = revision or last.revision
+        if last.complete or not last.next_cursor:
+            break
+        cursor = last.next_cursor
     return {f: c.owner_of(f) for f in flows}
 
 
@@ -78,9 +96,10 @@ class TestRemovalAgainstCreates:
                 create_one(i, 0)
                 started.wait()
                 n = 1
-                while not removed.is_set():
+                while not removed.is_set() and n <= DURING:
                     create_one(i, n)
                     n += 1
+                removed.wait(120)
                 for k in range(AFTER):
                     create_one(i, n + k)
             except BaseException as exc:  # reported by the test thread below
@@ -92,7 +111,7 @@ class TestRemovalAgainstCreates:
             t.start()
         try:
             started.wait()
-            out = None
+            out, aborted = None, 0
             for _ in range(20):  # ABORTED means "nothing written, retry"
                 try:
                     out = c.tenancy.RemoveMember(pb.RemoveMemberRequest(
@@ -102,12 +121,13 @@ class TestRemovalAgainstCreates:
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.ABORTED:
                         raise
+                    aborted += 1
         finally:
             removed.set()
             for t in threads:
                 t.join(60)
         assert not failures, failures
-        assert out is not None, "RemoveMember kept conflicting"
+        assert out is not None, f"RemoveMember was ABORTED {aborted} times"
         removal = int(out.revision)
         before = {f for f, rev in created.items() if rev < removal}
         after = {f for f, rev in created.items() if rev > removal}

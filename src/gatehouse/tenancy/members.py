@@ -3,12 +3,12 @@ roles at a scope away and hands what they own there to someone else.
 
 Organization and workspace roles are independent (a person may hold both):
 removing an organization role keeps the person's workspace roles, and what
-they own in those workspaces stays theirs — unless the policy makes the
-workspace roles depend on an organization role (a ``requires`` constraint):
-then leaving the organization takes those workspace roles too. What they own where they will no
-longer have a role is reassigned, in the same atomic write, to the
-``reassign_to`` subject, except the types the policy keeps with their owner
-(AI chats).
+they own in those workspaces stays theirs — unless a ``requires`` constraint
+of the policy lets those roles exist only beside an organization role
+(gumloop's ``members_are_org_members``): then removal from the organization
+takes them too, in the same write. What they own where they will no longer
+have a role is reassigned, in that write, to the ``reassign_to`` subject,
+except the types the policy keeps with their owner (AI chats).
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def _owned_losing_access(ctx: Context, member: Subject, scope: str, org: str,
     """(resource, its workspace) for everything the member owns that moves.
 
     Removed from a workspace: everything they own in it. Removed from the
-    organization: everything they own in workspaces where they hold no
+    organization: everything they own in workspaces where they keep no
     workspace role (where they keep one, they keep their things).
     """
     keep = ctx.rules.removal.keep

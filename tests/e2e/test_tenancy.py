@@ -479,7 +479,7 @@ class TestRolesAndRemoval:
         err = refused(c.tenancy.SetRole, pb.SetRoleRequest(
             actor=ref(owner), scope=scope_org, subject=ref(owner), role=""))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "last-owner" in err.details()
+        assert "an_owner_remains" in err.details()
 
     def test_remove_member_reassigns_everything_but_ai_chats(self, c: Client) -> None:
         """Flows, dashboards and connections (private and shared) go to the receiver in
@@ -531,7 +531,7 @@ class TestRolesAndRemoval:
             actor=ref(new), scope=ref(f"organization:{org}"), member=ref(new),
             reassign_to=ref(old)))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "last-owner" in err.details()
+        assert "an_owner_remains" in err.details()
 
 
 class TestAccessLinks:

@@ -140,12 +140,12 @@ class TestRoles:
         err = refused(c.tenancy.SetRole, pb.SetRoleRequest(
             actor=ref(admin), scope=ref(scope), subject=ref(admin), role="member"))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert err.details().startswith("last-owner:") and "last admin" in err.details()
+        assert err.details().startswith("an_admin_remains:") and "last admin" in err.details()
         err = refused(c.tenancy.RemoveMember, pb.RemoveMemberRequest(
             actor=ref(admin), scope=ref(scope), member=ref(admin),
             reassign_to=ref(org_member(c, org))))
         assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert err.details().startswith("last-owner:")
+        assert err.details().startswith("an_admin_remains:")
         assert f"{scope}#admin" in held(c, admin)
         second = org_member(c, org)
         set_role(c, admin, scope, second, "admin")

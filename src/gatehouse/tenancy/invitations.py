@@ -19,7 +19,6 @@ from gatehouse.graph.changes import PutObject, TouchRelationship
 from gatehouse.graph.model import ObjectRef
 from gatehouse.names import object_key, type_of, validate_id
 from gatehouse.policy.model import PARENT, InvitationRules
-from gatehouse.policy.rules import Requires
 from gatehouse.tenancy import tokens
 from gatehouse.tenancy.commit import Commit
 from gatehouse.tenancy.context import Context, id_of
@@ -96,7 +95,6 @@ def invite_member(ctx: Context, actor_ref: Any, scope_ref: Any, email: str, role
     if ttl_seconds > rules.max_ttl_seconds:
         raise InvalidArgument("ttl_seconds", f"at most {rules.max_ttl_seconds} "
                               f"({rules.max_ttl_seconds // 86400} days)")
-    _acceptable(ctx, org, scope, role, address)
     ttl = ttl_seconds or rules.ttl_seconds
     inv_id = tokens.new_id()
     token = tokens.issue(inv_id)
@@ -107,22 +105,6 @@ def invite_member(ctx: Context, actor_ref: Any, scope_ref: Any, email: str, role
              "invited_by": actor.key}
     ops = (PutObject(ObjectRef.from_key(inv), attrs), TouchRelationship(rel(inv, PARENT, org)))
     return Commit(ops, (org,), lambda revision: Issued(inv_id, token.text, expires_at, revision))
-
-
-def _acceptable(ctx: Context, org: str, scope: str, role: str, email: str) -> None:
-    """Refuse now an invitation that could never be accepted: a role a ``requires``
-    constraint grants only to organization members, for an email no member has."""
-    ref = f"{type_of(scope)}.{role}"
-    org_type = ctx.rules.organization
-    for con in ctx.policy.write_rules.constraints:
-        if not isinstance(con, Requires) or ref not in con.relations:
-            continue
-        holders = {s for need in con.needs if need.startswith(org_type + ".")
-                   for s in ctx.index.subjects(org, need.partition(".")[2])}
-        if not any(ctx.email_of(s) == email for s in holders):
-            raise FailedPrecondition(con.name, f"{email} is not a member of {org}, and "
-                                     f"{ref} needs one of {', '.join(sorted(con.needs))}; "
-                                     "invite them to the organization first")
 
 
 def accept_invitation(ctx: Context, token_text: str, subject_ref: Any) -> Commit[int]:

@@ -21,7 +21,7 @@ from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
 from gatehouse.graph.changes import DeleteRelationship, Operation, TouchRelationship
 from gatehouse.names import type_of
 from gatehouse.policy.model import OWNER
-from gatehouse.policy.rules import Requires
+from gatehouse.policy.rules import MinSubjects, Requires
 from gatehouse.tenancy.commit import Commit
 from gatehouse.tenancy.context import Context, Subject
 from gatehouse.tenancy.workspaces import rel
@@ -51,7 +51,12 @@ def in_organization(ctx: Context, subject: str, org: str) -> bool:
 def _last_owner(ctx: Context, org: str, member: str, removing: list[str]) -> None:
     owner = ctx.rules.owner_role
     if owner in removing and ctx.index.subjects(org, owner) <= {member}:
-        raise FailedPrecondition("last-owner", f"{member} is the last {owner} of {org}; make "
+        # Named after the policy's own constraint when it declares one (the store
+        # would refuse the write under that name too), else after the rule.
+        rule = next((con.name for con in ctx.policy.write_rules.constraints
+                     if isinstance(con, MinSubjects) and con.type == ctx.rules.organization
+                     and con.relation == owner), "last-owner")
+        raise FailedPrecondition(rule, f"{member} is the last {owner} of {org}; make "
                                  f"someone else {owner} first")
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 
 from gatehouse.errors import Unavailable
-from gatehouse.graph.changes import TouchRelationship
+from gatehouse.graph.changes import Change, DeleteRelationship, TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import Relationship
 from gatehouse.policy import load_policy
@@ -22,6 +23,7 @@ from gatehouse.runtime import (
     PolicyReloader,
     Runtime,
 )
+from gatehouse.runtime.follower import touched_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = load_policy(ROOT / "policies/coupler")
@@ -127,3 +129,55 @@ class TestPolicyReloader:
         old, new, failures = asyncio.run(scenario())
         assert new != old and failures == 1
         assert "policy reload failed" in caplog.text
+
+
+class TestLargeChanges:
+    def test_decisions_outside_a_large_change_do_not_wait_for_it(self) -> None:
+        """While a large change is applied, a Check reading none of its rows answers
+        without the lock; one reading them waits for the whole change."""
+        async def scenario() -> tuple[bool, bool, bool, bool]:
+            runtime = await Runtime.start(POLICY, MemoryGraphStore())
+            try:
+                for text in ("workspace:w1#parent@organization:o",
+                             "workspace:w2#parent@organization:o",
+                             "workspace:w1#admin@user:a", "workspace:w2#admin@user:a"):
+                    await runtime.graph.write(touch(text))
+                await runtime.follower.ensure(FULLY_CONSISTENT, 5)
+                owners = [TouchRelationship(Relationship.parse(f"data_flow:f{i}#owner@user:b"))
+                          for i in range(300)]
+                change = Change(99, (*owners, DeleteRelationship(Relationship.parse(
+                    "workspace:w1#admin@user:a"))))
+                rows = touched_rows(change)
+                assert rows is not None and "workspace:w1" in rows
+                follower = runtime.follower
+                other = CheckInput("user", "a", "view", "workspace", "w2")
+                same = CheckInput("user", "a", "view", "workspace", "w1")
+                answers: dict[str, bool] = {}
+
+                def decide(name: str, req: CheckInput) -> None:
+                    answers[name] = runtime.decisions.check(req).allowed
+
+                with follower.lock:  # the follower applying the change holds this
+                    follower._busy = rows
+                    free = threading.Thread(target=decide, args=("other", other))
+                    free.start()
+                    free.join(10)
+                    waiting = threading.Thread(target=decide, args=("same", same))
+                    waiting.start()
+                    waiting.join(0.3)
+                    was_waiting = waiting.is_alive()
+                    follower._busy = None
+                waiting.join(10)
+                return free.is_alive(), answers["other"], was_waiting, answers["same"]
+            finally:
+                await runtime.close()
+
+        free_blocked, other_allowed, same_waited, same_allowed = asyncio.run(scenario())
+        assert not free_blocked and other_allowed
+        assert same_waited and same_allowed
+
+    def test_a_move_announces_no_rows(self) -> None:
+        """A change with a parent edge rewrites whole subtrees: no decision skips the lock."""
+        change = Change(1, (TouchRelationship(Relationship.parse(
+            "data_flow:f#parent@workspace:w")),))
+        assert touched_rows(change) is None

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from gatehouse import engine
 from gatehouse.engine.listing import list_accessible
 from gatehouse.errors import GatehouseError, InvalidArgument, quote
+from gatehouse.graph.index import GraphIndex
 from gatehouse.limits import LIMITS
 from gatehouse.names import object_key, validate_id, validate_type
 from gatehouse.policy.model import CompiledPolicy
@@ -77,8 +78,16 @@ class Decisions:
     def check(self, req: CheckInput) -> CheckOutput:
         """One decision."""
         follower = self.follower
-        with follower.lock:
+        lock = follower.lock
+        if not lock.acquire(blocking=False):
+            busy = follower.busy_rows
+            if busy is not None and _reads_none_of(follower.index, req, busy):
+                return _check(follower.policy, follower.index, req, "")
+            lock.acquire()
+        try:
             return _check(follower.policy, follower.index, req, "")
+        finally:
+            lock.release()
 
     def check_many(self, reqs: Sequence[CheckInput | GatehouseError]) -> BulkOutput:
         """Decide each request against one policy and one revision, in order.
@@ -88,7 +97,16 @@ class Decisions:
         """
         out: list[CheckOutput | GatehouseError] = []
         follower = self.follower
-        with follower.lock:
+        lock = follower.lock
+        locked = lock.acquire(blocking=False)
+        if not locked:
+            busy = follower.busy_rows
+            index = follower.index
+            if busy is None or not all(isinstance(r, GatehouseError)
+                                       or _reads_none_of(index, r, busy) for r in reqs):
+                lock.acquire()
+                locked = True
+        try:
             policy, index = follower.policy, follower.index
             for i, req in enumerate(reqs):
                 if isinstance(req, GatehouseError):
@@ -99,6 +117,9 @@ class Decisions:
                 except GatehouseError as exc:
                     out.append(exc)
             return BulkOutput(out, index.revision, policy.version)
+        finally:
+            if locked:
+                lock.release()
 
     def list_accessible(self, req: ListInput, deadline: float | None) -> ListOutput:
         """One page of ListAccessible, from one view (called on the loop thread)."""
@@ -123,6 +144,16 @@ class Decisions:
                                limit=req.page_size or LIMITS.list_page_default,
                                deadline=deadline, context=req.context)
         return ListOutput(page.ids, page.after, page.complete, index.revision, policy.version)
+
+
+def _reads_none_of(index: GraphIndex, req: CheckInput, rows: frozenset[str]) -> bool:
+    """Whether deciding ``req`` reads only rows outside ``rows``: the resource, its
+    ancestors and the subject (whose attributes conditions may read)."""
+    resource = f"{req.resource_type}:{req.resource_id}"
+    if resource in rows or f"{req.subject_type}:{req.subject_id}" in rows:
+        return False
+    up = index.up.get(resource)
+    return up is None or rows.isdisjoint(up.values())
 
 
 def _check(policy: CompiledPolicy, index: Any, req: CheckInput, prefix: str) -> CheckOutput:

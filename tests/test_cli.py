@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.conftest import GATEHOUSE, ROOT
+from tests.conftest import GATEHOUSE, ROOT, ServerProcess
 
 
 def gatehouse(*args: str) -> subprocess.CompletedProcess[str]:
@@ -76,3 +76,34 @@ class TestPolicyCommands:
             "[delete: allow]" in out.stdout
         assert "FAIL wrong_test.yaml:7" in out.stdout and "[view: deny]" in out.stdout
         assert out.stdout.strip().splitlines()[-2:] == ["cases: 2 check", "0 passed, 2 failed"]
+
+
+class TestCheckCommand:
+    def test_prints_the_decision_and_exits_by_it(self, coupler_server: ServerProcess) -> None:
+        """`gatehouse check` prints ALLOW/DENY with revision and policy, exit 0 or 1."""
+        deny = gatehouse("check", "user:uma", "delete", "data_flow:acme-sales-pipeline",
+                         "--address", coupler_server.address)
+        assert deny.returncode == 1, deny.stderr
+        assert deny.stdout.startswith("DENY  user:uma delete data_flow:acme-sales-pipeline")
+        assert "policy sha256:" in deny.stdout
+        allow = gatehouse("check", "user:ben", "delete", "data_flow:acme-sales-pipeline",
+                          "--address", coupler_server.address, "--fully-consistent")
+        assert allow.returncode == 0 and allow.stdout.startswith("ALLOW")
+
+    def test_explain_prints_the_trace_as_a_tree(self, coupler_server: ServerProcess) -> None:
+        """--explain adds the summary and one tree line per trace entry."""
+        out = gatehouse("check", "user:uma", "edit", "data_flow:acme-sales-pipeline",
+                        "--explain", "--address", coupler_server.address)
+        lines = out.stdout.splitlines()
+        assert out.returncode == 0 and lines[1].startswith("why: ")
+        assert lines[-1].startswith("  └─ ") and all(
+            line.startswith(("  ├─ ", "  └─ ")) for line in lines[2:])
+
+    def test_errors_exit_2_with_the_status(self, coupler_server: ServerProcess) -> None:
+        """An invalid request prints the status and the field; a malformed ref never calls."""
+        out = gatehouse("check", "user:uma", "fly", "data_flow:acme-sales-pipeline",
+                        "--address", coupler_server.address)
+        assert out.returncode == 2 and "INVALID_ARGUMENT: action:" in out.stderr
+        out = gatehouse("check", "uma", "view", "data_flow:x", "--address",
+                        coupler_server.address)
+        assert out.returncode == 2 and "subject must be type:id" in out.stderr

@@ -140,6 +140,51 @@ def _test(args: argparse.Namespace) -> int:
     return 0 if results.ok else 1
 
 
+def _check(args: argparse.Namespace) -> int:
+    """One Check against a running server: 0 allow, 1 deny, 2 the call failed."""
+    import json
+
+    import grpc
+
+    from gatehouse.v1 import authorization_pb2 as pb
+    from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
+
+    refs = []
+    for name, text in (("subject", args.subject), ("resource", args.resource)):
+        type_, sep, id_ = text.partition(":")
+        if not sep or not type_ or not id_:
+            print(f"gatehouse: {name} must be type:id, not {text!r}", file=sys.stderr)
+            return 2
+        refs.append(pb.ObjectReference(type=type_, id=id_))
+    req = pb.CheckRequest(subject=refs[0], action=args.action, resource=refs[1],
+                          explain=args.explain)
+    if args.context:
+        try:
+            req.context.update(json.loads(args.context))
+        except (ValueError, TypeError, AttributeError) as exc:
+            print(f"gatehouse: --context must be a JSON object: {exc}", file=sys.stderr)
+            return 2
+    if args.at:
+        req.consistency.at_least_as_fresh = args.at
+    elif args.fully_consistent:
+        req.consistency.fully_consistent = True
+    try:
+        with grpc.insecure_channel(args.address) as channel:
+            resp = pb_grpc.AuthorizationServiceStub(channel).Check(req, timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"gatehouse: {exc.code().name}: {exc.details()}", file=sys.stderr)
+        return 2
+    allowed = resp.decision == pb.DECISION_ALLOW
+    print(f"{'ALLOW' if allowed else 'DENY'}  {args.subject} {args.action} {args.resource}  "
+          f"(revision {resp.revision}, policy {resp.policy_version})")
+    if args.explain:
+        print(f"why: {resp.explanation.summary}")
+        trace = list(resp.explanation.trace)
+        for i, line in enumerate(trace):
+            print(f"  {'└─' if i == len(trace) - 1 else '├─'} {line}")
+    return 0 if allowed else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description="Tenancy and authorization "
                                      "service: permission checks over gRPC.")
@@ -177,6 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)
+
+    chk = sub.add_parser("check", help="ask a running server one Check (exit 0 allow, 1 deny, "
+                         "2 error)")
+    chk.add_argument("subject", help="type:id, e.g. user:uma")
+    chk.add_argument("action")
+    chk.add_argument("resource", help="type:id, e.g. data_flow:f1")
+    chk.add_argument("--explain", action="store_true", help="print why, as a tree")
+    chk.add_argument("--address", default=os.environ.get("GATEHOUSE_ADDRESS", "127.0.0.1:50051"),
+                     help="host:port of the server (env GATEHOUSE_ADDRESS)")
+    chk.add_argument("--context", help="request context as a JSON object")
+    chk.add_argument("--at", help="answer at least as fresh as this revision")
+    chk.add_argument("--fully-consistent", action="store_true",
+                     help="catch up with the store first")
+    chk.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    chk.set_defaults(func=_check)
 
     policy = sub.add_parser("policy", help="validate or test a policy set")
     psub = policy.add_subparsers(dest="policy_command", required=True)

@@ -37,3 +37,24 @@ class TestRedeemAttributes:
             token=link.token, attributes=ok), timeout=10)
         assert c.attributes(f"connection:{out.connection_id}") == {
             "shared": True, "credential_id": "hs-1", "source_type": "hubspot"}
+
+    def test_non_finite_and_deep_attributes_are_refused(self, c: Client) -> None:
+        """NaN or a Struct nested past the cap is INVALID_ARGUMENT naming the field."""
+        owner = c.user()
+        _org, ws = c.org(owner, plan="pro")
+        link = c.tenancy.CreateAccessLink(pb.CreateAccessLinkRequest(
+            actor=ref(owner), workspace_id=ws, source_type="hubspot"), timeout=10)
+        nan = Struct()
+        nan.fields["credential_id"].number_value = float("nan")
+        err = refused(c.tenancy.RedeemAccessLink, pb.RedeemAccessLinkRequest(
+            token=link.token, attributes=nan))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.details().startswith("attributes.credential_id:")
+        deep = Struct()
+        inner = deep
+        for _ in range(20):
+            inner = inner.fields["k"].struct_value
+        err = refused(c.tenancy.RedeemAccessLink, pb.RedeemAccessLinkRequest(
+            token=link.token, attributes=deep))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "nested deeper than" in err.details()

@@ -128,6 +128,10 @@ def accept_invitation(ctx: Context, token_text: str, subject_ref: Any) -> Commit
     if ctx.tenant_of(scope) != org:
         raise NotFound(f"{key}: its {quote(scope)} no longer exists")
     role = str(attrs.get("role", ""))
+    if role not in rules.roles.get(type_of(scope), frozenset()):
+        # Written by hand, or the policy changed since: grant nothing it would refuse.
+        raise FailedPrecondition("invitation", f"{key} grants {quote(role)}, which an "
+                                 f"invitation to {type_of(scope)!r} may not grant now")
     ctx.require_limit(org, AddMember(scope, email))
     ops = (TouchRelationship(rel(scope, role, subject.key)),
            PutObject(ObjectRef.from_key(key), {**attrs, "status": ACCEPTED}))

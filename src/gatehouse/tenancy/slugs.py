@@ -1,8 +1,11 @@
-"""Workspace names and slugs: the rules of the seeds, and deriving a slug.
+"""Workspace names and slugs: checked by the policy's attribute rules, and deriving
+a slug from a name.
 
-A slug is 2-50 characters of ``a-z``, ``0-9`` and ``-``, neither starting
-nor ending with ``-``; unique within its organization and fixed once the
-workspace exists. A name is 1-100 characters, printable, not blank.
+The rules themselves are the policy's (``workspace.slug`` and ``workspace.name``
+in ``types:``, e.g. ``pattern``, ``min_length``, ``max_length``), the same ones
+every store write is checked against. When a policy declares none, the seeds'
+rules apply: a slug is 2-50 of ``a-z``, ``0-9`` and ``-`` without a leading or
+trailing ``-``; a name is 1-100 characters.
 """
 
 from __future__ import annotations
@@ -11,46 +14,58 @@ import re
 import unicodedata
 
 from gatehouse.errors import InvalidArgument, quote
+from gatehouse.policy.model import Attribute
 
 SLUG_MIN, SLUG_MAX = 2, 50
 NAME_MAX = 100
 SLUG_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,48}[a-z0-9])?", re.ASCII)
+SEED_SLUG = Attribute("slug", "string", min_length=SLUG_MIN, max_length=SLUG_MAX,
+                      pattern=SLUG_RE)
+SEED_NAME = Attribute("name", "string", min_length=1, max_length=NAME_MAX)
 
 
-def slug_problem(slug: str) -> str | None:
-    """Why ``slug`` is not a slug, or None."""
-    if not SLUG_MIN <= len(slug) <= SLUG_MAX:
-        return f"must be {SLUG_MIN}-{SLUG_MAX} characters, not {len(slug)}"
-    if not SLUG_RE.fullmatch(slug):
-        return ("may hold only lowercase letters, digits and '-', and may not start or end "
-                "with '-'")
-    return None
+def _ruled(attr: Attribute | None, seed: Attribute) -> Attribute:
+    """The attribute's own rules, or the seed's when it declares none."""
+    if attr is None or (attr.min_length is None and attr.max_length is None
+                        and attr.pattern is None):
+        return seed
+    return attr
 
 
-def check_name(name: str, field: str = "name") -> str:
-    """The name, refused unless 1-100 printable characters that are not all blank."""
+def slug_problem(slug: str, attr: Attribute | None = None) -> str | None:
+    """Why ``slug`` is not a slug under the policy's rules (``attr``), or None."""
+    return _ruled(attr, SEED_SLUG).rule_problem(slug)
+
+
+def check_name(name: str, field: str = "name", attr: Attribute | None = None) -> str:
+    """The name, refused if blank, holding control characters or breaking the rules."""
     if not name.strip():
-        raise InvalidArgument(field, "is required (1-100 characters)")
-    if len(name) > NAME_MAX:
-        raise InvalidArgument(field, f"is {len(name)} characters; at most {NAME_MAX}")
+        raise InvalidArgument(field, "is required")
     if not name.isprintable():
         raise InvalidArgument(field, f"{quote(name)} holds control characters")
+    problem = _ruled(attr, SEED_NAME).rule_problem(name)
+    if problem is not None:
+        raise InvalidArgument(field, f"{quote(name)} {problem}")
     return name
 
 
-def check_slug(slug: str, field: str = "slug") -> str:
-    problem = slug_problem(slug)
+def check_slug(slug: str, field: str = "slug", attr: Attribute | None = None) -> str:
+    problem = slug_problem(slug, attr)
     if problem is not None:
         raise InvalidArgument(field, f"{quote(slug)} {problem}")
     return slug
 
 
-def derive_slug(name: str) -> str:
+def slug_max(attr: Attribute | None = None) -> int:
+    return _ruled(attr, SEED_SLUG).max_length or SLUG_MAX
+
+
+def derive_slug(name: str, attr: Attribute | None = None) -> str:
     """A slug from a name: accents dropped, lowercased, runs of other characters -> '-'.
 
     ``"Acme Inc."`` -> ``"acme-inc"``. A name with too few usable characters
-    gives ``"workspace"``; a long one is cut at 50 (without a trailing '-').
+    gives ``"workspace"``; a long one is cut to the maximum (without a trailing '-').
     """
     text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
-    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:SLUG_MAX].rstrip("-")
-    return slug if len(slug) >= SLUG_MIN else "workspace"
+    slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")[:slug_max(attr)].rstrip("-")
+    return slug if slug_problem(slug, attr) is None else "workspace"

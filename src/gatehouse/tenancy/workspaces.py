@@ -15,7 +15,7 @@ from gatehouse.graph.changes import (
 )
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.names import object_key, split_key, validate_id
-from gatehouse.policy.model import PARENT
+from gatehouse.policy.model import PARENT, Attribute
 from gatehouse.tenancy import slugs, tokens
 from gatehouse.tenancy.commit import Commit
 from gatehouse.tenancy.context import Context, Subject
@@ -49,6 +49,11 @@ def _workspace_ops(ctx: Context, org: str, ws: str, name: str, slug: str,
     if creator is not None and ctx.rules.creator_role:
         ops.append(TouchRelationship(rel(ws, ctx.rules.creator_role, creator.key)))
     return ops
+
+
+def _rules_of(ctx: Context, name: str) -> Attribute | None:
+    """The workspace type's declared attribute ``name`` (its rules check names and slugs)."""
+    return ctx.policy.types[ctx.rules.workspace].attributes.get(name)
 
 
 def slug_owner(ctx: Context, org: str, slug: str) -> str | None:
@@ -85,7 +90,8 @@ def create_organization(ctx: Context, actor_ref: Any, org_id: str, name: str,
     org = object_key(ctx.rules.organization, org_id)
     if ctx.index.exists(org):
         raise AlreadyExists(f"organization_id: {org} already exists")
-    slugs.check_name(name, "name")
+    slugs.check_name(name, "name", ctx.policy.types[ctx.rules.organization].attributes.get(
+        "name"))
     usage = ctx.policy.usage
     if plan:
         if plan not in usage.plans:
@@ -96,7 +102,7 @@ def create_organization(ctx: Context, actor_ref: Any, org_id: str, name: str,
     ws_id = tokens.new_id()
     ws = object_key(ctx.rules.workspace, ws_id)
     primary = ctx.rules.primary_workspace
-    slug = slugs.derive_slug(primary)
+    slug = slugs.derive_slug(primary, _rules_of(ctx, "slug"))
     attrs: dict[str, Any] = {"name": name}
     if plan:
         attrs[usage.plan_attribute] = plan
@@ -114,19 +120,20 @@ def create_workspace(ctx: Context, actor_ref: Any, org_id: str, name: str,
     actor = ctx.subject(actor_ref, "actor")
     org = ctx.organization(org_id)
     ctx.authorize(actor, "create_workspace", org)
-    slugs.check_name(name, "name")
+    slug_rules = _rules_of(ctx, "slug")
+    slugs.check_name(name, "name", _rules_of(ctx, "name"))
     if slug:
-        slugs.check_slug(slug, "slug")
+        slugs.check_slug(slug, "slug", slug_rules)
         holder = slug_owner(ctx, org, slug)
         if holder is not None:
             raise AlreadyExists(f"slug: {slug!r} is taken in {org} (by {holder})")
     else:
-        base = slugs.derive_slug(name)
+        base = slugs.derive_slug(name, slug_rules)
         slug, n = base, 1
         while slug_owner(ctx, org, slug) is not None:
             n += 1
             suffix = f"-{n}"
-            slug = base[:slugs.SLUG_MAX - len(suffix)].rstrip("-") + suffix
+            slug = base[:slugs.slug_max(slug_rules) - len(suffix)].rstrip("-") + suffix
     ctx.require_feature("create_workspace", org)
     ctx.require_limit(org, CreateWorkspace())
     ws_id = tokens.new_id()
@@ -139,7 +146,7 @@ def create_workspace(ctx: Context, actor_ref: Any, org_id: str, name: str,
 def check_slug(ctx: Context, org_id: str, slug: str) -> tuple[bool, str]:
     """(available, reason) for ``slug`` in the organization."""
     org = ctx.organization(org_id)
-    problem = slugs.slug_problem(slug)
+    problem = slugs.slug_problem(slug, _rules_of(ctx, "slug"))
     if problem is not None:
         return False, f"invalid: {problem}"
     holder = slug_owner(ctx, org, slug)
@@ -152,7 +159,7 @@ def rename_workspace(ctx: Context, actor_ref: Any, ws_id: str, name: str) -> Com
     actor = ctx.subject(actor_ref, "actor")
     ws, org = ctx.workspace(ws_id)
     ctx.authorize(actor, "rename_workspace", ws)
-    slugs.check_name(name, "name")
+    slugs.check_name(name, "name", _rules_of(ctx, "name"))
     attrs = dict(ctx.index.attributes(ws))
     attrs["name"] = name
     return Commit((PutObject(ObjectRef.from_key(ws), attrs),), (org,), lambda revision: revision)

@@ -81,7 +81,9 @@ def build_ops(workspaces: int, members: int, connections: int, seed: int = 7) ->
         ops.append(rel(key, "parent", f"workspace:w{f % workspaces}"))
         ops.append(PutObject(ref(key), {"destination_type": rnd.choice(
             ["google_sheets", "bigquery", "looker", "excel", "snowflake"])}))
-    return ops
+    # Random members repeat; a write batch names each relationship once.
+    return list({(op.relationship if isinstance(op, TouchRelationship) else op.ref): op
+                 for op in ops}.values())
 
 
 async def load(url: str, prefix: str, ops: list[Operation]) -> None:

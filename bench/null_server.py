@@ -48,7 +48,7 @@ class NullAuthorization(pb_grpc.AuthorizationServiceServicer):  # type: ignore[m
         return resp
 
 
-def _inline_check(raw: bytes) -> bytes:
+def _inline_check(raw: bytes, info: object) -> bytes:
     pb.CheckRequest.FromString(raw)
     out: bytes = pb.CheckResponse(decision=pb.DECISION_ALLOW, revision=REVISION,
                                   policy_version=POLICY_VERSION).SerializeToString()

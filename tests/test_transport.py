@@ -50,8 +50,10 @@ class Toy:
         self.deadlines: list[float | None] = []
         self.reached: list[bytes] = []  # every request a handler (inline or async) saw
 
-    def inline(self, raw: bytes) -> bytes:
+    def inline(self, raw: bytes, info: CallInfo | None) -> bytes:
         self.reached.append(raw[:16])
+        if raw == b"notes":
+            return b"inline:" + str(info.notes.get("caller") if info else None).encode()
         if raw == b"abort":
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "rule 'x' says no")
         if raw == b"defer":
@@ -74,6 +76,9 @@ class Toy:
                                 (("x-retry-after", "1"),))
         if request == b"boom":
             raise RuntimeError("bug")
+        if request == b"notes":
+            info = context.call_info()
+            return b"async:" + str(info.notes.get("caller") if info else None).encode()
         if request == b"sleep":
             # A handler that outlasts the caller's deadline is what the test needs.
             await asyncio.sleep(30)
@@ -118,6 +123,7 @@ class Hooks:
 
     def before(self, info: CallInfo) -> None:
         self.seen.append(info)
+        info.notes["caller"] = dict(info.metadata).get("x-caller")
         if info.method in self.refuse:
             if dict(info.metadata).get("authorization") == "explode":
                 raise KeyError("a bug in the hook")
@@ -272,9 +278,9 @@ class TestInline:
     def test_inline_must_name_a_registered_unary_method(self, served: Served) -> None:
         """add_inline refuses a method that is not registered, or not unary."""
         with pytest.raises(ValueError, match="registered unary"):
-            served.server.add_inline("/toy.Toy/Missing", lambda raw: raw)
+            served.server.add_inline("/toy.Toy/Missing", lambda raw, info: raw)
         with pytest.raises(ValueError, match="registered unary"):
-            served.server.add_inline(f"/{SERVICE}/Count", lambda raw: raw)
+            served.server.add_inline(f"/{SERVICE}/Count", lambda raw, info: raw)
 
 
 class TestAsync:
@@ -443,6 +449,17 @@ class TestHooks:
             call(ch, "Inline", b"m", metadata=(("authorization", "Bearer k1"),))
         assert ("authorization", "Bearer k1") in hooked.hooks.seen[-1].metadata
         assert hooked.hooks.seen[-1].method == f"/{SERVICE}/Inline"
+
+    def test_notes_of_the_before_hook_reach_the_handlers(self, hooked: Served) -> None:
+        """What the pre-call hook notes (e.g. the authenticated caller) reaches inline and
+        async handlers of that same call, and the post-call hook."""
+        with grpc.insecure_channel(hooked.address) as ch:
+            got_inline = call(ch, "Inline", b"notes", metadata=(("x-caller", "svc-a"),))
+            got_async = call(ch, "Unary", b"notes", metadata=(("x-caller", "svc-b"),))
+        assert got_inline == b"inline:svc-a"
+        assert got_async == b"async:svc-b"
+        ended = hooked.hooks.wait_ended(f"/{SERVICE}/Unary")
+        assert ended and any(i.notes.get("caller") == "svc-b" for i, _ in hooked.hooks.ended)
 
     def test_a_failing_before_hook_refuses_the_call(self, hooked: Served) -> None:
         """A pre-call hook raising a bug fails closed: INTERNAL, counted, handler not run."""

@@ -13,7 +13,7 @@ from gatehouse.api.errors import inline_abort, to_rpc_status, translate_errors, 
 from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.limits import LIMITS
 from gatehouse.runtime import CheckInput, Consistency, Decisions, IndexFollower, ListInput, Mode
-from gatehouse.transport import Defer, ServicerContext
+from gatehouse.transport import CallInfo, Defer, ServicerContext
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -75,10 +75,10 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             raise InvalidArgument("items", f"contexts total {total} bytes; at most "
                                   f"{LIMITS.bulk_context_bytes} per call")
 
-    def check_inline(self, raw: bytes) -> bytes:
+    def check_inline(self, raw: bytes, info: CallInfo | None) -> bytes:
         return self._inline(pb.CheckRequest, raw, self._check)
 
-    def check_bulk_inline(self, raw: bytes) -> bytes:
+    def check_bulk_inline(self, raw: bytes, info: CallInfo | None) -> bytes:
         return self._inline(pb.CheckBulkRequest, raw, self._check_bulk, self._bulk_size)
 
     def _inline(self, message: Any, raw: bytes, decide: Callable[[Any], Any],

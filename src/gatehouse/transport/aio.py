@@ -60,10 +60,12 @@ _NO_DEADLINE = 1e9
 class _Context:
     """The ``ServicerContext`` servicers see: grpc.aio's, with ``abort`` raising ``Abort``."""
 
-    __slots__ = ("_code", "_context", "_details", "_serializer", "_trailing")
+    __slots__ = ("_code", "_context", "_details", "_info", "_serializer", "_trailing")
 
-    def __init__(self, context: _AioContext, serializer: Callable[[Any], bytes] | None) -> None:
+    def __init__(self, context: _AioContext, serializer: Callable[[Any], bytes] | None,
+                 info: CallInfo | None = None) -> None:
         self._context = context
+        self._info = info
         self._serializer = serializer
         self._code = grpc.StatusCode.OK
         self._details = ""
@@ -80,6 +82,9 @@ class _Context:
 
     def peer(self) -> str:
         return str(self._context.peer())
+
+    def call_info(self) -> CallInfo | None:
+        return self._info
 
     def cancelled(self) -> bool:
         return bool(self._context.cancelled())
@@ -230,7 +235,7 @@ class AioServer:
         async def serve(requests: AsyncIterator[bytes], context: _AioContext) -> Any:
             start = time.monotonic()
             info = CallInfo(method, _metadata(context), str(context.peer()))
-            ctx = _Context(context, serialize)
+            ctx = _Context(context, serialize, info)
             code, details = grpc.StatusCode.OK, ""
             try:
                 run_before(self._before, info)
@@ -238,7 +243,7 @@ class AioServer:
                     raw = await _exactly_one(requests)
                     if inline is not None:
                         try:
-                            return _inline(inline, raw, self._counters, method)
+                            return _inline(inline, raw, info, self._counters, method)
                         except Defer:
                             pass
                     request = _decode(deserialize, raw)
@@ -299,10 +304,11 @@ class AioServer:
                 self._counters.hook_failed()
 
 
-def _inline(fn: InlineHandler, raw: bytes, counters: Counters, method: str) -> bytes:
+def _inline(fn: InlineHandler, raw: bytes, info: CallInfo, counters: Counters,
+            method: str) -> bytes:
     """Run an inline handler; a failure other than Abort/Defer is INTERNAL, as on core."""
     try:
-        out = fn(raw)
+        out = fn(raw, info)
         if not isinstance(out, bytes):
             raise TypeError(f"an inline handler returned {type(out).__name__}, not bytes")
         return out

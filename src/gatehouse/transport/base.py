@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import grpc
@@ -26,8 +26,9 @@ else:
 Metadata = tuple[tuple[str, Any], ...]
 """Invocation or trailing metadata: (key, value) pairs, values str (or bytes for -bin keys)."""
 
-InlineHandler = Callable[[bytes], bytes]
-"""Request bytes in, response bytes out, without waiting; may raise Abort or Defer."""
+InlineHandler = Callable[[bytes, "CallInfo | None"], bytes]
+"""Request bytes (and the call, when hooks are registered) in, response bytes out,
+without waiting; may raise Abort or Defer."""
 
 UNARY_MESSAGE_COUNT = "request: a unary method takes exactly one request message"
 """The INVALID_ARGUMENT details for a unary call that sent none, or more than one."""
@@ -56,6 +57,10 @@ class CallInfo:
     """The full method path, ``/package.Service/Method``."""
     metadata: Metadata
     peer: str
+    notes: dict[str, Any] = field(default_factory=dict, compare=False)
+    """What hooks and handlers tell each other about this call (e.g. the caller a
+    pre-call hook authenticated, the decision a handler made for the audit hook).
+    One call's notes are only touched by that call's hooks and handler, one at a time."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +125,9 @@ class ServicerContext(Protocol):
     def invocation_metadata(self) -> Metadata: ...
 
     def peer(self) -> str: ...
+
+    def call_info(self) -> CallInfo | None:
+        """The call as the hooks saw it (with their notes), or None when no hooks run."""
 
     def cancelled(self) -> bool: ...
 

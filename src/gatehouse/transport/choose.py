@@ -116,7 +116,7 @@ async def _auto(version: str, core_factory: TransportFactory | None,
 # -- the self-test ---------------------------------------------------------------
 
 
-def _inline(raw: bytes) -> bytes:
+def _inline(raw: bytes, info: object) -> bytes:
     if raw == b"defer":
         raise Defer
     return b"inline:" + raw

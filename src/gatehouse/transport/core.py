@@ -124,8 +124,9 @@ class _Context:
     """The ``ServicerContext`` of a call running on the loop."""
 
     def __init__(self, server: CoreServer, call: Any, deadline: float,
-                 metadata: tuple[tuple[str, Any], ...]) -> None:
+                 metadata: tuple[tuple[str, Any], ...], info: CallInfo | None = None) -> None:
         self._server = server
+        self._info = info
         self._call = call
         self._deadline = deadline
         self._metadata = metadata
@@ -149,6 +150,9 @@ class _Context:
     def peer(self) -> str:
         peer: bytes = self._call.peer()
         return peer.decode(errors="replace")
+
+    def call_info(self) -> CallInfo | None:
+        return self._info
 
     def cancelled(self) -> bool:
         return self._cancelled
@@ -428,7 +432,7 @@ class CoreServer:
                        raw: bytes) -> None:
         code, details = grpc.StatusCode.OK, ""
         try:
-            out = fn(raw)
+            out = fn(raw, track.info if track is not None else None)
         except Abort as exc:
             code, details = exc.code, exc.details
             ops = _status_ops(_core_code(code), details, True, None, exc.trailing_metadata)
@@ -485,7 +489,8 @@ class CoreServer:
         if handler is None:
             self._reply(call, grpc.StatusCode.UNIMPLEMENTED, "Method not found!", track)
             return
-        ctx = _Context(self, call, deadline, metadata)
+        ctx = _Context(self, call, deadline, metadata,
+                       track.info if track is not None else None)
         ctx._task = asyncio.current_task()
         # Its completion is handled on the poll thread: a cancelled call (client
         # gone, deadline passed, server stopping) cancels this task.

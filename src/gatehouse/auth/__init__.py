@@ -1,0 +1,1 @@
+"""Caller authentication: API keys, scopes and tenant restrictions (DESIGN §11)."""

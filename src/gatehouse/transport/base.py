@@ -57,6 +57,8 @@ class CallInfo:
     """The full method path, ``/package.Service/Method``."""
     metadata: Metadata
     peer: str
+    client_subject: str | None = None
+    """The subject of the client's verified TLS certificate (mTLS), else None."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
     """What hooks and handlers tell each other about this call (e.g. the caller a
     pre-call hook authenticated, the decision a handler made for the audit hook).

@@ -68,6 +68,10 @@ CERBOS_POLICIES = ROOT / "bench" / "cerbos" / "policies"
 CERBOS_VERSION = "0.55.0"
 LOAD = ROOT / "bench" / "load.py"
 SYSTEMS = ("gatehouse", "cerbos", "null")
+KEYED = "keyed"
+"""``--secure``: a second gatehouse with an API key on every call and Check audit sampled at 1 %."""
+BENCH_KEY = "bench-" + "k" * 40
+"""The key the keyed server's keys file holds (a benchmark's throwaway, by environment only)."""
 KINDS = ("check", "bulk")
 
 
@@ -114,6 +118,8 @@ class Server:
     address: str = ""
     proc: subprocess.Popen[bytes] | None = None
     started_s: float = 0.0
+    tls_ca: Path | None = None
+    """Set when the server speaks TLS: the CA its certificate chains to."""
 
     @property
     def pid(self) -> int:
@@ -128,8 +134,11 @@ class Server:
 
     def wait(self) -> None:
         assert self.proc is not None
-        wait_serving(self.address, self.proc, self.log_path,  # type: ignore[arg-type]
-                     timeout=self.start_timeout)
+        if self.tls_ca is None:
+            wait_serving(self.address, self.proc, self.log_path,  # type: ignore[arg-type]
+                         timeout=self.start_timeout)
+        else:
+            wait_serving_tls(self, self.tls_ca)
         self.started_s = time.perf_counter() - self._t0
 
     def rss_mib(self) -> float:
@@ -150,12 +159,42 @@ class Server:
             self.proc.wait()
 
 
-def cerbos_config(directory: Path, grpc_port: int, http_port: int) -> Path:
+def wait_serving_tls(server: Server, ca: Path) -> None:
+    """The TLS twin of ``wait_serving``: a gRPC health check over TLS until it answers."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    assert server.proc is not None
+    creds = grpc.ssl_channel_credentials(ca.read_bytes())
+    deadline = time.monotonic() + server.start_timeout
+    with grpc.secure_channel(server.address, creds, options=[
+            ("grpc.ssl_target_name_override", "localhost")]) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        while time.monotonic() < deadline:
+            if server.proc.poll() is not None:
+                raise SystemExit(f"{server.name} exited:\n{server.log_path.read_text()[-3000:]}")
+            try:
+                stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                return
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    return  # answered over TLS: serving (Cerbos names its services)
+            time.sleep(0.1)  # poll interval of a bounded wait
+    raise SystemExit(f"{server.name} did not serve over TLS:\n"
+                     f"{server.log_path.read_text()[-3000:]}")
+
+
+def cerbos_config(directory: Path, grpc_port: int, http_port: int,
+                  certs: Any = None) -> Path:
     path = directory / "cerbos.yaml"
+    tls = ("  tls:\n"
+           f"    cert: {json.dumps(str(certs.cert))}\n"
+           f"    key: {json.dumps(str(certs.key))}\n") if certs is not None else ""
     path.write_text(
         "server:\n"
         f'  httpListenAddr: "127.0.0.1:{http_port}"\n'
         f'  grpcListenAddr: "127.0.0.1:{grpc_port}"\n'
+        + tls +
         "storage:\n"
         "  driver: disk\n"
         "  disk:\n"
@@ -167,31 +206,50 @@ def cerbos_config(directory: Path, grpc_port: int, http_port: int) -> Path:
     return path
 
 
+def keys_file(directory: Path) -> Path:
+    """A keys file holding ``BENCH_KEY`` with the check scope."""
+    import hashlib
+
+    path = directory / "keys.yaml"
+    digest = hashlib.sha256(BENCH_KEY.encode()).hexdigest()
+    path.write_text(f"keys:\n  - name: bench\n    sha256: {digest}\n    scopes: [check]\n")
+    return path
+
+
 def make_servers(tmp: Path, data_path: Path, redis_url: str | None,
-                 load_timeout: float, workers: int = 1) -> dict[str, Server]:
+                 load_timeout: float, workers: int = 1, keyed: bool = False,
+                 certs: Any = None) -> dict[str, Server]:
     venv_gatehouse = Path(sys.executable).parent / "gatehouse"
     gatehouse = ([str(venv_gatehouse)] if venv_gatehouse.exists()
                  else [sys.executable, "-m", "gatehouse.cli"])
+    tls_args = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)] if certs else []
+    ca = certs.ca if certs else None
     servers: dict[str, Server] = {}
+    for name in ("gatehouse", KEYED) if keyed else ("gatehouse",):
+        port = free_port()
+        args = [*gatehouse, "serve", "--listen", f"127.0.0.1:{port}", "--policy",
+                "policies/coupler", "--data", str(data_path), "--no-watch", "--log-level",
+                "warning", *tls_args]
+        if redis_url:
+            args += ["--redis-url", redis_url, "--redis-prefix", f"bench{port}"]
+        if workers > 1:
+            args += ["--workers", str(workers)]
+        if name == KEYED:
+            args += ["--api-keys", str(keys_file(tmp)), "--audit-log", str(tmp / "audit.log"),
+                     "--audit-sample-checks", "0.01"]
+        servers[name] = Server(name, args, tmp / f"{name}.log", {"PYTHONUNBUFFERED": "1"},
+                               load_timeout, f"127.0.0.1:{port}", tls_ca=ca)
     port = free_port()
-    args = [*gatehouse, "serve", "--listen", f"127.0.0.1:{port}", "--policy",
-            "policies/coupler", "--data", str(data_path), "--no-watch", "--log-level", "warning"]
-    if redis_url:
-        args += ["--redis-url", redis_url, "--redis-prefix", f"bench{port}"]
-    if workers > 1:
-        args += ["--workers", str(workers)]
-    servers["gatehouse"] = Server("gatehouse", args, tmp / "gatehouse.log",
-                                  {"PYTHONUNBUFFERED": "1"}, load_timeout, f"127.0.0.1:{port}")
-    port = free_port()
+    null_tls = ["--tls-cert", str(certs.cert), "--tls-key", str(certs.key)] if certs else []
     servers["null"] = Server("null", [sys.executable, str(ROOT / "bench" / "null_server.py"),
-                                      "--listen", f"127.0.0.1:{port}"],
-                             tmp / "null.log", {}, 60, f"127.0.0.1:{port}")
+                                      "--listen", f"127.0.0.1:{port}", *null_tls],
+                             tmp / "null.log", {}, 60, f"127.0.0.1:{port}", tls_ca=ca)
     port, http = free_port(), free_port()
-    conf = cerbos_config(tmp, port, http)
+    conf = cerbos_config(tmp, port, http, certs)
     servers["cerbos"] = Server("cerbos", [str(cerbos_binary()), "server", f"--config={conf}",
                                           "--log-level=warn"],
                                tmp / "cerbos.log", {"CERBOS_NO_TELEMETRY": "1"}, 60,
-                               f"127.0.0.1:{port}")
+                               f"127.0.0.1:{port}", tls_ca=ca)
     return servers
 
 
@@ -205,7 +263,12 @@ def run_client(mode: str, target: str, server: Server, mix_path: Path,
     if mode == "run":
         args += ["--duration", str(duration), "--warmup", str(warmup),
                  "--server-pid", str(server.pid)]
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+    if server.tls_ca is not None:
+        args += ["--tls-ca", str(server.tls_ca)]
+    env = {k: v for k, v in os.environ.items() if k != "GATEHOUSE_API_KEY"}
+    if server.name == KEYED:
+        env["GATEHOUSE_API_KEY"] = BENCH_KEY
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env,
                           timeout=warmup + duration + 300)
     if proc.returncode != 0:
         raise SystemExit(f"load.py {mode} {target} failed:\n{proc.stderr[-3000:]}")
@@ -271,6 +334,13 @@ def verify(servers: dict[str, Server], mix_path: Path, mix: dict[str, Any]) -> d
         for e, g, c, lbl in zip(flat_exp, flat_gh, flat_cb, flat_lbl, strict=True):
             if not (e == g == c):
                 report["mismatches"].append(f"{lbl}: model {e}, gatehouse {g}, cerbos {c}")
+    if KEYED in servers:  # the keyed server answers exactly as the open one (and is reachable)
+        progress(f"verifying {KEYED}-check with its API key")
+        keyed = run_client("verify", f"{KEYED}-check", servers[KEYED], mix_path, 16)
+        for lbl, g, k in zip(labels["check"], got["gatehouse"]["check"], keyed["decisions"],
+                             strict=True):
+            if g != k:
+                report["mismatches"].append(f"{lbl}: gatehouse {g}, keyed {k}")
     return report
 
 
@@ -278,7 +348,7 @@ def verify(servers: dict[str, Server], mix_path: Path, mix: dict[str, Any]) -> d
 
 
 def runs_plan(concurrencies: Sequence[int], targets: Sequence[str]) -> list[tuple[str, int]]:
-    return [(t, c) for c in concurrencies for kind in KINDS for s in SYSTEMS
+    return [(t, c) for c in concurrencies for kind in KINDS for s in (*SYSTEMS, KEYED)
             if (t := f"{s}-{kind}") in targets]
 
 
@@ -346,6 +416,10 @@ def ratios(summary: dict[tuple[str, int], dict[str, Any]],
          ("gatehouse-check", 1), ("null-check", 1), "p50_ms"),
         ("gatehouse CheckBulk(50) decisions/s / Cerbos CheckResources(50) decisions/s, "
          "64 in flight", ("gatehouse-bulk", 64), ("cerbos-bulk", 64), "decisions_per_s"),
+        ("gatehouse with a key per call and 1 % Check audit / without, Check calls/s, "
+         "64 in flight", ("keyed-check", 64), ("gatehouse-check", 64), "calls_per_s"),
+        ("gatehouse with a key per call / Cerbos, Check calls/s, 64 in flight",
+         ("keyed-check", 64), ("cerbos-check", 64), "calls_per_s"),
     ):
         r = ratio(a, b, key)
         if r is not None:
@@ -470,6 +544,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true",
                    help="afterwards, py-spy the gatehouse server under Check at 64 in flight")
     p.add_argument("--json", action="store_true", help="print one JSON object, not the table")
+    p.add_argument("--secure", action="store_true",
+                   help="also run a gatehouse that requires an API key on every call and "
+                   "audits 1 %% of Checks (targets keyed-check, keyed-bulk)")
+    p.add_argument("--tls", action="store_true",
+                   help="every server (gatehouse, Cerbos, null) serves TLS; clients verify it")
     args = p.parse_args(argv)
     if args.quick and not args.orgs:
         args.orgs = 10
@@ -478,7 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.quick else 3)
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     targets = args.targets.split(",")
-    bad = set(targets) - {f"{s}-{k}" for s in SYSTEMS for k in KINDS}
+    if args.secure and args.targets == p.get_default("targets"):
+        targets += [f"{KEYED}-{k}" for k in KINDS]
+    bad = set(targets) - {f"{s}-{k}" for s in (*SYSTEMS, KEYED) for k in KINDS}
     if bad:
         p.error(f"unknown targets: {', '.join(sorted(bad))}")
 
@@ -499,9 +580,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis = RedisServer(tmp / "redis").start()
             stack.callback(redis.stop)
             redis_url = redis.url
+        certs = None
+        if args.tls:
+            from bench import certs as certificates
+
+            certs = certificates.make(tmp / "certs")
         servers = make_servers(tmp, data_path, redis_url,
                                load_timeout=max(120.0, relationships / 1000),
-                               workers=args.workers)
+                               workers=args.workers, keyed=args.secure, certs=certs)
         for s in servers.values():
             stack.callback(s.stop)
         cerbos_version = subprocess.run([servers["cerbos"].args[0], "--version"],
@@ -510,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in servers.values():
             progress(f"starting {s.name} on {s.address}")
             s.start()
-        for name in ("null", "cerbos", "gatehouse"):
+        for name in ("null", "cerbos", "gatehouse", *((KEYED,) if args.secure else ())):
             servers[name].wait()
             progress(f"{name} serving after {servers[name].started_s:.1f} s, "
                      f"RSS {servers[name].rss_mib():,.0f} MiB")
@@ -544,6 +630,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "orgs": shape.orgs, "seed": shape.seed, "relationships": relationships,
         "rounds": rounds, "duration_s": duration, "warmup_s": warmup,
         "store": "redis" if args.redis else "memory", "server_rss_mib": rss,
+        "tls": args.tls, "secure": args.secure,
         "server_start_s": started, "verified_decisions": report["decisions"],
         "verified_allowed": report["allowed"],
     }

@@ -53,8 +53,10 @@ from bench.dataset import NO_ROLE, load_mix  # noqa: E402
 GATEHOUSE_CHECK = "/gatehouse.v1.AuthorizationService/Check"
 GATEHOUSE_BULK = "/gatehouse.v1.AuthorizationService/CheckBulk"
 CERBOS_CHECK = "/cerbos.svc.v1.CerbosService/CheckResources"
-TARGETS = ("gatehouse-check", "gatehouse-bulk", "null-check", "null-bulk",
-           "cerbos-check", "cerbos-bulk")
+TARGETS = ("gatehouse-check", "gatehouse-bulk", "keyed-check", "keyed-bulk", "null-check",
+           "null-bulk", "cerbos-check", "cerbos-bulk")
+KEY_ENV = "GATEHOUSE_API_KEY"
+"""When set, every call carries ``authorization: Bearer <key>`` (the key never goes in argv)."""
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 8 << 20)]
 
 Call = Callable[[bytes], Awaitable[bytes]]
@@ -256,8 +258,23 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     mix = load_mix(Path(args.mix))
     method, msgs, per_call = build(args.target, mix)
     payloads = [m.SerializeToString() for m in msgs]
-    async with grpc.aio.insecure_channel(args.address, options=CHANNEL_OPTIONS) as channel:
-        call: Call = channel.unary_unary(method)
+    if args.tls_ca:
+        creds = grpc.ssl_channel_credentials(Path(args.tls_ca).read_bytes())
+        opened = grpc.aio.secure_channel(args.address, creds, options=[
+            *CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", "localhost")])
+    else:
+        opened = grpc.aio.insecure_channel(args.address, options=CHANNEL_OPTIONS)
+    key = os.environ.get(KEY_ENV)
+    async with opened as channel:
+        plain: Any = channel.unary_unary(method)
+        call: Call = plain
+        if key:
+            metadata = (("authorization", f"Bearer {key}"),)
+
+            def call(payload: bytes) -> Awaitable[bytes]:
+                out: Awaitable[bytes] = plain(payload, metadata=metadata)
+                return out
+
         await asyncio.wait_for(channel.channel_ready(), 30)
         if args.mode == "verify":
             raws = await verify_all(call, payloads, args.concurrency)
@@ -282,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=20.0, help="timed window, seconds")
     p.add_argument("--warmup", type=float, default=5.0, help="warm-up before it, seconds")
     p.add_argument("--server-pid", type=int, help="read this process's CPU time")
+    p.add_argument("--tls-ca", help="use TLS, trusting this CA (PEM)")
     args = p.parse_args(argv)
     host = args.address.rsplit(":", 1)[0].strip("[]")
     if not (host.startswith("127.") or host in ("localhost", "::1")):

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -55,7 +56,7 @@ def _inline_check(raw: bytes, info: object) -> bytes:
     return out
 
 
-async def serve(listen: str, transport: str = "aio") -> None:
+async def serve(listen: str, transport: str = "aio", tls: tuple[str, str] | None = None) -> None:
     options = [("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 8 << 20)]
     server: Any = CoreServer(options) if transport == "core" else grpc.aio.server(options=options)
     pb_grpc.add_AuthorizationServiceServicer_to_server(NullAuthorization(), server)
@@ -63,7 +64,13 @@ async def serve(listen: str, transport: str = "aio") -> None:
         server.add_inline("/gatehouse.v1.AuthorizationService/Check", _inline_check)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    if server.add_insecure_port(listen) == 0:
+    if tls is not None:
+        pair = (Path(tls[1]).read_bytes(), Path(tls[0]).read_bytes())
+        creds = grpc.ssl_server_credentials([pair])
+        port = server.add_secure_port(listen, creds)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
         raise OSError(f"cannot listen on {listen}")
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -82,9 +89,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="aio: the stock grpc.aio server (what compare.py runs); core: "
                         "gatehouse.transport with Check answered inline, the ceiling of "
                         "gatehouse's own transport")
+    p.add_argument("--tls-cert", help="serve TLS with this certificate (PEM; with --tls-key)")
+    p.add_argument("--tls-key", help="the certificate's private key (PEM)")
     args = p.parse_args(argv)
+    if args.tls_cert and args.transport == "core":
+        p.error("--tls-cert serves on the aio transport only")
+    tls = (args.tls_cert, args.tls_key) if args.tls_cert else None
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.listen, args.transport))
+        asyncio.run(serve(args.listen, args.transport, tls))
     return 0
 
 

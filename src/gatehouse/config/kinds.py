@@ -146,7 +146,7 @@ class Choice(_Scalar):
         return text
 
     def describe(self) -> str:
-        return " \\| ".join(f"`{o}`" for o in self.options)
+        return " | ".join(f"`{o}`" for o in self.options)
 
 
 @dataclass(frozen=True, slots=True)

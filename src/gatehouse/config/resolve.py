@@ -264,3 +264,17 @@ def worker_invocation(effective: Effective, overrides: Mapping[str, Any]
         else:
             argv.append(f"{s.flag}={s.kind.to_text(value)}")
     return argv, env
+
+
+def reference_table(table: tuple[Setting, ...] = SETTINGS) -> str:
+    """The settings as the Markdown table in docs/configuration.md (a test compares them)."""
+    rows = ["| key | flag | environment | default | type | meaning |",
+            "|---|---|---|---|---|---|"]
+    for s in table:
+        flags = [s.flag, *([str(s.negative_flag)] if s.is_bool else []), *s.aliases]
+        flag = " / ".join(f"`{f}`" for f in flags)
+        default = "none" if s.default is None else f"`{s.kind.to_text(s.default)}`"
+        cells = [f"`{s.name}`", flag, f"`{s.env}`", default, s.kind.describe(),
+                 s.help + (" Secret: printed as `***`." if s.secret else "")]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -21,11 +21,14 @@ import yaml
 
 from gatehouse.config import (
     SETTINGS,
+    Address,
     Boolean,
     ConfigError,
     Integer,
+    ListOf,
     Setting,
     Text,
+    Url,
     render,
     resolve,
     worker_invocation,
@@ -89,6 +92,43 @@ class TestTable:
         """A mistyped table entry fails at import, not at an operator's start-up."""
         with pytest.raises(ValueError, match="snake_case"):
             Setting("Redis-URL", Text(), None, "x")
+
+
+class TestKinds:
+    def test_addresses(self) -> None:
+        """HOST:PORT, [IPv6]:PORT and unix:PATH are addresses; a missing or huge port is not."""
+        for good in ("0.0.0.0:50051", "[::1]:0", "gatehouse.internal:443", "unix:/run/g.sock"):
+            assert Address().from_text(good) == good
+        for bad in ("50051", "host:", ":50051", "host:65536", "unix:", "a b:1"):
+            with pytest.raises(ValueError, match="HOST:PORT"):
+                Address().from_text(bad)
+
+    def test_urls_hide_passwords_in_the_user_part_and_the_query(self) -> None:
+        """Both places a Redis URL may carry a password are masked; the rest is kept as is."""
+        url = Url()
+        assert url.mask("rediss://app:pw@h:6380/0") == "rediss://app:***@h:6380/0"
+        assert url.mask("redis://h/0?db=1&password=pw") == "redis://h/0?db=1&password=***"
+        assert url.mask("unix:///run/redis.sock?db=2") == "unix:///run/redis.sock?db=2"
+
+    def test_booleans_read_the_usual_words_from_text_only(self) -> None:
+        """Env and flags read yes/no, on/off, 1/0; a file needs a real boolean."""
+        assert [Boolean().from_text(w) for w in ("YES", "on", "1", "False", "off", "0")] == \
+            [True, True, True, False, False, False]
+        with pytest.raises(ValueError, match="true or false"):
+            Boolean().from_yaml("yes please")
+
+    def test_lists_from_a_file_and_from_comma_separated_text(self) -> None:
+        """A list setting reads a YAML list or 'a,b'; a bad entry is named by its place."""
+        kind = ListOf(Address(), max_items=3)
+        assert kind.from_text("h1:1, h2:2") == ("h1:1", "h2:2")
+        assert kind.from_yaml(["h1:1"]) == ("h1:1",)
+        assert kind.from_text(kind.to_text(("h1:1", "h2:2"))) == ("h1:1", "h2:2")
+        with pytest.raises(ValueError, match="entry 2 must be HOST:PORT"):
+            kind.from_yaml(["h1:1", "nope"])
+        with pytest.raises(ValueError, match="at most 3 entries"):
+            kind.from_text("a:1,b:2,c:3,d:4")
+        with pytest.raises(ValueError, match="must be a list"):
+            kind.from_yaml("h1:1")
 
 
 class TestPrecedence:

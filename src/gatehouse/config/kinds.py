@@ -212,22 +212,31 @@ class Url(_Scalar):
         return text
 
     def mask(self, value: Any) -> object:
+        """The URL with the password of its user part, and any query parameter that
+        names a credential (``?password=...``, which Redis clients also read), as ***."""
         text = str(value)
+        base, mark, query = text.partition("?")
         try:
-            parts = urlsplit(text)
+            parts = urlsplit(base)
             password = parts.password
         except ValueError:
             return MASK
-        if password is None:
-            return text
-        user = parts.username or ""
-        host = parts.netloc.rsplit("@", 1)[1]
-        return urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+        if password is not None:
+            user = parts.username or ""
+            host = parts.netloc.rsplit("@", 1)[1]
+            base = urlunsplit(parts._replace(netloc=f"{user}:{MASK}@{host}"))
+        params = []
+        for param in query.split("&") if query else ():
+            key, sep, _ = param.partition("=")
+            hidden = sep and any(w in key.lower() for w in _CREDENTIAL_WORDS)
+            params.append(f"{key}={MASK}" if hidden else param)
+        return base + mark + "&".join(params)
 
     def describe(self) -> str:
         return f"URL ({', '.join(s + '://' for s in self.schemes)})" if self.schemes else "URL"
 
 
+_CREDENTIAL_WORDS = ("pass", "secret", "token", "key", "auth")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")
 

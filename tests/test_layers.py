@@ -48,6 +48,8 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
                           "google.protobuf"),
     "gatehouse.api": ("gatehouse.server", "gatehouse.workers", "gatehouse.cli"),
     "gatehouse.limits": ("gatehouse",),
+    # Settings are read before anything is built: no server, store or policy behind them.
+    "gatehouse.config": ("gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),
 }
 
 # importer prefix -> modules it must not reach through any chain of gatehouse imports.

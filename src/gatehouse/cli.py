@@ -9,65 +9,44 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gatehouse.errors import DataFileError, GatehouseError, PolicyError, quote
+from gatehouse import config as settings
+from gatehouse.errors import DataFileError, GatehouseError, PolicyError
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        effective = settings.from_arguments(args, os.environ)
+    except settings.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"gatehouse: {problem}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        sys.stdout.write(settings.render(effective))
+        return 0
+
     from gatehouse import logs
     from gatehouse.server import ServerConfig, serve
 
-    logs.configure(args.log_level)
-    if not 0 < args.usage_dedup_days <= 3650:
-        print("gatehouse: --usage-dedup-days must be between 0 and 3650", file=sys.stderr)
-        return 2
-    if args.workers != 1 and not args.redis_url:
-        print("gatehouse: --workers above 1 needs a shared store (Redis); the memory store "
-              "holds one process's data, so run with --workers 1", file=sys.stderr)
-        return 2
-    if args.workers < 1 or args.workers > 64:
-        print("gatehouse: --workers must be between 1 and 64", file=sys.stderr)
-        return 2
-    if args.workers > 1 and args.listen.rsplit(":", 1)[-1] == "0":
-        print("gatehouse: --workers above 1 needs a fixed port to share, not :0",
-              file=sys.stderr)
-        return 2
-    if args.transport not in ("auto", "core", "aio"):
-        print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
-              f"not {quote(args.transport)}", file=sys.stderr)
-        return 2
-    data = args.data
-    if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
-            and Path(DEFAULT_DATA).exists()):
-        data = DEFAULT_DATA
-    config = ServerConfig(
-        listen=args.listen,
-        policy_dir=Path(args.policy),
-        data_file=Path(data) if data else None,
-        redis_url=args.redis_url,
-        redis_prefix=args.redis_prefix,
-        watch_policy=not args.no_watch,
-        reuse_port=args.reuse_port,
-        usage_dedup_days=args.usage_dedup_days,
-        transport=args.transport,
-    )
+    logs.configure(effective["log_level"])
+    fields = effective.server_fields()
+    # Left unset (not set to null), the embedded default serves its sample data.
+    if (effective.sources["data"].kind == "default" and fields["policy_dir"] ==
+            Path(DEFAULT_POLICY) and not fields["redis_url"] and Path(DEFAULT_DATA).exists()):
+        fields["data_file"] = Path(DEFAULT_DATA)
+    config = ServerConfig(**fields)
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
     try:
-        if args.workers > 1:
+        if effective["workers"] > 1:
             from gatehouse.workers import run_workers
 
-            # The Redis URL (it may hold a password) goes by environment, not argv.
-            child = ["--listen", args.listen, "--policy", args.policy,
-                     "--redis-prefix", args.redis_prefix, "--reuse-port",
-                     "--log-level", args.log_level,
-                     "--usage-dedup-days", str(args.usage_dedup_days),
-                     "--transport", args.transport]
-            if args.no_watch:
-                child.append("--no-watch")
-            return run_workers(config, args.workers, child)
+            # Each worker gets every setting; the parent alone loads the data file.
+            argv, env = settings.worker_invocation(
+                effective, {"workers": 1, "reuse_port": True, "data": None})
+            return run_workers(config, effective["workers"], argv, env)
         asyncio.run(serve(config))
     except (PolicyError, DataFileError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
@@ -190,37 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "service: permission checks over gRPC.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="run the gRPC server")
-    serve.add_argument("--listen", default=os.environ.get("GATEHOUSE_LISTEN", "127.0.0.1:50051"),
-                       help="host:port to listen on (env GATEHOUSE_LISTEN)")
-    serve.add_argument("--policy", default=os.environ.get("GATEHOUSE_POLICY", DEFAULT_POLICY),
-                       help="policy set folder (env GATEHOUSE_POLICY)")
-    serve.add_argument("--data", default=os.environ.get("GATEHOUSE_DATA"),
-                       help="bootstrap data file to load at start (env GATEHOUSE_DATA); with "
-                       f"the default policy, {DEFAULT_DATA} when present")
-    serve.add_argument("--redis-url", default=os.environ.get("GATEHOUSE_REDIS_URL"),
-                       help="store the graph in Redis, e.g. redis://localhost:6379/0 (env "
-                       "GATEHOUSE_REDIS_URL); without it, the ephemeral memory store")
-    serve.add_argument("--redis-prefix", default=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gh"),
-                       help="key prefix in Redis (env GATEHOUSE_REDIS_PREFIX)")
-    serve.add_argument("--usage-dedup-days", type=float,
-                       default=float(os.environ.get("GATEHOUSE_USAGE_DEDUP_DAYS", "35")),
-                       help="how long a RecordUsage event id is remembered, so a retry never "
-                       "counts twice (env GATEHOUSE_USAGE_DEDUP_DAYS; default 35)")
-    serve.add_argument("--reuse-port", action="store_true",
-                       help="set SO_REUSEPORT so several processes can share the port")
-    serve.add_argument("--workers", type=int,
-                       default=int(os.environ.get("GATEHOUSE_WORKERS", "1")),
-                       help="server processes sharing the port (SO_REUSEPORT), each with its "
-                       "own index; above 1 needs --redis-url (env GATEHOUSE_WORKERS)")
-    serve.add_argument("--transport", default=os.environ.get("GATEHOUSE_TRANSPORT", "auto"),
-                       help="gRPC server: core (grpc core driven directly; Check answered "
-                       "without an event-loop turn), aio (the public grpc.aio server) or auto "
-                       "(core when this grpcio is one it was tested with and its start-up "
-                       "self-test passes, else aio; the log says which and why) (env "
-                       "GATEHOUSE_TRANSPORT; default auto)")
-    serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
-    serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
+    serve = sub.add_parser("serve", help="run the gRPC server",
+                           description="Run the gRPC server. Every setting is a flag, an "
+                           "environment variable and a config-file key (docs/configuration.md)"
+                           "; a flag beats the environment, which beats the config file.")
+    settings.add_arguments(serve)
     serve.set_defaults(func=_serve)
 
     chk = sub.add_parser("check", help="ask a running server one Check (exit 0 allow, 1 deny, "

@@ -47,6 +47,10 @@ WRITE_SERVICES = ("gatehouse.v1.GraphService", "gatehouse.v1.UsageService",
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
+    """What the server runs with. ``gatehouse serve`` builds it from the settings table
+    (``gatehouse.config.table``): each field is one setting there, with the same default
+    (a test holds both in step), so a new field needs its setting."""
+
     listen: str = "127.0.0.1:50051"
     policy_dir: Path = Path("policies/coupler")
     data_file: Path | None = None

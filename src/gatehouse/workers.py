@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from gatehouse.graph.bootstrap import load_data
 from gatehouse.policy.loader import load_policy
@@ -36,8 +36,10 @@ async def _preload(config: ServerConfig) -> None:
         await store.close()
 
 
-def run_workers(config: ServerConfig, count: int, child_args: Sequence[str]) -> int:
-    """Start ``count`` children running ``gatehouse serve`` with ``child_args``."""
+def run_workers(config: ServerConfig, count: int, child_args: Sequence[str],
+                child_env: Mapping[str, str | None]) -> int:
+    """Start ``count`` children running ``gatehouse serve`` with ``child_args``, their
+    environment changed by ``child_env`` (a value of None removes the variable)."""
     asyncio.run(_preload(config))
     stopping = False
 
@@ -49,8 +51,12 @@ def run_workers(config: ServerConfig, count: int, child_args: Sequence[str]) -> 
     signal.signal(signal.SIGINT, stop)
     children: list[subprocess.Popen[bytes]] = []
     for i in range(count):
-        env = {**os.environ, "GATEHOUSE_WORKER": str(i),
-               "GATEHOUSE_REDIS_URL": config.redis_url or ""}
+        env = {**os.environ, "GATEHOUSE_WORKER": str(i)}
+        for name, value in child_env.items():
+            if value is None:
+                env.pop(name, None)
+            else:
+                env[name] = value
         children.append(subprocess.Popen(
             [sys.executable, "-m", "gatehouse.cli", "serve", *child_args], env=env))
     log.info("workers started", extra={"workers": count, "address": config.listen,

@@ -57,6 +57,12 @@ class TestWorkers:
                 time.sleep(0.1)  # poll interval of a bounded wait
             workers = children_of(proc.pid)
             assert len(workers) == 2
+            for pid in workers:  # settings on argv; the Redis URL only in the environment
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                assert b"--workers=1" in argv and b"--reuse-port" in argv
+                assert not any(redis_server.url.encode() in a for a in argv)
+                assert f"GATEHOUSE_REDIS_URL={redis_server.url}".encode() in \
+                    Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             # Each new channel is a new connection; the kernel spreads them.
             for i in range(12):
                 with grpc.insecure_channel(address) as ch:

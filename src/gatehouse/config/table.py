@@ -1,0 +1,80 @@
+"""Every setting of ``gatehouse serve``: the one table flags, environment variables,
+config-file keys, ``--print-config`` and docs/configuration.md are derived from.
+
+To add a setting, add one ``Setting`` to ``SETTINGS`` (and the field to
+``ServerConfig`` when the server needs it); see the ``gatehouse.config``
+docstring for the exact shape. Checks that involve several settings go in
+``RULES``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gatehouse.config.kinds import (
+    Address,
+    Boolean,
+    Choice,
+    FilePath,
+    Integer,
+    Number,
+    Text,
+    Url,
+)
+from gatehouse.config.setting import Rule, Setting
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("listen", Address(), "127.0.0.1:50051",
+            "Address the gRPC server listens on. Port 0 picks a free port."),
+    Setting("policy", FilePath(metavar="DIR"), Path("policies/coupler"),
+            "Policy set folder to load.", field="policy_dir"),
+    Setting("data", FilePath(metavar="FILE"), None,
+            "Bootstrap data file loaded at start (idempotent, all or nothing). Left unset "
+            "with the default policy and the memory store, examples/coupler.data.yaml when "
+            "present; set it to null for none.", field="data_file"),
+    Setting("redis_url", Url(schemes=("redis", "rediss", "unix")), None,
+            "Keep the graph in Redis, e.g. redis://localhost:6379/0; unset, the ephemeral "
+            "memory store. A password in it is masked when printed."),
+    Setting("redis_prefix", Text(max_len=64, pattern=r"[A-Za-z0-9_.:{}-]+",
+                                 shape="letters, digits and _ . : - { }"), "gh",
+            "Prefix of every Redis key, so several deployments can share one Redis."),
+    Setting("usage_dedup_days", Number(0, 3650, low_inclusive=False, metavar="DAYS"), 35.0,
+            "How long a RecordUsage event id is remembered, so a retried event never counts "
+            "twice."),
+    Setting("workers", Integer(1, 64), 1,
+            "Server processes sharing the port (SO_REUSEPORT), each with its own index; "
+            "above 1 needs redis_url and a fixed port.", field=None),
+    Setting("reuse_port", Boolean(), False,
+            "Set SO_REUSEPORT so several processes can share the port."),
+    Setting("transport", Choice(("auto", "core", "aio")), "auto",
+            "gRPC server: core (grpc core driven directly; Check answered without an "
+            "event-loop turn), aio (the public grpc.aio server) or auto (core when this grpcio "
+            "is one it was tested with and its start-up self-test passes, else aio; the log "
+            "says which and why)."),
+    Setting("watch_policy", Boolean(), True,
+            "Reload the policy when a file in its folder changes (a broken edit is logged "
+            "and the last good policy keeps serving).", aliases=("--no-watch",)),
+    Setting("grace_seconds", Number(0, 300, metavar="SECONDS"), 5.0,
+            "On SIGTERM/SIGINT, how long calls in flight may finish before they are "
+            "cancelled."),
+    Setting("log_level", Choice(("debug", "info", "warning", "error")), "info",
+            "Least severe log level written (JSON lines on stderr).", field=None),
+)
+
+
+def _workers_need_redis(v: Mapping[str, Any]) -> tuple[str, str] | None:
+    if v["workers"] > 1 and not v["redis_url"]:
+        return ("workers", "above 1 needs a shared store (Redis: set redis_url); the memory "
+                "store holds one process's data, so run with workers 1")
+    return None
+
+
+def _workers_need_a_fixed_port(v: Mapping[str, Any]) -> tuple[str, str] | None:
+    if v["workers"] > 1 and str(v["listen"]).rsplit(":", 1)[-1] == "0":
+        return ("workers", "above 1 needs a fixed port to share, not :0 (set listen)")
+    return None
+
+
+RULES: tuple[Rule, ...] = (_workers_need_redis, _workers_need_a_fixed_port)

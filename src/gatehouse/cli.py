@@ -8,8 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gatehouse.errors import DataFileError, GatehouseError, PolicyError, quote
+
+if TYPE_CHECKING:
+    from gatehouse.observe.audit import AuditSettings
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -38,6 +42,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
               f"not {quote(args.transport)}", file=sys.stderr)
         return 2
+    audit = _audit_settings(args)
+    if isinstance(audit, str):
+        print(f"gatehouse: {audit}", file=sys.stderr)
+        return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
             and Path(DEFAULT_DATA).exists()):
@@ -52,6 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         usage_dedup_days=args.usage_dedup_days,
         transport=args.transport,
+        audit=audit,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -67,6 +76,11 @@ def _serve(args: argparse.Namespace) -> int:
                      "--transport", args.transport]
             if args.no_watch:
                 child.append("--no-watch")
+            if audit is not None:  # each worker its own file: PATH.worker<N> (docs/audit.md)
+                child += ["--audit-log", audit.path,
+                          "--audit-sample-checks", str(audit.sample_checks),
+                          "--audit-max-bytes", str(audit.max_bytes),
+                          "--audit-backups", str(audit.backups)]
             return run_workers(config, args.workers, child)
         asyncio.run(serve(config))
     except (PolicyError, DataFileError) as exc:
@@ -78,6 +92,26 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _audit_settings(args: argparse.Namespace) -> AuditSettings | str | None:
+    """The audit log settings from the flags; None when off; a message when a flag is bad."""
+    from gatehouse.observe.audit import AuditSettings
+
+    path = args.audit_log
+    if not path:
+        return None
+    if not 0.0 <= args.audit_sample_checks <= 1.0:
+        return "--audit-sample-checks must be between 0 and 1 (a share of Check calls)"
+    if args.audit_max_bytes < 0:
+        return "--audit-max-bytes must be 0 (no rotation) or more"
+    if args.audit_backups < 0:
+        return "--audit-backups must be 0 or more"
+    worker = os.environ.get("GATEHOUSE_WORKER")
+    if worker is not None and path != "-":
+        path = f"{path}.worker{worker}"  # one writer per file: rotation is not shared
+    return AuditSettings(path, args.audit_sample_checks, args.audit_max_bytes,
+                         args.audit_backups)
 
 
 def _banner(config: object) -> None:
@@ -220,6 +254,23 @@ def build_parser() -> argparse.ArgumentParser:
                        "self-test passes, else aio; the log says which and why) (env "
                        "GATEHOUSE_TRANSPORT; default auto)")
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
+    serve.add_argument("--audit-log", default=os.environ.get("GATEHOUSE_AUDIT_LOG"),
+                       help="write the decision audit log (one JSON line per decision or "
+                       "write, docs/audit.md) to this file, or '-' for standard output (env "
+                       "GATEHOUSE_AUDIT_LOG; default: none)")
+    serve.add_argument("--audit-sample-checks", type=float,
+                       default=float(os.environ.get("GATEHOUSE_AUDIT_SAMPLE_CHECKS", "1")),
+                       help="share of Check, CheckBulk and ListAccessible calls logged, 0 to 1; "
+                       "writes and tenancy operations are always logged (env "
+                       "GATEHOUSE_AUDIT_SAMPLE_CHECKS; default 1)")
+    serve.add_argument("--audit-max-bytes", type=int,
+                       default=int(os.environ.get("GATEHOUSE_AUDIT_MAX_BYTES", str(100 << 20))),
+                       help="rotate the audit file before it grows past this many bytes; 0: "
+                       "never (env GATEHOUSE_AUDIT_MAX_BYTES; default 104857600)")
+    serve.add_argument("--audit-backups", type=int,
+                       default=int(os.environ.get("GATEHOUSE_AUDIT_BACKUPS", "5")),
+                       help="rotated audit files kept, PATH.1 newest (env "
+                       "GATEHOUSE_AUDIT_BACKUPS; default 5)")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)
 

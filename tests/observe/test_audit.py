@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -25,9 +26,18 @@ from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import authorization_pb2_grpc as apb_grpc
 from gatehouse.v1 import graph_pb2 as gpb
 from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
-from tests.conftest import GATEHOUSE, ROOT, ServerProcess, start_on_store, start_server
+from tests.conftest import (
+    GATEHOUSE,
+    ROOT,
+    ServerProcess,
+    free_port,
+    start_on_store,
+    start_server,
+    wait_serving,
+)
 from tests.e2e.test_graph_service import ref, update
 from tests.e2e.test_tenancy import Client
+from tests.redis_server import RedisServer
 
 CHECK = "/gatehouse.v1.AuthorizationService/Check"
 BULK = "/gatehouse.v1.AuthorizationService/CheckBulk"
@@ -406,3 +416,30 @@ class TestRedis:
         assert delete["revision"] == deleted.revision
         assert any(ln.get("operation") == "CreateOrganization" and ln["organization"] == org
                    for ln in lines)
+
+    def test_each_worker_writes_its_own_file(self, tmp_path: Path,
+                                             redis_server: RedisServer) -> None:
+        """--workers 2: PATH.worker0 and PATH.worker1, never two writers rotating one file."""
+        path = tmp_path / "audit.log"
+        address = f"127.0.0.1:{free_port()}"
+        log = tmp_path / "workers.log"
+        proc = subprocess.Popen(
+            [*GATEHOUSE, "serve", "--listen", address, "--workers", "2", "--policy",
+             "policies/coupler", "--redis-url", redis_server.url,
+             "--redis-prefix", f"au{uuid.uuid4().hex[:6]}", "--audit-log", str(path)],
+            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            wait_serving(address, proc, log)
+            with grpc.insecure_channel(address) as channel:
+                graph = gpb_grpc.GraphServiceStub(channel)
+                graph.WriteObjects(gpb.WriteObjectsRequest(updates=[gpb.ObjectUpdate(
+                    operation=gpb.ObjectUpdate.OPERATION_PUT, object=ref("user:wk1"))]),
+                    timeout=10)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0, log.read_text()
+        names = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("audit.log"))
+        assert names == ["audit.log.worker0", "audit.log.worker1"]
+        written = [ln for name in names for ln in read_lines(tmp_path / name)]
+        assert [ln["touched"] for ln in written] == [["put user:wk1"]]

@@ -20,7 +20,7 @@ PACKAGE = "gatehouse"
 GENERATED = ("gatehouse.v1",)
 
 _ABOVE_GRAPH = ("gatehouse.engine", "gatehouse.usage", "gatehouse.tenancy", "gatehouse.api",
-                "gatehouse.runtime",
+                "gatehouse.runtime", "gatehouse.observe",
                 "gatehouse.server", "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
                 "gatehouse.policytest")
 
@@ -31,22 +31,34 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     "gatehouse.policy": ("gatehouse.graph", *_ABOVE_GRAPH),
     "gatehouse.graph": _ABOVE_GRAPH,
     "gatehouse.engine": ("gatehouse.usage", "gatehouse.tenancy", "gatehouse.api",
-                         "gatehouse.runtime",
+                         "gatehouse.runtime", "gatehouse.observe",
                          "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
                          "gatehouse.transport", "gatehouse.policytest"),
     "gatehouse.usage": ("gatehouse.tenancy", "gatehouse.api", "gatehouse.runtime",
+                        "gatehouse.observe",
                         "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
                         "gatehouse.transport"),
     # Decisions only: no store, no wire, no clock of its own (the runtime passes one).
-    "gatehouse.tenancy": ("gatehouse.api", "gatehouse.runtime", "gatehouse.server",
+    "gatehouse.tenancy": ("gatehouse.api", "gatehouse.runtime", "gatehouse.observe",
+                          "gatehouse.server",
                           "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
                           "gatehouse.graph.redis", "gatehouse.graph.memory", "gatehouse.v1",
                           "grpc", "google.protobuf", "redis"),
     # The live state knows nothing of the wire: no protobuf, no grpc, no servicers.
-    "gatehouse.runtime": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
+    "gatehouse.runtime": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
+                          "gatehouse.workers",
                           "gatehouse.cli", "gatehouse.transport", "gatehouse.v1", "grpc",
                           "google.protobuf"),
-    "gatehouse.api": ("gatehouse.server", "gatehouse.workers", "gatehouse.cli"),
+    "gatehouse.api": ("gatehouse.observe", "gatehouse.server", "gatehouse.workers",
+                      "gatehouse.cli"),
+    "gatehouse.transport": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
+                            "gatehouse.workers", "gatehouse.cli"),
+    "gatehouse.auth": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
+                       "gatehouse.workers", "gatehouse.cli"),
+    # Observers (audit log, metrics, probes, traces) watch calls and the runtime; only the
+    # composition root (server) and the command (cli) wire them in.
+    "gatehouse.observe": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
+                          "gatehouse.cli"),
     "gatehouse.limits": ("gatehouse",),
     # Settings are read before anything is built: no server, store or policy behind them.
     "gatehouse.config": ("gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),

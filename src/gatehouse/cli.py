@@ -8,9 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gatehouse import config as settings
 from gatehouse.errors import DataFileError, GatehouseError, PolicyError
+
+if TYPE_CHECKING:
+    from gatehouse.observe.audit import AuditSettings
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -36,7 +40,7 @@ def _serve(args: argparse.Namespace) -> int:
     if (effective.sources["data"].kind == "default" and fields["policy_dir"] ==
             Path(DEFAULT_POLICY) and not fields["redis_url"] and Path(DEFAULT_DATA).exists()):
         fields["data_file"] = Path(DEFAULT_DATA)
-    config = ServerConfig(**fields)
+    config = ServerConfig(**fields, audit=_audit_settings(effective))
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
     try:
@@ -57,6 +61,20 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _audit_settings(effective: settings.Effective) -> AuditSettings | None:
+    """The audit log settings; None when no audit log is kept."""
+    from gatehouse.observe.audit import AuditSettings
+
+    path = effective["audit_log"]
+    if not path:
+        return None
+    worker = os.environ.get("GATEHOUSE_WORKER")
+    if worker is not None and path != "-":
+        path = f"{path}.worker{worker}"  # one writer per file: rotation is not shared
+    return AuditSettings(path, effective["audit_sample_checks"], effective["audit_max_bytes"],
+                         effective["audit_backups"])
 
 
 def _banner(config: object) -> None:

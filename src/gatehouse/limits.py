@@ -58,6 +58,10 @@ class Limits:
     watch_streams: int = 256
     """Open Watch streams per server process; more are refused RESOURCE_EXHAUSTED."""
 
+    # -- the audit log ----------------------------------------------------
+    audit_queue_lines: int = 10_000
+    """Audited calls waiting to be written; beyond this they are dropped and counted."""
+
     # -- usage ------------------------------------------------------------
     events_per_call: int = 1000
     """Usage events in one RecordUsage call."""

@@ -21,6 +21,7 @@ from gatehouse.api.usage import UsageServicer
 from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
+from gatehouse.observe.audit import AuditLog, AuditSettings
 from gatehouse.policy.loader import load_policy
 from gatehouse.runtime import Runtime
 from gatehouse.transport import Transport, TransportStats, open_transport
@@ -62,6 +63,8 @@ class ServerConfig:
     usage_dedup_days: float = 35.0
     transport: str = "auto"
     """``auto``, ``core`` or ``aio`` (see ``gatehouse.transport.choose``)."""
+    audit: AuditSettings | None = None
+    """The decision audit log (docs/audit.md); None: none kept."""
 
 
 def open_store(config: ServerConfig) -> GraphStore:
@@ -137,6 +140,10 @@ class Server:
         if self.port == 0:
             raise OSError(f"cannot listen on {config.listen}")
         self._tasks: list[asyncio.Task[None]] = []
+        # Opened here, so that an unwritable audit log path stops the start.
+        self.audit = AuditLog(config.audit) if config.audit is not None else None
+        if self.audit is not None:
+            self.grpc.add_hooks(after=self.audit.hook.after)
 
     @property
     def stats(self) -> TransportStats:
@@ -149,6 +156,8 @@ class Server:
         return f"{host}:{self.port}"
 
     async def start(self) -> None:
+        if self.audit is not None:
+            self.audit.start()
         await self.grpc.start()
         for name in ("", *READ_SERVICES, *WRITE_SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -184,6 +193,8 @@ class Server:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.grpc.stop(self.config.grace_seconds)
+        if self.audit is not None:  # after the last call's hook: every line written
+            await asyncio.to_thread(self.audit.close)
         await self.runtime.close()
         log.info("stopped")
 

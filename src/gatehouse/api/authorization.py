@@ -14,6 +14,7 @@ from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.limits import LIMITS
 from gatehouse.runtime import CheckInput, Consistency, Decisions, IndexFollower, ListInput, Mode
 from gatehouse.transport import CallInfo, Defer, ServicerContext
+from gatehouse.transport.notes import note_request, note_response
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
 
@@ -76,21 +77,25 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
                                   f"{LIMITS.bulk_context_bytes} per call")
 
     def check_inline(self, raw: bytes, info: CallInfo | None) -> bytes:
-        return self._inline(pb.CheckRequest, raw, self._check)
+        return self._inline(pb.CheckRequest, raw, info, self._check)
 
     def check_bulk_inline(self, raw: bytes, info: CallInfo | None) -> bytes:
-        return self._inline(pb.CheckBulkRequest, raw, self._check_bulk, self._bulk_size)
+        return self._inline(pb.CheckBulkRequest, raw, info, self._check_bulk, self._bulk_size)
 
-    def _inline(self, message: Any, raw: bytes, decide: Callable[[Any], Any],
+    def _inline(self, message: Any, raw: bytes, info: CallInfo | None,
+                decide: Callable[[Any], Any],
                 validate: Callable[[Any], None] | None = None) -> bytes:
         """Parse, decide from the index as it is, serialize; Defer if it must wait first."""
         try:
             request = message.FromString(raw)
+            note_request(info, request)
             if validate is not None:
                 validate(request)
             if not self.follower.fresh_enough(convert.consistency(request.consistency)):
                 raise Defer
-            out: bytes = decide(request).SerializeToString()
+            response = decide(request)
+            note_response(info, response)
+            out: bytes = response.SerializeToString()
             return out
         except GatehouseError as exc:
             raise inline_abort(exc) from None

@@ -29,6 +29,7 @@ from gatehouse.errors import (
 )
 from gatehouse.graph.store import ChangelogGap
 from gatehouse.transport import Abort, ServicerContext
+from gatehouse.transport.notes import note_request, note_response
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -93,15 +94,19 @@ def translate_errors(
     method: Callable[[Self, Req, ServicerContext], Any],
 ) -> Callable[[Self, Req, ServicerContext], Any]:
     """Wrap a servicer method (coroutine or async generator) so that domain
-    errors end the call with their status."""
+    errors end the call with their status, and the request and response are
+    noted for the post-call hooks (``gatehouse.transport.notes``)."""
     if inspect.isasyncgenfunction(method):
         gen = method
 
         @functools.wraps(method)
         async def stream(self: Self, request: Req,
                          context: ServicerContext) -> AsyncIterator[Any]:
+            info = context.call_info()
+            note_request(info, request)
             try:
                 async for item in gen(self, request, context):
+                    note_response(info, item)
                     yield item
             except (GatehouseError, ChangelogGap) as exc:
                 err = _domain(exc)
@@ -114,8 +119,12 @@ def translate_errors(
 
     @functools.wraps(method)
     async def call(self: Self, request: Req, context: ServicerContext) -> Any:
+        info = context.call_info()
+        note_request(info, request)
         try:
-            return await unary(self, request, context)
+            response = await unary(self, request, context)
+            note_response(info, response)
+            return response
         except (GatehouseError, ChangelogGap) as exc:
             err = _domain(exc)
             assert err is not None

@@ -61,7 +61,26 @@ SETTINGS: tuple[Setting, ...] = (
             "cancelled."),
     Setting("log_level", Choice(("debug", "info", "warning", "error")), "info",
             "Least severe log level written (JSON lines on stderr).", field=None),
+    Setting("audit_log", Text(max_len=4096, metavar="PATH"), None,
+            "Write the decision audit log (one JSON line per decision or write, "
+            "docs/audit.md) to this file, or - for standard output; unset, none. With "
+            "workers above 1, each worker writes PATH.worker<N>.", field=None),
+    Setting("audit_sample_checks", Number(0, 1, metavar="SHARE"), 1.0,
+            "Share of Check, CheckBulk and ListAccessible calls the audit log records; "
+            "writes and tenancy operations are always recorded.", field=None),
+    Setting("audit_max_bytes", Integer(0, 1 << 40, metavar="BYTES"), 100 << 20,
+            "Rotate the audit file before it grows past this many bytes; 0: never.",
+            field=None),
+    Setting("audit_backups", Integer(0, 1000), 5,
+            "Rotated audit files kept (PATH.1 the newest).", field=None),
 )
+
+
+COMPOSED: Mapping[str, tuple[str, ...]] = {
+    "audit": ("audit_log", "audit_sample_checks", "audit_max_bytes", "audit_backups"),
+}
+"""``ServerConfig`` fields built by the ``serve`` command from several settings (each of
+those settings has ``field=None``): field -> the settings it is made of."""
 
 
 def _workers_need_redis(v: Mapping[str, Any]) -> tuple[str, str] | None:

@@ -216,7 +216,7 @@ def run_before(hooks: Sequence[BeforeCall], info: CallInfo) -> None:
             raise HookFailed(type(exc).__name__) from exc
 
 
-def client_subject(auth_context: Mapping[str, Sequence[bytes]] | None) -> str | None:
+def client_subject(auth_context: Mapping[str, Iterable[bytes]] | None) -> str | None:
     """The verified client certificate's subject from a call's auth context, else None.
 
     grpc puts ``x509_subject`` in the auth context of a TLS connection whose

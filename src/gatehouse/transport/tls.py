@@ -50,7 +50,7 @@ CLIENT_CA_FLAG = "--tls-client-ca"
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
 _PEM_KEY_END = b"PRIVATE KEY-----"
 _MAX_PEM_BYTES = 1 << 20
-"""A PEM file larger than this (1 MiB) is refused: certificate chains and CA bundles are far smaller."""
+"""Larger files (1 MiB) are refused: certificate chains and CA bundles are far smaller."""
 
 Signature = tuple[tuple[int, int, int, int] | None, ...]
 
@@ -61,7 +61,7 @@ class TlsError(GatehouseError):
 
 @dataclass(frozen=True, slots=True)
 class TlsFiles:
-    """Where the server's TLS material lives (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``)."""
+    """Where the server's TLS files are (``--tls-cert``, ``--tls-key``, ``--tls-client-ca``)."""
 
     cert: Path
     """PEM certificate chain, the server's own certificate first."""
@@ -76,7 +76,7 @@ class TlsFiles:
         return self.client_ca is not None
 
     def labelled(self) -> tuple[tuple[str, Path], ...]:
-        files = ((CERT_FLAG, self.cert), (KEY_FLAG, self.key))
+        files: tuple[tuple[str, Path], ...] = ((CERT_FLAG, self.cert), (KEY_FLAG, self.key))
         if self.client_ca is not None:
             files += ((CLIENT_CA_FLAG, self.client_ca),)
         return files
@@ -258,8 +258,11 @@ def server_credentials(files: TlsFiles) -> tuple[grpc.ServerCredentials, Certifi
     loaded = signature(files)
     material = load_material(files)
     reloader = CertificateReloader(files, material, loaded)
+    # grpc's stubs say the fetcher returns a configuration; its docs (and code)
+    # take None as "no change", which is what the reloader says most of the time.
     credentials = grpc.dynamic_ssl_server_credentials(
-        material.configuration(), reloader, require_client_authentication=files.mutual)
+        material.configuration(), reloader,  # type: ignore[arg-type]
+        require_client_authentication=files.mutual)
     return credentials, reloader
 
 

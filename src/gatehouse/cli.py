@@ -347,8 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)
 
+    # No abbreviations: "--api-key KEY" must be an error, not --api-key-file naming a
+    # "file" that is the key (and then quoted in the error message).
     chk = sub.add_parser("check", help="ask a running server one Check (exit 0 allow, 1 deny, "
-                         "2 error)")
+                         "2 error)", allow_abbrev=False)
     chk.add_argument("subject", help="type:id, e.g. user:uma")
     chk.add_argument("action")
     chk.add_argument("resource", help="type:id, e.g. data_flow:f1")

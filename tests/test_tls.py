@@ -198,6 +198,20 @@ class TestMutualTls:
             ended = served.hooks.wait_ended(f"/{SERVICE}/Unary")
             assert ended[0].code == grpc.StatusCode.OK
 
+    def test_special_characters_in_a_subject_are_escaped_as_openssl_prints_them(
+            self, kind: str, tls_certs: TlsCerts, tmp_path: Path) -> None:
+        """Commas, plus signs, quotes and non-ASCII come escaped, as
+        `openssl x509 -noout -subject -nameopt RFC2253` shows them: no subject can pose
+        as another by embedding ',O=...'."""
+        odd = tls_certs.ca.issue(tmp_path, "odd", 'Zoë + "ops",O=acme', server=False,
+                                 organization="Acme, Inc.")
+        files = TlsFiles(tls_certs.server.cert, tls_certs.server.key, tls_certs.ca.issued.cert)
+        with serving_tls(kind, files) as (served, _), \
+                tls_channel(served.address, tls_certs, odd) as channel:
+            assert unary(channel, "Unary", b"u") == b"async:u:"
+        assert [i.client_subject for i in served.hooks.seen] == \
+            ['CN=Zo\\C3\\AB \\+ \\"ops\\"\\,O=acme,O=Acme\\, Inc.,C=DE']
+
     def test_a_client_certificate_from_another_ca_is_refused_at_handshake(
             self, kind: str, tls_certs: TlsCerts) -> None:
         """A certificate the client CA did not sign: UNAVAILABLE, and no hook or handler ran."""

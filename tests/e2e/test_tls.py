@@ -142,6 +142,15 @@ class TestServeTls:
                               localhost(tls_server.address))
         assert out.returncode == 2 and "UNAVAILABLE" in out.stderr
 
+    def test_gatehouse_check_verifies_the_name_it_is_told(self, tls_server: ServerProcess,
+                                                          tls_certs: TlsCerts) -> None:
+        """--tls-server-name sets the name the certificate must carry: a wrong one fails."""
+        args = ("user:ben", "delete", FLOW, "--address", tls_server.address, "--tls-ca",
+                str(tls_certs.ca.issued.cert), "--tls-server-name")
+        assert gatehouse_check(*args, "localhost").returncode == 0
+        wrong = gatehouse_check(*args, "billing.example")
+        assert wrong.returncode == 2 and "UNAVAILABLE" in wrong.stderr
+
     def test_grpcurl_over_tls(self, tls_server: ServerProcess, tls_certs: TlsCerts) -> None:
         """grpcurl -cacert lists the services and runs a Check through reflection."""
         address = localhost(tls_server.address)

@@ -122,9 +122,14 @@ class _Track:
         return grpc.StatusCode.CANCELLED
 
 
+_AUTH_CONTEXT: Callable[[Any], Any] | None = getattr(cygrpc, "auth_context", None)
+"""grpc's own server reads a call's auth context with this; a grpcio without it gives the
+core transport no client subjects (None: no certificate identity, never a wrong one)."""
+
+
 def _subject(call: Any) -> str | None:
     """The verified client certificate's subject, from the call's auth context (grpc core's)."""
-    auth = cygrpc.auth_context(call)
+    auth = _AUTH_CONTEXT(call) if _AUTH_CONTEXT is not None else None
     if not auth:
         return None
     return client_subject({key.decode(errors="replace") if isinstance(key, bytes) else key: value
@@ -270,6 +275,10 @@ class CoreServer:
         if port:
             self._secure = True
             self._credentials.append(credentials)
+            if _AUTH_CONTEXT is None:
+                log.warning("this grpcio gives the core transport no auth context: client "
+                            "certificate subjects are not seen (--transport aio sees them)",
+                            extra={"grpcio": grpc.__version__})
         return port
 
     # -- life cycle ------------------------------------------------------

@@ -151,7 +151,7 @@ def load_material(files: TlsFiles) -> TlsMaterial:
     if _PEM_KEY_END not in key:
         raise TlsError(f"{KEY_FLAG} {files.key}: no PEM private key in it "
                        f"(expected a '-----BEGIN PRIVATE KEY-----' block)")
-    if b"ENCRYPTED" in key:
+    if b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in key or b"Proc-Type: 4,ENCRYPTED" in key:
         raise TlsError(f"{KEY_FLAG} {files.key}: the private key is encrypted; give it "
                        f"unencrypted and protect the file instead")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

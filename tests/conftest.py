@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.redis_server import RedisServer
+from tests.tls_certs import TlsCerts, make_certs
 
 ROOT = Path(__file__).resolve().parent.parent
 GATEHOUSE = [sys.executable, "-m", "gatehouse.cli"]
@@ -118,3 +119,9 @@ def coupler_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerP
                           "--data", "examples/coupler.data.yaml")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> TlsCerts:
+    """A CA, a server certificate for localhost/127.0.0.1, a client one, an untrusted CA's."""
+    return make_certs(tmp_path_factory.mktemp("tls"))

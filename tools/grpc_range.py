@@ -5,7 +5,7 @@ this builds a throwaway venv, installs the package the way a user does — a
 wheel built in pip's isolated build environment, so the gRPC code comes from
 the grpcio-tools pinned in ``[build-system] requires`` — and runs
 tests/test_transport.py plus the end-to-end Check, graph, serve and grpcurl
-tests against it. Not part of ``make test``: it downloads and installs two
+tests and the TLS tests against it. Not part of ``make test``: it downloads and installs two
 grpcio stacks. Usage: ``python tools/grpc_range.py [lowest|highest ...]``.
 """
 
@@ -26,6 +26,8 @@ TESTS = [
     "tests/e2e/test_graph_service.py",
     "tests/e2e/test_serve.py",
     "tests/e2e/test_grpcurl.py",
+    "tests/test_tls.py",
+    "tests/e2e/test_tls.py",
 ]
 REPORT = r"""
 import re, grpc, gatehouse

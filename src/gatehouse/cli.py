@@ -14,7 +14,10 @@ from gatehouse import config as settings
 from gatehouse.errors import DataFileError, GatehouseError, PolicyError
 
 if TYPE_CHECKING:
+    import grpc
+
     from gatehouse.observe.audit import AuditSettings
+    from gatehouse.transport.tls import TlsFiles
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -40,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
     if (effective.sources["data"].kind == "default" and fields["policy_dir"] ==
             Path(DEFAULT_POLICY) and not fields["redis_url"] and Path(DEFAULT_DATA).exists()):
         fields["data_file"] = Path(DEFAULT_DATA)
-    config = ServerConfig(**fields, audit=_audit_settings(effective))
+    config = ServerConfig(**fields, audit=_audit_settings(effective), tls=_tls_files(effective))
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
     try:
@@ -77,6 +80,15 @@ def _audit_settings(effective: settings.Effective) -> AuditSettings | None:
                          effective["audit_backups"])
 
 
+def _tls_files(effective: settings.Effective) -> TlsFiles | None:
+    """The server's TLS files (checked to pair up by the config rules); None: plaintext."""
+    from gatehouse.transport.tls import TlsFiles
+
+    if effective["tls_cert"] is None:
+        return None
+    return TlsFiles(effective["tls_cert"], effective["tls_key"], effective["tls_client_ca"])
+
+
 def _banner(config: object) -> None:
     from gatehouse.server import ServerConfig
 
@@ -87,12 +99,17 @@ def _banner(config: object) -> None:
         store = f"redis store {redact(config.redis_url)}"
     else:
         store = "memory store (ephemeral)"
+    tls = config.tls
+    if tls is None:
+        security = "-plaintext"
+    else:
+        security = "-cacert CA.pem" + (" -cert CLIENT.crt -key CLIENT.key" if tls.mutual else "")
     print(
         f"gatehouse on {config.listen} — policy {config.policy_dir}, data "
         f"{config.data_file or '(none)'}, {store}\n"
         "Try it (grpcurl):\n"
-        f"  grpcurl -plaintext {config.listen} list\n"
-        "  grpcurl -plaintext -d '{\"subject\":{\"type\":\"user\",\"id\":\"uma\"},"
+        f"  grpcurl {security} {config.listen} list\n"
+        f"  grpcurl {security} -d '{{\"subject\":{{\"type\":\"user\",\"id\":\"uma\"}},"
         "\"action\":\"delete\","
         "\"resource\":{\"type\":\"data_flow\",\"id\":\"acme-sales-pipeline\"}}' \\\n"
         f"    {config.listen} gatehouse.v1.AuthorizationService/Check\n",
@@ -166,8 +183,19 @@ def _check(args: argparse.Namespace) -> int:
     elif args.fully_consistent:
         req.consistency.fully_consistent = True
     try:
-        with grpc.insecure_channel(args.address) as channel:
-            resp = pb_grpc.AuthorizationServiceStub(channel).Check(req, timeout=args.timeout)
+        key = _api_key(args)
+        credentials = _channel_credentials(args)
+    except ValueError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 2
+    metadata = (("authorization", f"Bearer {key}"),) if key else None
+    options = [("grpc.ssl_target_name_override", args.tls_server_name)] \
+        if args.tls_server_name else []
+    try:
+        with (grpc.insecure_channel(args.address) if credentials is None else
+              grpc.secure_channel(args.address, credentials, options)) as channel:
+            resp = pb_grpc.AuthorizationServiceStub(channel).Check(
+                req, timeout=args.timeout, metadata=metadata)
     except grpc.RpcError as exc:
         print(f"gatehouse: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -182,6 +210,73 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if allowed else 1
 
 
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost")
+
+
+def _loopback(address: str) -> bool:
+    """True when ``address`` (host:port, or a unix: target) stays on this machine."""
+    if address.startswith(("unix:", "unix-abstract:")):
+        return True
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host in _LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _read_secret(flag: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError as exc:
+        raise ValueError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """The key from --api-key-file, else GATEHOUSE_API_KEY; never taken from argv."""
+    if args.api_key_file:
+        raw = _read_secret("--api-key-file", args.api_key_file)
+        where = f"--api-key-file {args.api_key_file}"
+        try:
+            key = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            raise ValueError(f"{where}: the key must be printable ASCII") from None
+    else:
+        key = os.environ.get("GATEHOUSE_API_KEY", "").strip()
+        where = "GATEHOUSE_API_KEY"
+        if not key:
+            return None
+    if not key:
+        raise ValueError(f"{where}: empty; it must hold the key")
+    if not key.isascii() or not key.isprintable() or any(c.isspace() for c in key):
+        raise ValueError(f"{where}: the key must be one line of printable ASCII without spaces")
+    return key
+
+
+def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    """TLS credentials for the channel, or None for plaintext.
+
+    TLS when a CA or client certificate is given, or when the server is not on
+    loopback (then the system's CAs verify it unless --tls-ca names one);
+    plaintext on loopback, or anywhere with --plaintext.
+    """
+    import grpc
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key (env GATEHOUSE_TLS_CLIENT_CERT, "
+                         "GATEHOUSE_TLS_CLIENT_KEY) go together: the client certificate and "
+                         "its key")
+    wants_tls = bool(args.tls_ca or args.tls_cert)
+    if args.plaintext:
+        if wants_tls:
+            raise ValueError("--plaintext cannot be combined with --tls-ca, --tls-cert or "
+                             "--tls-key")
+        return None
+    if not wants_tls and _loopback(args.address):
+        return None
+    ca = _read_secret("--tls-ca", args.tls_ca) if args.tls_ca else None
+    cert = _read_secret("--tls-cert", args.tls_cert) if args.tls_cert else None
+    key = _read_secret("--tls-key", args.tls_key) if args.tls_key else None
+    return grpc.ssl_channel_credentials(ca, key, cert)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description="Tenancy and authorization "
                                      "service: permission checks over gRPC.")
@@ -194,8 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(serve)
     serve.set_defaults(func=_serve)
 
+    # No abbreviations: "--api-key KEY" must be an error, not --api-key-file naming a
+    # "file" that is the key (and then quoted in the error message).
     chk = sub.add_parser("check", help="ask a running server one Check (exit 0 allow, 1 deny, "
-                         "2 error)")
+                         "2 error)", allow_abbrev=False)
     chk.add_argument("subject", help="type:id, e.g. user:uma")
     chk.add_argument("action")
     chk.add_argument("resource", help="type:id, e.g. data_flow:f1")
@@ -207,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("--fully-consistent", action="store_true",
                      help="catch up with the store first")
     chk.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+    chk.add_argument("--api-key-file", default=os.environ.get("GATEHOUSE_API_KEY_FILE"),
+                     help="file holding the API key, sent as 'authorization: Bearer <key>' "
+                     "(env GATEHOUSE_API_KEY_FILE, or the key itself in GATEHOUSE_API_KEY; "
+                     "never on the command line)")
+    chk.add_argument("--tls-ca", default=os.environ.get("GATEHOUSE_TLS_CA"),
+                     help="use TLS and verify the server with this PEM CA (env "
+                     "GATEHOUSE_TLS_CA); without it, TLS to a non-loopback address uses the "
+                     "system's CAs")
+    chk.add_argument("--tls-cert", default=os.environ.get("GATEHOUSE_TLS_CLIENT_CERT"),
+                     help="mTLS: present this PEM client certificate (env "
+                     "GATEHOUSE_TLS_CLIENT_CERT); needs --tls-key")
+    chk.add_argument("--tls-key", default=os.environ.get("GATEHOUSE_TLS_CLIENT_KEY"),
+                     help="the client certificate's PEM private key (env "
+                     "GATEHOUSE_TLS_CLIENT_KEY)")
+    chk.add_argument("--tls-server-name", default=os.environ.get("GATEHOUSE_TLS_SERVER_NAME"),
+                     help="the name the server certificate must carry, when it differs from "
+                     "the address's host (env GATEHOUSE_TLS_SERVER_NAME)")
+    chk.add_argument("--plaintext", action="store_true",
+                     help="no TLS even to a non-loopback address (plaintext is the default on "
+                     "loopback)")
     chk.set_defaults(func=_check)
 
     policy = sub.add_parser("policy", help="validate or test a policy set")

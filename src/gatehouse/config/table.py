@@ -73,11 +73,20 @@ SETTINGS: tuple[Setting, ...] = (
             field=None),
     Setting("audit_backups", Integer(0, 1000), 5,
             "Rotated audit files kept (PATH.1 the newest).", field=None),
+    Setting("tls_cert", FilePath(metavar="FILE"), None,
+            "Serve TLS with this PEM certificate chain (needs tls_key); reloaded when the "
+            "file changes (docs/tls.md).", field=None),
+    Setting("tls_key", FilePath(metavar="FILE"), None,
+            "The unencrypted PEM private key of tls_cert.", field=None),
+    Setting("tls_client_ca", FilePath(metavar="FILE"), None,
+            "mTLS: require client certificates signed by this PEM CA (needs tls_cert).",
+            field=None),
 )
 
 
 COMPOSED: Mapping[str, tuple[str, ...]] = {
     "audit": ("audit_log", "audit_sample_checks", "audit_max_bytes", "audit_backups"),
+    "tls": ("tls_cert", "tls_key", "tls_client_ca"),
 }
 """``ServerConfig`` fields built by the ``serve`` command from several settings (each of
 those settings has ``field=None``): field -> the settings it is made of."""
@@ -96,4 +105,17 @@ def _workers_need_a_fixed_port(v: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-RULES: tuple[Rule, ...] = (_workers_need_redis, _workers_need_a_fixed_port)
+def _tls_pairs(v: Mapping[str, Any]) -> tuple[str, str] | None:
+    if v["tls_cert"] and not v["tls_key"]:
+        return ("tls_cert", "needs tls_key (--tls-key, env GATEHOUSE_TLS_KEY): the "
+                "certificate's private key")
+    if v["tls_key"] and not v["tls_cert"]:
+        return ("tls_key", "needs tls_cert (--tls-cert, env GATEHOUSE_TLS_CERT): the server "
+                "certificate")
+    if v["tls_client_ca"] and not v["tls_cert"]:
+        return ("tls_client_ca", "needs tls_cert and tls_key: mTLS is TLS with client "
+                "certificates")
+    return None
+
+
+RULES: tuple[Rule, ...] = (_workers_need_redis, _workers_need_a_fixed_port, _tls_pairs)

@@ -41,6 +41,7 @@ from gatehouse.transport.base import (
     Metadata,
     MethodHandler,
     TransportStats,
+    client_subject,
     run_before,
     server_options,
 )
@@ -159,6 +160,7 @@ class AioServer:
         self._after: list[AfterCall] = []
         self._counters = Counters()
         self._started = False
+        self._secure = False  # a TLS port: read each call's client certificate subject
         self._server.add_generic_rpc_handlers((_Router(self),))
 
     @property
@@ -198,6 +200,16 @@ class AioServer:
         except RuntimeError:  # grpc.aio raises where core returns 0
             return 0
 
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        if self._started:
+            raise RuntimeError("add ports before the transport starts")
+        try:
+            port = self._server.add_secure_port(address, credentials)
+        except RuntimeError:
+            return 0
+        self._secure = True
+        return port
+
     def find(self, method: str, details: grpc.HandlerCallDetails) -> MethodHandler | None:
         """The wrapped handler for ``method``: registered ones first, then the generic ones."""
         wrapped = self._wrapped.get(method)
@@ -234,7 +246,8 @@ class AioServer:
 
         async def serve(requests: AsyncIterator[bytes], context: _AioContext) -> Any:
             start = time.monotonic()
-            info = CallInfo(method, _metadata(context), str(context.peer()))
+            subject = client_subject(context.auth_context()) if self._secure else None
+            info = CallInfo(method, _metadata(context), str(context.peer()), subject)
             ctx = _Context(context, serialize, info)
             code, details = grpc.StatusCode.OK, ""
             try:

@@ -58,7 +58,10 @@ class CallInfo:
     metadata: Metadata
     peer: str
     client_subject: str | None = None
-    """The subject of the client's verified TLS certificate (mTLS), else None."""
+    """The subject of the client's verified TLS certificate (mTLS), else None.
+
+    As grpc reports it: RFC 4514 order, most specific attribute first, e.g.
+    ``CN=billing-service,O=acme,C=DE`` (see ``client_subject`` below)."""
     notes: dict[str, Any] = field(default_factory=dict, compare=False)
     """What hooks and handlers tell each other about this call (e.g. the caller a
     pre-call hook authenticated, the decision a handler made for the audit hook).
@@ -176,6 +179,14 @@ class Transport(Protocol):
     def add_insecure_port(self, address: str) -> int:
         """Listen on ``address``; the port bound (0 when it could not be)."""
 
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        """Listen on ``address`` with TLS (see ``gatehouse.transport.tls``); the port bound, or 0.
+
+        Once a secure port is added, each call's ``CallInfo.client_subject``
+        carries the verified client certificate's subject (mTLS), see
+        ``client_subject``.
+        """
+
     async def start(self) -> None: ...
 
     async def stop(self, grace: float | None) -> None:
@@ -205,6 +216,31 @@ def run_before(hooks: Sequence[BeforeCall], info: CallInfo) -> None:
             raise HookFailed(type(exc).__name__) from exc
 
 
+def client_subject(auth_context: Mapping[str, Iterable[bytes]] | None) -> str | None:
+    """The verified client certificate's subject from a call's auth context, else None.
+
+    grpc puts ``x509_subject`` in the auth context of a TLS connection whose
+    client presented a certificate; the server credentials gatehouse builds
+    either require and verify one (mTLS) or never ask for one, so a subject
+    here was vouched for by the client CA. The string is grpc's (OpenSSL's
+    RFC 2253/4514 form: ``CN=billing-service,O=acme,C=DE``, most specific
+    first, special characters escaped with a backslash). Anything unexpected
+    (not TLS, no subject or several, not UTF-8) is None: no certificate
+    identity rather than a wrong one.
+    """
+    if not auth_context:
+        return None
+    if list(auth_context.get("transport_security_type") or ()) != [b"ssl"]:
+        return None
+    values = list(auth_context.get("x509_subject") or ())
+    if len(values) != 1 or not isinstance(values[0], bytes) or not values[0]:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 class HookFailed(Exception):
     """A pre-call hook raised something other than Abort; the call is refused INTERNAL."""
 
@@ -225,6 +261,7 @@ __all__ = [
     "ServicerContext",
     "Transport",
     "TransportStats",
+    "client_subject",
     "run_before",
     "server_options",
 ]

@@ -55,6 +55,7 @@ from gatehouse.transport.base import (
     Metadata,
     MethodHandler,
     TransportStats,
+    client_subject,
     run_before,
     server_options,
 )
@@ -105,19 +106,34 @@ class _Track:
 
     __slots__ = ("deadline", "info", "start")
 
-    def __init__(self, request_ev: Any) -> None:
+    def __init__(self, request_ev: Any, secure: bool) -> None:
         self.start = time.monotonic()
         self.deadline: float = request_ev.call_details.deadline
         peer: bytes = request_ev.call.peer()
         self.info = CallInfo(request_ev.call_details.method.decode(errors="replace"),
                              tuple(request_ev.invocation_metadata or ()),
-                             peer.decode(errors="replace"))
+                             peer.decode(errors="replace"),
+                             _subject(request_ev.call) if secure else None)
 
     def gone(self) -> grpc.StatusCode:
         """The code of a call that ended without our status: deadline passed, or cancelled."""
         if math.isfinite(self.deadline) and time.time() >= self.deadline:
             return grpc.StatusCode.DEADLINE_EXCEEDED
         return grpc.StatusCode.CANCELLED
+
+
+_AUTH_CONTEXT: Callable[[Any], Any] | None = getattr(cygrpc, "auth_context", None)
+"""grpc's own server reads a call's auth context with this; a grpcio without it gives the
+core transport no client subjects (None: no certificate identity, never a wrong one)."""
+
+
+def _subject(call: Any) -> str | None:
+    """The verified client certificate's subject, from the call's auth context (grpc core's)."""
+    auth = _AUTH_CONTEXT(call) if _AUTH_CONTEXT is not None else None
+    if not auth:
+        return None
+    return client_subject({key.decode(errors="replace") if isinstance(key, bytes) else key: value
+                           for key, value in auth.items()})
 
 
 class _Context:
@@ -201,6 +217,8 @@ class CoreServer:
         self._after: list[AfterCall] = []
         self._counters = Counters()
         self._pending_requests = pending_requests
+        self._secure = False  # a TLS port: read each call's client certificate subject
+        self._credentials: list[grpc.ServerCredentials] = []  # grpc core calls into them
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -246,6 +264,21 @@ class CoreServer:
 
     def add_insecure_port(self, address: str) -> int:
         port: int = self._server.add_http2_port(address.encode())
+        return port
+
+    def add_secure_port(self, address: str, credentials: grpc.ServerCredentials) -> int:
+        """Listen with TLS, as grpc's own server does: core gets the credentials' core object."""
+        if self._started:
+            raise RuntimeError("add ports before the transport starts")
+        core_credentials = credentials._credentials  # type: ignore[attr-defined]
+        port: int = self._server.add_http2_port(address.encode(), core_credentials)
+        if port:
+            self._secure = True
+            self._credentials.append(credentials)
+            if _AUTH_CONTEXT is None:
+                log.warning("this grpcio gives the core transport no auth context: client "
+                            "certificate subjects are not seen (--transport aio sees them)",
+                            extra={"grpcio": grpc.__version__})
         return port
 
     # -- life cycle ------------------------------------------------------
@@ -309,7 +342,7 @@ class CoreServer:
                         continue  # no call came with it (the server is shutting down)
                     track = None
                     if hooked:
-                        track = _Track(ev)
+                        track = _Track(ev, self._secure)
                         if before and not self._admit(ev, track, before):
                             continue
                     method = ev.call_details.method

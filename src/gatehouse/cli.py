@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gatehouse.errors import DataFileError, GatehouseError, PolicyError, quote
+from gatehouse.errors import DataFileError, GatehouseError, KeysFileError, PolicyError, quote
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -38,6 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
               f"not {quote(args.transport)}", file=sys.stderr)
         return 2
+    from gatehouse.auth.exposure import UNSAFE, is_loopback
+
+    if not args.api_keys and not args.insecure_no_auth and not is_loopback(args.listen):
+        print(f"gatehouse: {UNSAFE.format(listen=args.listen)}", file=sys.stderr)
+        return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
             and Path(DEFAULT_DATA).exists()):
@@ -52,6 +57,8 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         usage_dedup_days=args.usage_dedup_days,
         transport=args.transport,
+        api_keys=Path(args.api_keys) if args.api_keys else None,
+        insecure_no_auth=args.insecure_no_auth,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -67,9 +74,13 @@ def _serve(args: argparse.Namespace) -> int:
                      "--transport", args.transport]
             if args.no_watch:
                 child.append("--no-watch")
+            if args.api_keys:
+                child += ["--api-keys", args.api_keys]
+            if args.insecure_no_auth:
+                child.append("--insecure-no-auth")
             return run_workers(config, args.workers, child)
         asyncio.run(serve(config))
-    except (PolicyError, DataFileError) as exc:
+    except (PolicyError, DataFileError, KeysFileError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return 1
     except (OSError, GatehouseError) as exc:
@@ -169,8 +180,12 @@ def _check(args: argparse.Namespace) -> int:
     elif args.fully_consistent:
         req.consistency.fully_consistent = True
     try:
+        # The key comes from the environment, never argv (the process list shows argv).
+        key = os.environ.get("GATEHOUSE_API_KEY", "").strip()
+        metadata = (("authorization", f"Bearer {key}"),) if key else None
         with grpc.insecure_channel(args.address) as channel:
-            resp = pb_grpc.AuthorizationServiceStub(channel).Check(req, timeout=args.timeout)
+            resp = pb_grpc.AuthorizationServiceStub(channel).Check(req, timeout=args.timeout,
+                                                                   metadata=metadata)
     except grpc.RpcError as exc:
         print(f"gatehouse: {exc.code().name}: {exc.details()}", file=sys.stderr)
         return 2
@@ -183,6 +198,40 @@ def _check(args: argparse.Namespace) -> int:
         for i, line in enumerate(trace):
             print(f"  {'└─' if i == len(trace) - 1 else '├─'} {line}")
     return 0 if allowed else 1
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    """A new key on stdout's first line, then the entry to add to the keys file."""
+    from gatehouse.auth.keygen import entry_yaml, hash_key, new_key
+
+    key = new_key()
+    try:
+        entry = entry_yaml(args.name, hash_key(key), _split(args.scopes) or [],
+                           _split(args.organizations))
+    except GatehouseError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 2
+    print(key)
+    print("# Above: the key, shown only this once; hand it to the caller as a secret.\n"
+          "# Below: its entry for the keys file (under `keys:`); the file holds no key.")
+    print(entry, end="")
+    return 0
+
+
+def _keys_hash(args: argparse.Namespace) -> int:
+    """The sha256 of the key read from stdin (for a key made elsewhere)."""
+    from gatehouse.auth.keygen import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key or " " in key:
+        print("gatehouse: give the key on stdin (one line, no spaces)", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(core when this grpcio is one it was tested with and its start-up "
                        "self-test passes, else aio; the log says which and why) (env "
                        "GATEHOUSE_TRANSPORT; default auto)")
+    serve.add_argument("--api-keys", default=os.environ.get("GATEHOUSE_API_KEYS") or None,
+                       help="keys file: who may call, with which scopes (see docs/auth.md; "
+                       "reloaded when it changes) (env GATEHOUSE_API_KEYS). Without it only "
+                       "a loopback --listen address is served, to anonymous callers")
+    serve.add_argument("--insecure-no-auth", action="store_true",
+                       default=os.environ.get("GATEHOUSE_INSECURE_NO_AUTH") == "1",
+                       help="serve without keys on a non-loopback address: every caller gets "
+                       "every scope (env GATEHOUSE_INSECURE_NO_AUTH=1)")
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)
@@ -237,6 +294,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="catch up with the store first")
     chk.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
     chk.set_defaults(func=_check)
+
+    keys = sub.add_parser("keys", help="make API keys for the keys file")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    knew = ksub.add_parser("new", help="print a new random key (once) and its keys-file entry")
+    knew.add_argument("name", help="the key's name, shown in logs instead of the key")
+    knew.add_argument("--scopes", required=True,
+                      help="comma-separated: check, read, write, admin")
+    knew.add_argument("--organizations",
+                      help="comma-separated organization ids the key is restricted to")
+    knew.set_defaults(func=_keys_new)
+    khash = ksub.add_parser("hash", help="read a key from stdin, print its sha256")
+    khash.set_defaults(func=_keys_hash)
 
     policy = sub.add_parser("policy", help="validate or test a policy set")
     psub = policy.add_subparsers(dest="policy_command", required=True)

@@ -98,12 +98,17 @@ class KeyTable:
 class _Reader:
     """Checks one parsed document, collecting every problem with its position."""
 
-    def __init__(self, smap: SourceMap) -> None:
+    def __init__(self, smap: SourceMap, parsed: list[Problem]) -> None:
         self.smap = smap
-        self.problems: list[Problem] = []
+        self.problems: list[Problem] = list(parsed)
+        # A value the parser already refused (a `.nan`, a duplicate key) is read as
+        # None; it gets no second problem.
+        self._reported = {p.path for p in parsed}
 
     def problem(self, path: DocPath, message: str, *, at_key: bool = False) -> None:
-        self.problems.append(self.smap.problem(path, message, at_key=at_key))
+        found = self.smap.problem(path, message, at_key=at_key)
+        if found.path not in self._reported or not found.path:
+            self.problems.append(found)
 
     def fields(self, value: dict[str, Any], path: DocPath, known: tuple[str, ...]) -> None:
         for key in value:
@@ -181,9 +186,11 @@ class _Reader:
         digest = entry.get("sha256")
         if "sha256" in entry and (not isinstance(digest, str)
                                   or not SHA256_RE.fullmatch(digest)):
-            self.problem((*path, "sha256"), "must be 64 lowercase hex digits (the sha256 of the "
-                         "key; `gatehouse keys hash` prints it), not "
-                         f"{quote(digest, 12)}")
+            # Never quoted: a key pasted here by mistake must not reach a log.
+            got = f"{len(digest)} characters" if isinstance(digest, str) \
+                else f"a value of type {type(digest).__name__}"
+            self.problem((*path, "sha256"), "must be 64 lowercase hex digits, the sha256 of the "
+                         f"key (`gatehouse keys hash` prints it); got {got}")
         scopes: set[str] = set()
         if "scopes" in entry:
             for where, scope in self.strings(entry["scopes"], (*path, "scopes"), "scopes"):
@@ -257,9 +264,9 @@ class _Reader:
 def parse_keys(text: str, file: str) -> KeyTable:
     """The key table written in ``text``; KeysFileError with every problem otherwise."""
     doc, smap, problems = load(text, file, _STRICT)
-    if problems:
+    if doc is None and problems:  # a syntax error or a bound: nothing to check
         raise KeysFileError(problems)
-    reader = _Reader(smap)
+    reader = _Reader(smap, problems)
     table = reader.table(doc, file)
     if reader.problems or table is None:
         raise KeysFileError(reader.problems or [Problem(file, 1, 1, "", "no keys")])

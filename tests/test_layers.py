@@ -48,6 +48,12 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
                           "google.protobuf"),
     "gatehouse.api": ("gatehouse.server", "gatehouse.workers", "gatehouse.cli"),
     "gatehouse.limits": ("gatehouse",),
+    # Authentication sits beside the transport: it sees calls, never the domain.
+    "gatehouse.auth": ("gatehouse.api", "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
+                       "gatehouse.runtime", "gatehouse.engine", "gatehouse.graph",
+                       "gatehouse.usage", "gatehouse.tenancy", "gatehouse.policy"),
+    # What a call's handlers read of its caller: importable anywhere, importing nothing.
+    "gatehouse.auth.caller": ("gatehouse",),
 }
 
 # importer prefix -> modules it must not reach through any chain of gatehouse imports.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import re
+from pathlib import Path
 
 import gatehouse.v1
 from gatehouse.auth.scopes import METHOD_SCOPES, is_open, scope_of
@@ -51,3 +53,10 @@ class TestScopeTable:
         assert is_open("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
         assert scope_of("/gatehouse.v1.GraphService/Nope") is None
         assert not is_open("/grpc.health.v1.Healthy/Check")
+
+    def test_the_docs_table_lists_every_rpc_with_its_scope(self) -> None:
+        """docs/auth.md's scopes table says what the table enforces, RPC by RPC."""
+        doc = (Path(__file__).resolve().parents[2] / "docs" / "auth.md").read_text()
+        rows = dict(re.findall(r"^\| `(\w+/\w+)` \| `(\w+)` \|$", doc, re.MULTILINE))
+        expected = {m.removeprefix("/gatehouse.v1."): s for m, s in METHOD_SCOPES.items()}
+        assert rows == expected

@@ -66,6 +66,11 @@ def _serve(args: argparse.Namespace) -> int:
         if args.workers > 1:
             from gatehouse.workers import run_workers
 
+            if config.api_keys is not None:  # refuse a broken file once, not once per worker
+                from gatehouse.auth.keys import load_keys
+
+                load_keys(config.api_keys)
+
             # The Redis URL (it may hold a password) goes by environment, not argv.
             child = ["--listen", args.listen, "--policy", args.policy,
                      "--redis-prefix", args.redis_prefix, "--reuse-port",
@@ -281,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     chk = sub.add_parser("check", help="ask a running server one Check (exit 0 allow, 1 deny, "
-                         "2 error)")
+                         "2 error); an API key, if the server needs one, from env "
+                         "GATEHOUSE_API_KEY")
     chk.add_argument("subject", help="type:id, e.g. user:uma")
     chk.add_argument("action")
     chk.add_argument("resource", help="type:id, e.g. data_flow:f1")

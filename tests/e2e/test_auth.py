@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -188,6 +189,21 @@ class TestOpenServices:
                      server.address, "gatehouse.v1.AuthorizationService/Check")
         assert ok.returncode == 0, ok.stderr
         assert "revision" in ok.stdout
+
+
+    def test_gatehouse_check_takes_its_key_from_the_environment(
+            self, server: ServerProcess) -> None:
+        """`gatehouse check` sends GATEHOUSE_API_KEY; without it the server says UNAUTHENTICATED."""
+        args = [*GATEHOUSE, "check", "user:uma", "delete", "data_flow:acme-sales-pipeline",
+                "--address", server.address]
+        env = {k: v for k, v in os.environ.items() if k != "GATEHOUSE_API_KEY"}
+        without = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=env,
+                                 timeout=30)
+        assert without.returncode == 2 and "UNAUTHENTICATED" in without.stderr
+        keyed = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=30,
+                               env={**env, "GATEHOUSE_API_KEY": KEYS["check"]})
+        assert keyed.returncode == 1 and keyed.stdout.startswith("DENY"), keyed.stderr
+        assert KEYS["check"] not in keyed.stdout + keyed.stderr
 
 
 class TestLimits:

@@ -38,10 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
               f"not {quote(args.transport)}", file=sys.stderr)
         return 2
-    from gatehouse.auth.exposure import UNSAFE, is_loopback
+    from gatehouse.auth.exposure import refusal
 
-    if not args.api_keys and not args.insecure_no_auth and not is_loopback(args.listen):
-        print(f"gatehouse: {UNSAFE.format(listen=args.listen)}", file=sys.stderr)
+    unsafe = refusal(args.listen, bool(args.api_keys), args.insecure_no_auth)
+    if unsafe is not None:
+        print(f"gatehouse: {unsafe}", file=sys.stderr)
         return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url

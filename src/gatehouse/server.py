@@ -20,8 +20,10 @@ from gatehouse.api.graph import GraphServicer
 from gatehouse.api.tenancy import TenancyServicer
 from gatehouse.api.usage import UsageServicer
 from gatehouse.auth.authenticator import Authenticator
+from gatehouse.auth.exposure import refusal
 from gatehouse.auth.keys import KeyTable, load_keys
 from gatehouse.auth.reload import KeysWatcher
+from gatehouse.errors import GatehouseError
 from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
@@ -223,6 +225,9 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     # for the loop thread's time slice. 1 ms slices instead of the default 5
     # keep Checks near 3 ms at p50 during such work instead of 17 (measured).
     sys.setswitchinterval(SWITCH_INTERVAL)
+    unsafe = refusal(config.listen, config.api_keys is not None, config.insecure_no_auth)
+    if unsafe is not None:  # the CLI refuses first (exit 2); this guards every other caller
+        raise GatehouseError(unsafe)
     keys = await asyncio.to_thread(load_keys, config.api_keys) if config.api_keys else None
     runtime = await build_runtime(config)
     # The index is millions of long-lived objects. Moved to the collector's

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gatehouse.auth.exposure import is_loopback
+from gatehouse.errors import GatehouseError
+from gatehouse.server import ServerConfig, serve
 
 
 class TestLoopback:
@@ -20,3 +24,11 @@ class TestLoopback:
     def test_every_other_address_needs_keys(self, listen: str) -> None:
         """Wildcards, private and public addresses and host names are not loopback."""
         assert not is_loopback(listen)
+
+
+class TestServeRefuses:
+    def test_serve_itself_refuses_a_public_address_without_keys(self) -> None:
+        """Called without the CLI, `serve` still refuses 0.0.0.0 without keys, before loading."""
+        with pytest.raises(GatehouseError) as err:
+            asyncio.run(serve(ServerConfig(listen="0.0.0.0:1")))
+        assert "refusing to serve 0.0.0.0:1 without API keys" in str(err.value)

@@ -39,4 +39,13 @@ UNSAFE = ("refusing to serve {listen} without API keys: anyone who reaches it co
           "if something in front of gatehouse already authenticates every caller")
 """The start-up refusal (``str.format(listen=...)``)."""
 
-__all__ = ["UNSAFE", "is_loopback", "listen_host"]
+
+
+def refusal(listen: str, has_keys: bool, insecure_no_auth: bool) -> str | None:
+    """Why serving ``listen`` this way is refused, or None when it may start."""
+    if has_keys or insecure_no_auth or is_loopback(listen):
+        return None
+    return UNSAFE.format(listen=listen)
+
+
+__all__ = ["UNSAFE", "is_loopback", "listen_host", "refusal"]

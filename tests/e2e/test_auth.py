@@ -394,3 +394,12 @@ class TestSafeDefaults:
                              text=True, timeout=30)
         assert out.returncode == 1
         assert f"{keys}:3:13 keys[0].sha256:" in out.stderr
+
+
+class TestLogs:
+    def test_the_log_never_shows_a_key_or_its_hash(self, server: ServerProcess) -> None:
+        """After every call above (runs last on this server), the log holds key names only."""
+        log = server.logs()
+        assert "api keys loaded" in log
+        for key in KEYS.values():
+            assert key not in log and sha(key) not in log

@@ -69,7 +69,7 @@ class ServerConfig:
     api_keys: Path | None = None
     """The keys file (``--api-keys``); None: anonymous callers with every scope."""
     insecure_no_auth: bool = False
-    """``--insecure-no-auth``: serve without keys on a non-loopback address (the CLI checks)."""
+    """``--insecure-no-auth``: serve without keys on a non-loopback address (else refused)."""
 
 
 def open_store(config: ServerConfig) -> GraphStore:

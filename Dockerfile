@@ -3,8 +3,21 @@
 # gatehouse server image.
 #
 #   docker build -t gatehouse .
-#   docker run --rm -p 50051:50051 gatehouse
-#   grpcurl -plaintext localhost:50051 list
+#   docker run --rm gatehouse keys new app --scopes check,read,write,admin > app-key.txt
+#   (echo 'keys:'; tail -n +4 app-key.txt) > gatehouse-keys.yaml   # line 1 is the key
+#   docker run --rm -p 50051:50051 \
+#       -v "$PWD/gatehouse-keys.yaml:/run/secrets/gatehouse_keys:ro" gatehouse
+#   grpcurl -plaintext localhost:50051 list                      # open: no key needed
+#   grpcurl -plaintext -H "authorization: Bearer $(head -1 app-key.txt)" \
+#       localhost:50051 gatehouse.v1.AdminService/GetPolicyStatus
+#
+# The server listens on 0.0.0.0 in the container, so it needs API keys: it
+# reads the keys file named by GATEHOUSE_API_KEYS (default
+# /run/secrets/gatehouse_keys, where a Docker or compose secret lands) and
+# refuses to start when the file is missing or invalid. The file holds only
+# sha256 hashes of the keys, never a key; see docs/auth.md. Edits to it are
+# picked up without a restart (mount its folder rather than the single file
+# if your editor replaces files, so the container sees the new one).
 #
 # The image holds the embedded default: memory store, policies/coupler and
 # examples/coupler.data.yaml, both under /app (the working directory), so
@@ -46,7 +59,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    GATEHOUSE_LISTEN=0.0.0.0:50051
+    GATEHOUSE_LISTEN=0.0.0.0:50051 \
+    GATEHOUSE_API_KEYS=/run/secrets/gatehouse_keys
 
 RUN groupadd --system --gid 10001 gatehouse \
  && useradd --system --uid 10001 --gid gatehouse --home-dir /app --no-create-home \

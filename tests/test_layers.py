@@ -53,8 +53,6 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
                       "gatehouse.cli"),
     "gatehouse.transport": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
                             "gatehouse.workers", "gatehouse.cli"),
-    "gatehouse.auth": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
-                       "gatehouse.workers", "gatehouse.cli"),
     # Observers (audit log, metrics, probes, traces) watch calls and the runtime; only the
     # composition root (server) and the command (cli) wire them in.
     "gatehouse.observe": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
@@ -62,6 +60,13 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     "gatehouse.limits": ("gatehouse",),
     # Settings are read before anything is built: no server, store or policy behind them.
     "gatehouse.config": ("gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),
+    # Authentication sits beside the transport: it sees calls, never the domain.
+    "gatehouse.auth": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
+                       "gatehouse.workers", "gatehouse.cli", "gatehouse.runtime",
+                       "gatehouse.engine", "gatehouse.graph", "gatehouse.usage",
+                       "gatehouse.tenancy", "gatehouse.policy"),
+    # What a call's handlers read of its caller: importable anywhere, importing nothing.
+    "gatehouse.auth.caller": ("gatehouse",),
 }
 
 # importer prefix -> modules it must not reach through any chain of gatehouse imports.

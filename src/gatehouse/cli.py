@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatehouse import config as settings
-from gatehouse.errors import DataFileError, GatehouseError, PolicyError
+from gatehouse.errors import DataFileError, GatehouseError, KeysFileError, PolicyError
 
 if TYPE_CHECKING:
     import grpc
@@ -43,6 +43,13 @@ def _serve(args: argparse.Namespace) -> int:
     if (effective.sources["data"].kind == "default" and fields["policy_dir"] ==
             Path(DEFAULT_POLICY) and not fields["redis_url"] and Path(DEFAULT_DATA).exists()):
         fields["data_file"] = Path(DEFAULT_DATA)
+    from gatehouse.auth.exposure import refusal
+
+    unsafe = refusal(str(effective["listen"]), effective["api_keys"] is not None,
+                     effective["insecure_no_auth"])
+    if unsafe is not None:
+        print(f"gatehouse: {unsafe}", file=sys.stderr)
+        return 2
     config = ServerConfig(**fields, audit=_audit_settings(effective), tls=_tls_files(effective))
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -50,12 +57,16 @@ def _serve(args: argparse.Namespace) -> int:
         if effective["workers"] > 1:
             from gatehouse.workers import run_workers
 
+            if config.api_keys is not None:  # refuse a broken file once, not once per worker
+                from gatehouse.auth.keys import load_keys
+
+                load_keys(config.api_keys)
             # Each worker gets every setting; the parent alone loads the data file.
             argv, env = settings.worker_invocation(
                 effective, {"workers": 1, "reuse_port": True, "data": None})
             return run_workers(config, effective["workers"], argv, env)
         asyncio.run(serve(config))
-    except (PolicyError, DataFileError) as exc:
+    except (PolicyError, DataFileError, KeysFileError) as exc:
         print(f"gatehouse: {exc}", file=sys.stderr)
         return 1
     except (OSError, GatehouseError) as exc:
@@ -277,6 +288,40 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
     return grpc.ssl_channel_credentials(ca, key, cert)
 
 
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _keys_new(args: argparse.Namespace) -> int:
+    """A new key on stdout's first line, then the entry to add to the keys file."""
+    from gatehouse.auth.keygen import entry_yaml, hash_key, new_key
+
+    key = new_key()
+    try:
+        entry = entry_yaml(args.name, hash_key(key), _split(args.scopes) or [],
+                           _split(args.organizations))
+    except GatehouseError as exc:
+        print(f"gatehouse: {exc}", file=sys.stderr)
+        return 2
+    print(key)
+    print("# Above: the key, shown only this once; hand it to the caller as a secret.\n"
+          "# Below: its entry for the keys file (under `keys:`); the file holds no key.")
+    print(entry, end="")
+    return 0
+
+
+def _keys_hash(args: argparse.Namespace) -> int:
+    """The sha256 of the key read from stdin (for a key made elsewhere)."""
+    from gatehouse.auth.keygen import hash_key
+
+    key = sys.stdin.readline().strip()
+    if not key or " " in key:
+        print("gatehouse: give the key on stdin (one line, no spaces)", file=sys.stderr)
+        return 2
+    print(hash_key(key))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gatehouse", description="Tenancy and authorization "
                                      "service: permission checks over gRPC.")
@@ -325,6 +370,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="no TLS even to a non-loopback address (plaintext is the default on "
                      "loopback)")
     chk.set_defaults(func=_check)
+
+    keys = sub.add_parser("keys", help="make API keys for the keys file")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    knew = ksub.add_parser("new", help="print a new random key (once) and its keys-file entry")
+    knew.add_argument("name", help="the key's name, shown in logs instead of the key")
+    knew.add_argument("--scopes", required=True,
+                      help="comma-separated: check, read, write, admin")
+    knew.add_argument("--organizations",
+                      help="comma-separated organization ids the key is restricted to")
+    knew.set_defaults(func=_keys_new)
+    khash = ksub.add_parser("hash", help="read a key from stdin, print its sha256")
+    khash.set_defaults(func=_keys_hash)
 
     policy = sub.add_parser("policy", help="validate or test a policy set")
     psub = policy.add_subparsers(dest="policy_command", required=True)

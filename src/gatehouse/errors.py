@@ -13,7 +13,8 @@ maps them to gRPC status codes in one table (``gatehouse.api.errors``).
     ├── Unavailable            the store cannot be reached
     ├── ResourceExhausted      a per-process bound on open work (streams, in-flight calls)
     ├── PolicyError            a policy set failed to load (all problems, with positions)
-    └── DataFileError          a bootstrap data file failed to load (all problems, with lines)
+    ├── DataFileError          a bootstrap data file failed to load (all problems, with lines)
+    └── KeysFileError          an API keys file failed to load (all problems, with positions)
 """
 
 from __future__ import annotations
@@ -128,3 +129,9 @@ class DataFileError(_ProblemsError):
     """A bootstrap data file is invalid; nothing from it was loaded."""
 
     kind = "data file"
+
+
+class KeysFileError(_ProblemsError):
+    """An API keys file is invalid; the previous key table (if any) stays in force."""
+
+    kind = "keys file"

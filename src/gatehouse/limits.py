@@ -92,5 +92,15 @@ class Limits:
     policy_rules: int = 10_000
     """Permission rules in one policy set (each action's table holds its rules)."""
 
+    # -- callers ----------------------------------------------------------
+    api_keys_file_bytes: int = 1 << 20
+    """Largest API keys file (``--api-keys``)."""
+    api_keys: int = 10_000
+    """Keys (entries) in one API keys file."""
+    api_key_chars: int = 512
+    """Longest bearer key a caller may send; a longer one is refused unread."""
+    api_key_rate_max: float = 1e6
+    """Largest requests per second, burst or in-flight cap a key may be given."""
+
 
 LIMITS = Limits()

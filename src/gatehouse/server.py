@@ -14,10 +14,16 @@ from pathlib import Path
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from gatehouse.api.admin import AdminServicer
 from gatehouse.api.authorization import AuthorizationServicer
 from gatehouse.api.graph import GraphServicer
 from gatehouse.api.tenancy import TenancyServicer
 from gatehouse.api.usage import UsageServicer
+from gatehouse.auth.authenticator import Authenticator
+from gatehouse.auth.exposure import refusal
+from gatehouse.auth.keys import KeyTable, load_keys
+from gatehouse.auth.reload import KeysWatcher
+from gatehouse.errors import GatehouseError
 from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
@@ -34,6 +40,8 @@ from gatehouse.transport.tls import (
 from gatehouse.usage.events import UsageStore
 from gatehouse.usage.memory import MemoryUsageStore
 from gatehouse.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
     graph_pb2,
@@ -73,6 +81,10 @@ class ServerConfig:
     """The decision audit log (docs/audit.md); None: none kept."""
     tls: TlsFiles | None = None
     """Serve TLS with these files (mTLS when it names a client CA); None: plaintext."""
+    api_keys: Path | None = None
+    """The keys file (``--api-keys``); None: anonymous callers with every scope."""
+    insecure_no_auth: bool = False
+    """``--insecure-no-auth``: serve without keys on a non-loopback address (else refused)."""
 
 
 def open_store(config: ServerConfig) -> GraphStore:
@@ -122,7 +134,8 @@ def transport_options(config: ServerConfig) -> list[tuple[str, int]]:
 class Server:
     """A running gatehouse gRPC server on ``transport`` (see ``open_transport``)."""
 
-    def __init__(self, config: ServerConfig, runtime: Runtime, transport: Transport) -> None:
+    def __init__(self, config: ServerConfig, runtime: Runtime, transport: Transport,
+                 keys: KeyTable | None = None) -> None:
         """Register the services on ``transport`` and listen (TLS per ``config.tls``).
 
         Raises ``TlsError`` when the TLS files cannot be used, ``OSError`` when
@@ -132,6 +145,13 @@ class Server:
         self.config = config
         self.runtime = runtime
         self.grpc = transport
+        # Authentication first: later hooks (and every handler) see the caller.
+        self.auth: Authenticator | None = None
+        self.keys_watcher: KeysWatcher | None = None
+        if config.api_keys is not None:
+            self.auth = Authenticator(keys if keys is not None else load_keys(config.api_keys))
+            self.keys_watcher = KeysWatcher(self.auth, config.api_keys)
+            self.grpc.add_hooks(self.auth.before, self.auth.after)
         follower = runtime.follower
         authorization = AuthorizationServicer(runtime.decisions, follower)
         authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
@@ -145,6 +165,8 @@ class Server:
             UsageServicer(runtime.usage, follower), self.grpc)
         tenancy_pb2_grpc.add_TenancyServiceServicer_to_server(
             TenancyServicer(runtime.tenancy), self.grpc)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(follower, runtime.reloader, config.watch_policy), self.grpc)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         names = [
@@ -152,6 +174,7 @@ class Server:
             graph_pb2.DESCRIPTOR.services_by_name["GraphService"].full_name,
             usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
             tenancy_pb2.DESCRIPTOR.services_by_name["TenancyService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ]
@@ -193,6 +216,16 @@ class Server:
         reloader = self.runtime.reloader
         if self.config.watch_policy and reloader is not None:
             self._tasks.append(asyncio.create_task(reloader.watch(), name="policy-reloader"))
+        if self.keys_watcher is not None:
+            self._tasks.append(asyncio.create_task(self.keys_watcher.watch(),
+                                                   name="keys-reloader"))
+            log.info("api keys loaded", extra={"file": str(self.config.api_keys),
+                                               "keys": len(self.keys_watcher.authenticator
+                                                           .table.keys)})
+        else:
+            log.warning("serving WITHOUT authentication: every caller gets every scope",
+                        extra={"address": self.address,
+                               "insecure_no_auth": self.config.insecure_no_auth})
         log.info(
             "serving",
             extra={
@@ -229,6 +262,9 @@ class Server:
 
 async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain in-flight calls and exit."""
+    unsafe = refusal(config.listen, config.api_keys is not None, config.insecure_no_auth)
+    if unsafe is not None:  # the CLI refuses first (exit 2); this guards every other caller
+        raise GatehouseError(unsafe)
     # Check runs on the transport's poll thread and needs the interpreter for a
     # few hundred microseconds per call; while the loop thread computes
     # something long (a cold ComputeUsage, a big listing) each of those waits
@@ -237,6 +273,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     sys.setswitchinterval(SWITCH_INTERVAL)
     if config.tls is not None:  # unusable TLS files: refuse before loading anything
         await asyncio.to_thread(load_material, config.tls)
+    keys = await asyncio.to_thread(load_keys, config.api_keys) if config.api_keys else None
     runtime = await build_runtime(config)
     # The index is millions of long-lived objects. Moved to the collector's
     # permanent generation, a full collection (which work such as compiling a
@@ -250,7 +287,7 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         await runtime.close()
         raise
     try:
-        server = Server(config, runtime, transport)
+        server = Server(config, runtime, transport, keys)
     except BaseException:
         await transport.stop(0)
         await runtime.close()

@@ -73,6 +73,12 @@ SETTINGS: tuple[Setting, ...] = (
             field=None),
     Setting("audit_backups", Integer(0, 1000), 5,
             "Rotated audit files kept (PATH.1 the newest).", field=None),
+    Setting("api_keys", FilePath(metavar="FILE"), None,
+            "Keys file: who may call, with which scopes and organizations (docs/auth.md; "
+            "reloaded when it changes). Unset, only a loopback listen address is served, to "
+            "anonymous callers with every scope."),
+    Setting("insecure_no_auth", Boolean(), False,
+            "Serve without keys on a non-loopback address: every caller gets every scope."),
     Setting("tls_cert", FilePath(metavar="FILE"), None,
             "Serve TLS with this PEM certificate chain (needs tls_key); reloaded when the "
             "file changes (docs/tls.md).", field=None),

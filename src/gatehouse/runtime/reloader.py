@@ -13,7 +13,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from gatehouse.errors import PolicyError
@@ -45,8 +47,17 @@ def _cyclic_gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadFailure:
+    """The last rejected reload: when, and its problems as ``file:line:col path: message``."""
+
+    at: float
+    """Wall-clock seconds (``time.time()``)."""
+    problems: tuple[str, ...]
+
+
 class PolicyReloader:
-    """Recompiles ``policy_dir`` when it changes and swaps the result in."""
+    """Recompiles ``policy_dir`` when it changes (or when asked) and swaps the result in."""
 
     def __init__(self, follower: IndexFollower, policy_dir: Path,
                  load: Callable[[Path], CompiledPolicy] = load_policy) -> None:
@@ -55,6 +66,31 @@ class PolicyReloader:
         self._load = load
         self.failures = 0
         """Reload attempts that were rejected or failed since start."""
+        self.loaded_at = time.time()
+        """When the policy in force was loaded (wall clock)."""
+        self.last_failure: ReloadFailure | None = None
+        """The last reload attempt's problems, when it was rejected; None after a success."""
+        self._seen: Signature | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def reload_now(self) -> CompiledPolicy:
+        """Compile the folder now and serve it (the admin ReloadPolicy).
+
+        Raises PolicyError with every problem when the set is broken; the
+        policy in force keeps serving. Serialized with the watcher's reloads.
+        """
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            sig = self._signature()
+            try:
+                new = await asyncio.to_thread(self._compile_or_raise)
+            except PolicyError as exc:
+                self._rejected(exc)
+                raise
+            self._seen = sig
+            self._swap(new)
+            return new
 
     def _signature(self) -> Signature:
         try:
@@ -72,22 +108,25 @@ class PolicyReloader:
         in a row, so an editor (or a deploy) writing several files is compiled
         once, when it is done, not once per file.
         """
-        seen = self._signature()
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        self._seen = self._signature()
         pending: Signature | None = None
         while True:
             await asyncio.sleep(interval)
             try:
                 sig = self._signature()
-                if sig == seen:
+                if sig == self._seen:
                     pending = None
                     continue
                 if sig != pending:
                     pending = sig
                     continue
-                seen, pending = sig, None
-                new = await asyncio.to_thread(self._compile)
-                if new is not None:
-                    self._swap(new)
+                self._seen, pending = sig, None
+                async with self._lock:
+                    new = await asyncio.to_thread(self._compile)
+                    if new is not None:
+                        self._swap(new)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -95,17 +134,24 @@ class PolicyReloader:
                 log.exception("policy reload failed; still serving %s, watching on",
                               self.follower.policy.version)
 
+    def _compile_or_raise(self) -> CompiledPolicy:
+        with _cyclic_gc_paused():
+            return self._load(self.policy_dir)
+
     def _compile(self) -> CompiledPolicy | None:
         try:
-            with _cyclic_gc_paused():
-                return self._load(self.policy_dir)
+            return self._compile_or_raise()
         except PolicyError as exc:
-            self.failures += 1
-            problems = exc.problems
-            log.error("policy reload rejected; still serving %s", self.follower.policy.version,
-                      extra={"problems": [str(p) for p in problems[:LOGGED_PROBLEMS]],
-                             "problem_count": len(problems)})
+            self._rejected(exc)
             return None
+
+    def _rejected(self, exc: PolicyError) -> None:
+        self.failures += 1
+        problems = exc.problems
+        self.last_failure = ReloadFailure(time.time(), tuple(str(p) for p in problems))
+        log.error("policy reload rejected; still serving %s", self.follower.policy.version,
+                  extra={"problems": [str(p) for p in problems[:LOGGED_PROBLEMS]],
+                         "problem_count": len(problems)})
 
     def _swap(self, new: CompiledPolicy) -> None:
         old = self.follower.policy.version
@@ -113,3 +159,6 @@ class PolicyReloader:
             log.info("policy reloaded", extra={"old_version": old,
                                                "policy_version": new.version})
         self.follower.set_policy(new)
+        self.last_failure = None
+        if new.version != old:
+            self.loaded_at = time.time()

@@ -47,6 +47,12 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
                           "gatehouse.cli", "gatehouse.transport", "gatehouse.v1", "grpc",
                           "google.protobuf"),
     "gatehouse.api": ("gatehouse.server", "gatehouse.workers", "gatehouse.cli"),
+    # Who calls and what a tenant-bound caller may name: read by runtime and api,
+    # reading only the graph and the policy (no wire, no store client).
+    "gatehouse.auth.caller": ("gatehouse.graph", "gatehouse.policy", *_ABOVE_GRAPH,
+                              "gatehouse.v1", "grpc", "google.protobuf", "redis"),
+    "gatehouse.auth.tenants": (*_ABOVE_GRAPH, "gatehouse.graph.redis", "gatehouse.graph.memory",
+                               "gatehouse.v1", "grpc", "google.protobuf", "redis"),
     "gatehouse.limits": ("gatehouse",),
 }
 

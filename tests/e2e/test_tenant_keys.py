@@ -164,12 +164,15 @@ class World:
         return int(self.authz.Check(req, timeout=10).revision)
 
 
-@pytest.fixture(scope="module", params=["memory", "redis"])
+@pytest.fixture(scope="module", params=["memory", "redis", "memory-aio"])
 def world(request: pytest.FixtureRequest,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Each store on the default transport (Check answered inline on the poll thread),
+    and the memory store on the public aio transport (Check by the servicer)."""
+    store, _, transport = request.param.partition("-")
     policy = coupler_with_moves(tmp_path_factory.mktemp("policy"))
-    server = start_tenant_server(request, tmp_path_factory, request.param,
-                                 "--policy", str(policy))
+    server = start_tenant_server(request, tmp_path_factory, store, "--policy", str(policy),
+                                 "--transport", transport or "auto")
     try:
         yield World(server).setup()
     finally:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
@@ -25,7 +25,14 @@ from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter
 from gatehouse.limits import LIMITS
 from gatehouse.names import RELATION_RE, object_key, validate_id, validate_type
-from gatehouse.runtime import Consistency, GraphOperations, IndexFollower, Mode, parse_revision
+from gatehouse.runtime import (
+    FULLY_CONSISTENT,
+    Consistency,
+    GraphOperations,
+    IndexFollower,
+    Mode,
+    parse_revision,
+)
 from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as pb
@@ -154,6 +161,26 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
         view = self.follower.view()
         return tenants.guard(organizations_of(context.call_info()), view.policy, view.index)
 
+    async def _require(self, context: Context,
+                       check: Callable[[tenants.TenantGuard], None]) -> frozenset[str] | None:
+        """Run a write's tenant ``check`` for a bound caller (None: unbound, nothing to do).
+
+        An object this process's index does not know yet (written a moment ago
+        through another process) counts as outside; before refusing, the index
+        catches up with the store and the check runs once more.
+        """
+        guard = self._guard(context)
+        if guard is None:
+            return None
+        try:
+            check(guard)
+        except tenants.OutsideTenants:
+            await self.follower.ensure(FULLY_CONSISTENT, context.time_remaining())
+            guard = self._guard(context)
+            assert guard is not None
+            check(guard)
+        return guard.organizations
+
     @translate_errors
     async def WriteRelationships(self, request: pb.WriteRelationshipsRequest,
                                  context: Context) -> pb.WriteRelationshipsResponse:
@@ -177,10 +204,11 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteRelationship(rel))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be TOUCH, CREATE or DELETE")
-        guard = self._guard(context)
-        if guard is not None:
+        def inside(guard: tenants.TenantGuard) -> None:
             _require_preconditions(guard, given)
             guard.require_operations(ops, (f"updates[{i}]" for i in range(len(ops))))
+
+        await self._require(context, inside)
         revision = await self.ops.write(ops, pres)
         return pb.WriteRelationshipsResponse(revision=str(revision))
 
@@ -189,12 +217,12 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                                   context: Context) -> pb.DeleteRelationshipsResponse:
         flt = _filter(self.follower, request.filter)
         pres = _preconditions(self.ops, request.preconditions)
-        guard = self._guard(context)
-        if guard is not None:
+        def inside(guard: tenants.TenantGuard) -> None:
             _require_filter(guard, flt)
             _require_preconditions(guard, pres)
-        revision, deleted = await self.ops.delete_matching(
-            flt, pres, guard.organizations if guard is not None else None)
+
+        organizations = await self._require(context, inside)
+        revision, deleted = await self.ops.delete_matching(flt, pres, organizations)
         return pb.DeleteRelationshipsResponse(revision=str(revision), deleted=deleted)
 
     @translate_errors
@@ -248,9 +276,8 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteObject(ref))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be PUT or DELETE")
-        guard = self._guard(context)
-        if guard is not None:
-            guard.require_operations(ops, (f"updates[{i}]" for i in range(len(ops))))
+        await self._require(context, lambda guard: guard.require_operations(
+            ops, (f"updates[{i}]" for i in range(len(ops)))))
         revision = await self.ops.write(ops)
         return pb.WriteObjectsResponse(revision=str(revision))
 

@@ -93,9 +93,9 @@ class TestWho:
                                   "not one this key may use")
         assert "globex" not in str(err.value) and isinstance(err.value, PermissionDenied)
         with pytest.raises(OutsideTenants, match=r"^subject: user:gil holds no relationship"):
-            tenants.require_check(ACME, POLICY, guard.index, "user:gil", "data_flow:fa")
+            guard.require_check("user:gil", "data_flow:fa")
         with pytest.raises(OutsideTenants, match=r"^resource: the organization of"):
-            tenants.require_check(ACME, POLICY, guard.index, "user:dual", "data_flow:fg")
+            guard.require_check("user:dual", "data_flow:fg")
 
     def test_organization_ids_are_validated_then_matched(self, guard: TenantGuard) -> None:
         """A bad id is INVALID_ARGUMENT; another organization's is refused."""

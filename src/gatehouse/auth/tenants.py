@@ -211,6 +211,13 @@ class TenantGuard:
         self.require(key, field)
         return key
 
+    def require_check(self, subject: str, resource: str, prefix: str = "") -> None:
+        """Check and CheckBulk: the subject and the resource are both the caller's to name."""
+        if not self.visible(subject):
+            raise outside(self, subject, prefix + "subject")
+        if not self.visible(resource):
+            raise outside(self, resource, prefix + "resource")
+
     def require_organization(self, org_id: str, field: str) -> str:
         """The key of the organization ``org_id``; OutsideTenants unless it is the caller's."""
         validate_id(org_id, field)
@@ -277,15 +284,5 @@ def guard(organizations: frozenset[str] | None, policy: CompiledPolicy,
     return TenantGuard(organizations, policy, index)
 
 
-def require_check(organizations: frozenset[str], policy: CompiledPolicy, index: GraphIndex,
-                  subject: str, resource: str, prefix: str = "") -> None:
-    """Check and CheckBulk: the subject and the resource are both the caller's to name."""
-    g = TenantGuard(organizations, policy, index)
-    if not g.visible(subject):
-        raise outside(g, subject, prefix + "subject")
-    if not g.visible(resource):
-        raise outside(g, resource, prefix + "resource")
-
-
 __all__ = ["NOT_YOURS", "OutsideTenants", "TenantGuard", "guard", "organization_type",
-           "organizations_of", "outside", "require_check"]
+           "organizations_of", "outside"]

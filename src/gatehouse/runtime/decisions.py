@@ -91,7 +91,10 @@ class Decisions:
                 return _check(follower.policy, follower.index, req, "")
             lock.acquire()
         try:
-            return _check(follower.policy, follower.index, req, "", organizations)
+            policy, index = follower.policy, follower.index
+            guard = (None if organizations is None
+                     else tenants.TenantGuard(organizations, policy, index))
+            return _check(policy, index, req, "", guard)
         finally:
             lock.release()
 
@@ -119,12 +122,13 @@ class Decisions:
                 locked = True
         try:
             policy, index = follower.policy, follower.index
+            guard = tenants.guard(organizations, policy, index)
             for i, req in enumerate(reqs):
                 if isinstance(req, GatehouseError):
                     out.append(req)
                     continue
                 try:
-                    out.append(_check(policy, index, req, f"items[{i}].", organizations))
+                    out.append(_check(policy, index, req, f"items[{i}].", guard))
                 except GatehouseError as exc:
                     out.append(exc)
             return BulkOutput(out, index.revision, policy.version)
@@ -184,13 +188,13 @@ def _reads_none_of(index: GraphIndex, req: CheckInput, rows: frozenset[str]) -> 
 
 
 def _check(policy: CompiledPolicy, index: Any, req: CheckInput, prefix: str,
-           organizations: frozenset[str] | None = None) -> CheckOutput:
+           guard: tenants.TenantGuard | None = None) -> CheckOutput:
     subject, resource = engine.validate_request(
         policy, req.subject_type, req.subject_id, req.action, req.resource_type,
         req.resource_id, prefix,
     )
-    if organizations is not None:
-        tenants.require_check(organizations, policy, index, subject, resource, prefix)
+    if guard is not None:
+        guard.require_check(subject, resource, prefix)
     if req.explain:
         exp = engine.explain(policy, index, subject, req.action, req.resource_type,
                              resource, req.context)

@@ -12,6 +12,7 @@ DeleteRelationships) are filtered instead, and have their own tests below.
 
 from __future__ import annotations
 
+import base64
 import queue
 import threading
 import uuid
@@ -660,6 +661,44 @@ class TestFiltered:
         assert both == everything >= set(flows.values())
         assert acme == _listed(world, as_key(None), subject=ref(world.dual),
                                within=ref("organization:acme"))
+
+    def test_pages_and_cursors_hold_no_other_organizations_ids(self, world: World) -> None:
+        """Walking ListAccessible and ReadRelationships one item per page as an acme key
+        yields acme's items only, and no cursor (readable base64) carries globex's."""
+        for _ in range(3):
+            world.flow("globex")
+            world.flow("acme")
+        theirs = _listed(world, as_key(["globex"]), subject=ref(world.dual))
+        acme = _listed(world, as_key(["acme"]), subject=ref(world.dual))
+        assert theirs and acme and not theirs & acme
+        seen: list[str] = []
+        cursors: list[str] = []
+        cursor = ""
+        while True:
+            req = apb.ListAccessibleRequest(subject=ref(world.dual), resource_type="data_flow",
+                                            action="view", page_size=1, cursor=cursor)
+            msgs = list(world.authz.ListAccessible(req, metadata=as_key(["acme"]),
+                                                    timeout=10))
+            seen += [i for m in msgs for i in m.resource_ids]
+            cursor = msgs[-1].next_cursor
+            if msgs[-1].complete:
+                break
+            cursors.append(cursor)
+        assert set(seen) == acme and len(seen) == len(acme)
+        cursor = ""
+        while True:
+            rreq = gpb.ReadRelationshipsRequest(filter=gpb.RelationshipFilter(
+                resource_type="data_flow", relation="parent"), page_size=1, cursor=cursor)
+            msgs = list(world.graph.ReadRelationships(rreq, metadata=as_key(["acme"]),
+                                                      timeout=10))
+            assert all(m.relationship.resource.id not in theirs for m in msgs)
+            if msgs[-1].complete:
+                break
+            cursor = msgs[-1].next_cursor
+            cursors.append(cursor)
+        for text in cursors:
+            plain = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            assert not any(t in plain for t in theirs), plain
 
     def test_read_relationships_keeps_the_keys_organizations(self, world: World) -> None:
         """Reading by type, or by a user in both organizations, returns exactly acme's

@@ -141,9 +141,8 @@ class Decisions:
         """One page of ListAccessible, from one view (called on the loop thread).
 
         For a caller bound to ``organizations`` the subject and ``within`` must be
-        inside them, and the page keeps only resources inside them (it may then
-        hold fewer ids than the page size; the cursor continues after the last
-        resource examined).
+        inside them, and only resources inside them are examined: the page and
+        its cursor never hold another organization's ids.
         """
         view = self.follower.view()
         policy, index = view.policy, view.index
@@ -166,15 +165,13 @@ class Decisions:
                 guard.require(within, "within")
         if req.page_size < 0 or req.page_size > LIMITS.list_page_max:
             raise InvalidArgument("page_size", f"at most {LIMITS.list_page_max}")
+        # Below an inside `within` everything is inside; else keep the caller's own.
+        keep = guard.visible if guard is not None and within is None else None
         page = list_accessible(policy, index, subject, req.action, req.resource_type,
                                within=within, after=req.after,
                                limit=req.page_size or LIMITS.list_page_default,
-                               deadline=deadline, context=req.context)
-        ids = page.ids
-        if guard is not None and within is None:  # below an inside `within` all is inside
-            rtype = req.resource_type
-            ids = [i for i in ids if guard.visible(object_key(rtype, i))]
-        return ListOutput(ids, page.after, page.complete, index.revision, policy.version)
+                               deadline=deadline, context=req.context, keep=keep)
+        return ListOutput(page.ids, page.after, page.complete, index.revision, policy.version)
 
 
 def _reads_none_of(index: GraphIndex, req: CheckInput, rows: frozenset[str]) -> bool:

@@ -602,6 +602,38 @@ class TestNames:
                 assert details.startswith("organization_id: ")
         assert out.organization_id == fresh
 
+    def test_a_used_id_is_refused_without_naming_its_organization(self, world: World) -> None:
+        """An id once placed in globex (now without relationships, so the index has
+        forgotten it) cannot be placed in acme; the refusal does not say where it is."""
+        flow = world.flow("globex")
+        o = world.orgs["globex"]
+        world.graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[
+            update(f"{flow}#parent@workspace:{o.ws}", gpb.RelationshipUpdate.OPERATION_DELETE),
+            update(f"{flow}#owner@{o.member}", gpb.RelationshipUpdate.OPERATION_DELETE)]),
+            timeout=10)
+        req = gpb.WriteRelationshipsRequest(updates=[
+            update(f"{flow}#parent@workspace:{world.orgs['acme'].ws}")])
+        before = world.revision()
+        code, details, _ = _outcome(
+            lambda md: world.graph.WriteRelationships(req, metadata=md, timeout=10),
+            as_key(["acme"]))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        assert details.startswith("tenant-boundary: ") and "globex" not in details
+        assert world.revision() == before
+        code, details, _ = _outcome(
+            lambda md: world.graph.WriteRelationships(req, metadata=md, timeout=10), ())
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "organization:globex" in details
+
+    def test_a_bound_key_deletes_no_user_object(self, world: World) -> None:
+        """A user object belongs to every organization it is in: a bound key may update
+        one of its own members but never delete it."""
+        member = world.orgs["acme"].member
+        req = gpb.WriteObjectsRequest(updates=[gpb.ObjectUpdate(
+            operation=gpb.ObjectUpdate.OPERATION_DELETE, object=ref(member))])
+        code, details, _ = _outcome(
+            lambda md: world.graph.WriteObjects(req, metadata=md, timeout=10), as_key(["acme"]))
+        assert code == DENIED and details.startswith("updates[0].object: ")
+
     def test_a_new_object_is_in_the_tenant_its_parent_puts_it_in(self, world: World) -> None:
         """A flow created with its parent in the same batch is acme's; its later
         relationships and attributes are acme's to write."""

@@ -11,7 +11,7 @@ from gatehouse.api import convert, cursor
 from gatehouse.api.errors import translate_errors
 from gatehouse.auth import tenants
 from gatehouse.auth.tenants import organizations_of
-from gatehouse.errors import InvalidArgument, quote
+from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
 from gatehouse.graph.changes import (
     Change,
     DeleteObject,
@@ -208,8 +208,11 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
             _require_preconditions(guard, given)
             guard.require_operations(ops, (f"updates[{i}]" for i in range(len(ops))))
 
-        await self._require(context, inside)
-        revision = await self.ops.write(ops, pres)
+        bound = await self._require(context, inside)
+        try:
+            revision = await self.ops.write(ops, pres)
+        except FailedPrecondition as exc:
+            raise tenants.without_names(exc) if bound is not None else exc from None
         return pb.WriteRelationshipsResponse(revision=str(revision))
 
     @translate_errors

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 from gatehouse.auth.caller import caller_of
-from gatehouse.errors import GatehouseError, PermissionDenied
+from gatehouse.errors import FailedPrecondition, GatehouseError, PermissionDenied
 from gatehouse.graph.changes import (
     DeleteObject,
     DeleteRelationship,
@@ -59,6 +59,8 @@ from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.policy.rules import CHILD, GLOBAL, ROOT
 
 NOT_YOURS = "is not one this key may use"
+TENANT_BOUNDARY = "tenant-boundary"
+"""The rule the stores name when a write would link two organizations."""
 
 # Parent links followed when placing an object created by the same request
 # (deeper than any policy's type hierarchy; a cycle ends here).
@@ -244,7 +246,14 @@ class TenantGuard:
             if isinstance(op, TouchRelationship | DeleteRelationship):
                 self.require_relationship(op.relationship, f"{field}.relationship")
             elif isinstance(op, PutObject | DeleteObject):
-                self.require(op.ref.key, f"{field}.object")
+                key = op.ref.key
+                if isinstance(op, DeleteObject) and not self.has_tenant(key):
+                    # It could only go once it holds nothing anywhere, and then it is
+                    # nobody's to name: never a bound key's to delete.
+                    raise OutsideTenants(f"{field}.object", f"{key} belongs to no single "
+                                         "organization; a key bound to organizations "
+                                         "cannot delete it")
+                self.require(key, f"{field}.object")
 
     # -- filtering ------------------------------------------------------------
 
@@ -260,6 +269,15 @@ class TenantGuard:
             elif self.visible(op.ref.key):
                 out.append(op)
         return out
+
+
+def without_names(exc: FailedPrecondition) -> FailedPrecondition:
+    """A store's refusal as a bound caller may read it: ``tenant-boundary`` names the
+    organization an object really is in, which may not be the caller's to know."""
+    if exc.rule != TENANT_BOUNDARY:
+        return exc
+    return FailedPrecondition(TENANT_BOUNDARY, "an object this request names is already "
+                              "in another organization; a relationship stays within one")
 
 
 def outside(g: TenantGuard, key: str, field: str) -> OutsideTenants:
@@ -284,5 +302,5 @@ def guard(organizations: frozenset[str] | None, policy: CompiledPolicy,
     return TenantGuard(organizations, policy, index)
 
 
-__all__ = ["NOT_YOURS", "OutsideTenants", "TenantGuard", "guard", "organization_type",
-           "organizations_of", "outside"]
+__all__ = ["NOT_YOURS", "TENANT_BOUNDARY", "OutsideTenants", "TenantGuard", "guard",
+           "organization_type", "organizations_of", "outside", "without_names"]

@@ -24,6 +24,9 @@ _ABOVE_GRAPH = ("gatehouse.engine", "gatehouse.usage", "gatehouse.tenancy", "gat
                 "gatehouse.server", "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
                 "gatehouse.policytest")
 
+AUTH_EDGE = ("authenticator", "exposure", "keygen", "keys", "limiter", "reload", "scopes")
+"""The modules of gatehouse.auth that authenticate calls (tenants.py reads the index)."""
+
 # importer prefix -> module prefixes it must not import directly.
 FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     "gatehouse.names": ("gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),
@@ -57,14 +60,19 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     # composition root (server) and the command (cli) wire them in.
     "gatehouse.observe": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
                           "gatehouse.cli"),
+    # Who calls and what a tenant-bound caller may name: read by runtime and api,
+    # reading only the graph and the policy (no wire, no store client).
+    "gatehouse.auth.tenants": (*_ABOVE_GRAPH, "gatehouse.graph.redis", "gatehouse.graph.memory",
+                               "gatehouse.v1", "grpc", "google.protobuf", "redis"),
     "gatehouse.limits": ("gatehouse",),
     # Settings are read before anything is built: no server, store or policy behind them.
     "gatehouse.config": ("gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),
     # Authentication sits beside the transport: it sees calls, never the domain.
-    "gatehouse.auth": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
-                       "gatehouse.workers", "gatehouse.cli", "gatehouse.runtime",
-                       "gatehouse.engine", "gatehouse.graph", "gatehouse.usage",
-                       "gatehouse.tenancy", "gatehouse.policy"),
+    **{f"gatehouse.auth.{edge}": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
+                                  "gatehouse.workers", "gatehouse.cli", "gatehouse.runtime",
+                                  "gatehouse.engine", "gatehouse.graph", "gatehouse.usage",
+                                  "gatehouse.tenancy", "gatehouse.policy")
+       for edge in AUTH_EDGE},
     # What a call's handlers read of its caller: importable anywhere, importing nothing.
     "gatehouse.auth.caller": ("gatehouse",),
 }

@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 
 from gatehouse.api import convert, cursor
 from gatehouse.api.errors import inline_abort, to_rpc_status, translate_errors, undecodable
+from gatehouse.auth.tenants import organizations_of
 from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.limits import LIMITS
 from gatehouse.runtime import CheckInput, Consistency, Decisions, IndexFollower, ListInput, Mode
@@ -36,17 +37,20 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
         self.decisions = decisions
         self.follower = follower
 
-    def _check(self, request: pb.CheckRequest) -> pb.CheckResponse:
-        return convert.check_response(self.decisions.check(convert.check_input(request)))
+    def _check(self, request: pb.CheckRequest,
+               organizations: frozenset[str] | None = None) -> pb.CheckResponse:
+        return convert.check_response(
+            self.decisions.check(convert.check_input(request), organizations))
 
-    def _check_bulk(self, request: pb.CheckBulkRequest) -> pb.CheckBulkResponse:
+    def _check_bulk(self, request: pb.CheckBulkRequest,
+                    organizations: frozenset[str] | None = None) -> pb.CheckBulkResponse:
         items: list[CheckInput | GatehouseError] = []
         for i, one in enumerate(request.items):
             try:
                 items.append(convert.check_input(one, f"items[{i}]."))
             except GatehouseError as exc:
                 items.append(exc)
-        results, rev, version = self.decisions.check_many(items)
+        results, rev, version = self.decisions.check_many(items, organizations)
         revision = str(rev)
         resp = pb.CheckBulkResponse(revision=revision, policy_version=version)
         add = resp.results.add
@@ -83,7 +87,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
         return self._inline(pb.CheckBulkRequest, raw, info, self._check_bulk, self._bulk_size)
 
     def _inline(self, message: Any, raw: bytes, info: CallInfo | None,
-                decide: Callable[[Any], Any],
+                decide: Callable[[Any, frozenset[str] | None], Any],
                 validate: Callable[[Any], None] | None = None) -> bytes:
         """Parse, decide from the index as it is, serialize; Defer if it must wait first."""
         try:
@@ -93,7 +97,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
                 validate(request)
             if not self.follower.fresh_enough(convert.consistency(request.consistency)):
                 raise Defer
-            response = decide(request)
+            response = decide(request, organizations_of(info))
             note_response(info, response)
             out: bytes = response.SerializeToString()
             return out
@@ -107,7 +111,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
                     context: ServicerContext) -> pb.CheckResponse:
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
-        return self._check(request)
+        return self._check(request, organizations_of(context.call_info()))
 
     @translate_errors
     async def CheckBulk(self, request: pb.CheckBulkRequest,
@@ -115,7 +119,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
         self._bulk_size(request)
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
-        return self._check_bulk(request)
+        return self._check_bulk(request, organizations_of(context.call_info()))
 
     @translate_errors
     async def ListAccessible(self, request: pb.ListAccessibleRequest,
@@ -138,7 +142,8 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
             request.subject.type, request.subject.id, request.resource_type,
             request.action, request.within.type, request.within.id, request.page_size,
             after, ctx)
-        out = self.decisions.list_accessible(req, time.monotonic() + budget)
+        out = self.decisions.list_accessible(req, time.monotonic() + budget,
+                                             organizations_of(context.call_info()))
         ids = out.ids
         chunks = [ids[i:i + LIST_CHUNK] for i in range(0, len(ids), LIST_CHUNK)] or [[]]
         for chunk in chunks[:-1]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.struct_pb2 import Struct
 
 from gatehouse.api import convert, cursor
 from gatehouse.api.errors import translate_errors
-from gatehouse.errors import InvalidArgument, quote
+from gatehouse.auth import tenants
+from gatehouse.auth.tenants import organizations_of
+from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
 from gatehouse.graph.changes import (
     Change,
     DeleteObject,
@@ -22,8 +24,15 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter
 from gatehouse.limits import LIMITS
-from gatehouse.names import RELATION_RE, validate_id, validate_type
-from gatehouse.runtime import Consistency, GraphOperations, IndexFollower, Mode, parse_revision
+from gatehouse.names import RELATION_RE, object_key, validate_id, validate_type
+from gatehouse.runtime import (
+    FULLY_CONSISTENT,
+    Consistency,
+    GraphOperations,
+    IndexFollower,
+    Mode,
+    parse_revision,
+)
 from gatehouse.transport import ServicerContext
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as pb
@@ -123,10 +132,54 @@ def _change_msg(change: Change) -> pb.WatchResponse:
     return resp
 
 
+def _require_filter(guard: tenants.TenantGuard, flt: RelationshipFilter,
+                    field: str = "filter") -> None:
+    """A filter's named resource and subject are the tenant-bound caller's to name."""
+    if flt.resource_id:
+        key = object_key(flt.resource_type, flt.resource_id)
+        if not guard.relationship_visible(key):
+            raise tenants.outside(guard, key, f"{field}.resource_id")
+    if flt.subject_type and flt.subject_id:
+        guard.require(object_key(flt.subject_type, flt.subject_id), f"{field}.subject_id")
+
+
+def _require_preconditions(guard: tenants.TenantGuard, pres: list[Precondition]) -> None:
+    for i, pre in enumerate(pres):
+        guard.require_relationship(pre.relationship, f"preconditions[{i}].relationship")
+
+
 class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
+    """A tenant-bound caller (``Caller.organizations``) writes only objects inside its
+    organizations (else the whole request is refused PERMISSION_DENIED naming the
+    first update outside; nothing is written), reads and watches only those."""
+
     def __init__(self, ops: GraphOperations, follower: IndexFollower) -> None:
         self.ops = ops
         self.follower = follower
+
+    def _guard(self, context: Context) -> tenants.TenantGuard | None:
+        view = self.follower.view()
+        return tenants.guard(organizations_of(context.call_info()), view.policy, view.index)
+
+    async def _require(self, context: Context,
+                       check: Callable[[tenants.TenantGuard], None]) -> frozenset[str] | None:
+        """Run a write's tenant ``check`` for a bound caller (None: unbound, nothing to do).
+
+        An object this process's index does not know yet (written a moment ago
+        through another process) counts as outside; before refusing, the index
+        catches up with the store and the check runs once more.
+        """
+        guard = self._guard(context)
+        if guard is None:
+            return None
+        try:
+            check(guard)
+        except tenants.OutsideTenants:
+            await self.follower.ensure(FULLY_CONSISTENT, context.time_remaining())
+            guard = self._guard(context)
+            assert guard is not None
+            check(guard)
+        return guard.organizations
 
     @translate_errors
     async def WriteRelationships(self, request: pb.WriteRelationshipsRequest,
@@ -138,6 +191,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                                   f"{LIMITS.write_batch} per call")
         ops: list[Operation] = []
         pres = _preconditions(self.ops, request.preconditions)
+        given = list(pres)
         for i, upd in enumerate(request.updates):
             field = f"updates[{i}]"
             rel = _relationship(self.ops, upd.relationship, f"{field}.relationship")
@@ -150,7 +204,15 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteRelationship(rel))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be TOUCH, CREATE or DELETE")
-        revision = await self.ops.write(ops, pres)
+        def inside(guard: tenants.TenantGuard) -> None:
+            _require_preconditions(guard, given)
+            guard.require_operations(ops, (f"updates[{i}]" for i in range(len(ops))))
+
+        bound = await self._require(context, inside)
+        try:
+            revision = await self.ops.write(ops, pres)
+        except FailedPrecondition as exc:
+            raise tenants.without_names(exc) if bound is not None else exc from None
         return pb.WriteRelationshipsResponse(revision=str(revision))
 
     @translate_errors
@@ -158,7 +220,12 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                                   context: Context) -> pb.DeleteRelationshipsResponse:
         flt = _filter(self.follower, request.filter)
         pres = _preconditions(self.ops, request.preconditions)
-        revision, deleted = await self.ops.delete_matching(flt, pres)
+        def inside(guard: tenants.TenantGuard) -> None:
+            _require_filter(guard, flt)
+            _require_preconditions(guard, pres)
+
+        organizations = await self._require(context, inside)
+        revision, deleted = await self.ops.delete_matching(flt, pres, organizations)
         return pb.DeleteRelationshipsResponse(revision=str(revision), deleted=deleted)
 
     @translate_errors
@@ -177,7 +244,11 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
             if consistency.mode is Mode.MINIMIZE_LATENCY:
                 consistency = Consistency.at_least(revision)
         await self.follower.ensure(consistency, context.time_remaining())
-        rels, next_key, revision = self.ops.read_relationships(flt, after, limit)
+        guard = self._guard(context)
+        if guard is not None:
+            _require_filter(guard, flt)
+        rels, next_key, revision = self.ops.read_relationships(
+            flt, after, limit, guard.organizations if guard is not None else None)
         for rel in rels:
             yield pb.ReadRelationshipsResponse(relationship=_relationship_msg(rel))
         yield pb.ReadRelationshipsResponse(
@@ -208,6 +279,8 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteObject(ref))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be PUT or DELETE")
+        await self._require(context, lambda guard: guard.require_operations(
+            ops, (f"updates[{i}]" for i in range(len(ops)))))
         revision = await self.ops.write(ops)
         return pb.WriteObjectsResponse(revision=str(revision))
 
@@ -217,7 +290,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
         ref = _ref(request.object, "object")
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
-        attrs, revision = self.ops.read_object(ref)
+        attrs, revision = self.ops.read_object(ref, organizations_of(context.call_info()))
         struct = Struct()
         struct.update(dict(attrs))
         return pb.ReadObjectResponse(object=request.object, attributes=struct,
@@ -229,5 +302,15 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
         after = None
         if request.after_revision:
             after = parse_revision(request.after_revision, "after_revision")
+        organizations = organizations_of(context.call_info())
         async for change in self.ops.watch(after):
+            if organizations is not None:
+                # Read against the index as it is now: an object the change created
+                # and a later one removed is placed by the change's own parent edges.
+                view = self.follower.view()
+                guard = tenants.TenantGuard(organizations, view.policy, view.index)
+                ops = guard.visible_operations(change.ops)
+                if not ops:
+                    continue
+                change = Change(change.revision, tuple(ops), change.committed_at)
             yield _change_msg(change)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from gatehouse.api import convert
 from gatehouse.api.errors import translate_errors
+from gatehouse.auth import tenants
 from gatehouse.errors import InvalidArgument
 from gatehouse.runtime import EventInput, IndexFollower, UsageOperations
 from gatehouse.transport import ServicerContext
@@ -63,13 +64,24 @@ def _proposal(req: pb.CheckLimitRequest) -> Proposal:
 
 
 class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
+    """A tenant-bound caller names only its own organizations (the workspaces named
+    must be of that organization, which the operations check)."""
+
     def __init__(self, usage: UsageOperations, follower: IndexFollower) -> None:
         self.usage = usage
         self.follower = follower
 
+    def _require_organization(self, context: Context, org_id: str) -> None:
+        view = self.follower.view()
+        guard = tenants.guard(tenants.organizations_of(context.call_info()), view.policy,
+                              view.index)
+        if guard is not None:
+            guard.require_organization(org_id, "organization_id")
+
     @translate_errors
     async def ComputeUsage(self, request: pb.ComputeUsageRequest,
                            context: Context) -> pb.ComputeUsageResponse:
+        self._require_organization(context, request.organization_id)
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
         report = await self.usage.compute_usage(
@@ -87,6 +99,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
     @translate_errors
     async def RecordUsage(self, request: pb.RecordUsageRequest,
                           context: Context) -> pb.RecordUsageResponse:
+        self._require_organization(context, request.organization_id)
         events = [
             EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
                        convert.timestamp(e.event_time, f"events[{i}].event_time")
@@ -103,6 +116,7 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
     async def CheckLimit(self, request: pb.CheckLimitRequest,
                          context: Context) -> pb.CheckLimitResponse:
         proposal = _proposal(request)
+        self._require_organization(context, request.organization_id)
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
         decision, plan, revision = await self.usage.check_limit(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_right
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,17 +101,22 @@ def list_accessible(
     limit: int = 1000,
     deadline: float | None = None,
     context: Mapping[str, Any] | None = None,
+    keep: Callable[[str], bool] | None = None,
 ) -> Page:
     """One page of allowed ids (not keys) after ``after``, in id order.
 
     ``deadline`` (a ``time.monotonic()`` value) ends the page early with
-    ``complete=False`` and a cursor to continue from.
+    ``complete=False`` and a cursor to continue from. ``keep``, if given,
+    narrows the candidates (by key) before anything is examined, so the page,
+    and the cursor's position, only ever hold resources it accepts.
     """
     found = candidates(policy, index, subject, action, rtype)
     if within is not None:
         wtype = type_of(within)
         up = index.up
         found = {k for k in found if k == within or up.get(k, {}).get(wtype) == within}
+    if keep is not None:
+        found = {k for k in found if keep(k)}
     prefix = len(rtype) + 1
     ordered = sorted(k[prefix:] for k in found)
     if after is not None:

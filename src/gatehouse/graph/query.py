@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from gatehouse.graph.index import GraphIndex
@@ -53,14 +53,19 @@ def _candidates(index: GraphIndex, f: RelationshipFilter) -> Iterator[tuple[str,
 
 
 def read_relationships(
-    index: GraphIndex, f: RelationshipFilter, after: tuple[str, str, str] | None, limit: int
+    index: GraphIndex, f: RelationshipFilter, after: tuple[str, str, str] | None, limit: int,
+    keep: Callable[[str], bool] | None = None,
 ) -> tuple[list[Relationship], tuple[str, str, str] | None]:
     """One page of matches after ``after`` in (resource, relation, subject) order.
 
-    Returns the page and the key to continue after, or None when complete.
+    ``keep``, if given, narrows the matches to relationships whose resource key it
+    accepts (a tenant-bound caller's organizations), before the page is cut, so
+    a page is as full as an unrestricted one. Returns the page and the key to
+    continue after, or None when complete.
     """
     keys = sorted(
         k for k in _candidates(index, f) if f.matches(*k) and (after is None or k > after)
+        and (keep is None or keep(k[0]))
     )
     page = keys[:limit]
     rels = [Relationship(ObjectRef.from_key(r), rel, ObjectRef.from_key(s)) for r, rel, s in page]

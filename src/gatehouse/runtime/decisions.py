@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gatehouse import engine
+from gatehouse.auth import tenants
 from gatehouse.engine.listing import list_accessible
 from gatehouse.errors import GatehouseError, InvalidArgument, quote
 from gatehouse.graph.index import GraphIndex
@@ -75,30 +76,43 @@ class Decisions:
     def __init__(self, follower: IndexFollower) -> None:
         self.follower = follower
 
-    def check(self, req: CheckInput) -> CheckOutput:
-        """One decision."""
+    def check(self, req: CheckInput,
+              organizations: frozenset[str] | None = None) -> CheckOutput:
+        """One decision; for a caller bound to ``organizations``, only about a subject
+        and a resource inside them (else OutsideTenants)."""
         follower = self.follower
         lock = follower.lock
         if not lock.acquire(blocking=False):
             busy = follower.busy_rows
-            if busy is not None and _reads_none_of(follower.index, req, busy):
+            # A tenant-bound caller's check reads the subject's relationships
+            # everywhere: it waits for the lock.
+            if (busy is not None and organizations is None
+                    and _reads_none_of(follower.index, req, busy)):
                 return _check(follower.policy, follower.index, req, "")
             lock.acquire()
         try:
-            return _check(follower.policy, follower.index, req, "")
+            policy, index = follower.policy, follower.index
+            guard = (None if organizations is None
+                     else tenants.TenantGuard(organizations, policy, index))
+            return _check(policy, index, req, "", guard)
         finally:
             lock.release()
 
-    def check_many(self, reqs: Sequence[CheckInput | GatehouseError]) -> BulkOutput:
+    def check_many(self, reqs: Sequence[CheckInput | GatehouseError],
+                   organizations: frozenset[str] | None = None) -> BulkOutput:
         """Decide each request against one policy and one revision, in order.
 
         An item that already failed to convert is passed through as its error,
-        so one bad item never fails the others.
+        so one bad item never fails the others; so is an item naming something
+        outside a tenant-bound caller's ``organizations``.
         """
         out: list[CheckOutput | GatehouseError] = []
         follower = self.follower
         lock = follower.lock
         locked = lock.acquire(blocking=False)
+        if not locked and organizations is not None:
+            lock.acquire()
+            locked = True
         if not locked:
             busy = follower.busy_rows
             index = follower.index
@@ -108,12 +122,13 @@ class Decisions:
                 locked = True
         try:
             policy, index = follower.policy, follower.index
+            guard = tenants.guard(organizations, policy, index)
             for i, req in enumerate(reqs):
                 if isinstance(req, GatehouseError):
                     out.append(req)
                     continue
                 try:
-                    out.append(_check(policy, index, req, f"items[{i}]."))
+                    out.append(_check(policy, index, req, f"items[{i}].", guard))
                 except GatehouseError as exc:
                     out.append(exc)
             return BulkOutput(out, index.revision, policy.version)
@@ -121,12 +136,21 @@ class Decisions:
             if locked:
                 lock.release()
 
-    def list_accessible(self, req: ListInput, deadline: float | None) -> ListOutput:
-        """One page of ListAccessible, from one view (called on the loop thread)."""
+    def list_accessible(self, req: ListInput, deadline: float | None,
+                        organizations: frozenset[str] | None = None) -> ListOutput:
+        """One page of ListAccessible, from one view (called on the loop thread).
+
+        For a caller bound to ``organizations`` the subject and ``within`` must be
+        inside them, and only resources inside them are examined: the page and
+        its cursor never hold another organization's ids.
+        """
         view = self.follower.view()
         policy, index = view.policy, view.index
         subject, _ = engine.validate_request(
             policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x")
+        guard = tenants.guard(organizations, policy, index)
+        if guard is not None:
+            guard.require(subject, "subject")
         within = None
         if req.within_type or req.within_id:
             validate_type(req.within_type, "within.type")
@@ -137,12 +161,16 @@ class Decisions:
                                       f"{req.resource_type!r} or one of its ancestors "
                                       f"({' -> '.join(lineage)})")
             within = object_key(req.within_type, req.within_id)
+            if guard is not None:
+                guard.require(within, "within")
         if req.page_size < 0 or req.page_size > LIMITS.list_page_max:
             raise InvalidArgument("page_size", f"at most {LIMITS.list_page_max}")
+        # Below an inside `within` everything is inside; else keep the caller's own.
+        keep = guard.visible if guard is not None and within is None else None
         page = list_accessible(policy, index, subject, req.action, req.resource_type,
                                within=within, after=req.after,
                                limit=req.page_size or LIMITS.list_page_default,
-                               deadline=deadline, context=req.context)
+                               deadline=deadline, context=req.context, keep=keep)
         return ListOutput(page.ids, page.after, page.complete, index.revision, policy.version)
 
 
@@ -156,11 +184,14 @@ def _reads_none_of(index: GraphIndex, req: CheckInput, rows: frozenset[str]) -> 
     return up is None or rows.isdisjoint(up.values())
 
 
-def _check(policy: CompiledPolicy, index: Any, req: CheckInput, prefix: str) -> CheckOutput:
+def _check(policy: CompiledPolicy, index: Any, req: CheckInput, prefix: str,
+           guard: tenants.TenantGuard | None = None) -> CheckOutput:
     subject, resource = engine.validate_request(
         policy, req.subject_type, req.subject_id, req.action, req.resource_type,
         req.resource_id, prefix,
     )
+    if guard is not None:
+        guard.require_check(subject, resource, prefix)
     if req.explain:
         exp = engine.explain(policy, index, subject, req.action, req.resource_type,
                              resource, req.context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
+from gatehouse.auth import tenants
 from gatehouse.errors import FailedPrecondition, InvalidArgument, NotFound
 from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
 from gatehouse.graph.model import ObjectRef, Relationship
@@ -55,11 +56,16 @@ class GraphOperations:
         return fixed
 
     async def delete_matching(self, flt: RelationshipFilter,
-                              preconditions: Sequence[Precondition]) -> tuple[int, int]:
-        """Delete every relationship matching ``flt`` at the store's current revision."""
+                              preconditions: Sequence[Precondition],
+                              organizations: frozenset[str] | None = None) -> tuple[int, int]:
+        """Delete every relationship matching ``flt`` at the store's current revision
+        (for a caller bound to ``organizations``: every one inside them)."""
         limit = LIMITS.delete_matches_max
         await self.follower.ensure(FULLY_CONSISTENT, LIMITS.freshness_wait_seconds)
-        rels, more = read_relationships(self.follower.index, flt, None, limit)
+        view = self.follower.view()
+        guard = tenants.guard(organizations, view.policy, view.index)
+        rels, more = read_relationships(view.index, flt, None, limit,
+                                        guard.relationship_visible if guard else None)
         if more is not None:
             raise FailedPrecondition(
                 "delete-limit", f"more than {limit} relationships match; narrow the filter")
@@ -68,17 +74,27 @@ class GraphOperations:
         revision = await self.write(ops, pres)
         return revision, len(rels)
 
-    def read_relationships(self, flt: RelationshipFilter, after: Position | None,
-                           limit: int) -> tuple[list[Relationship], Position | None, int]:
-        """One page of matches in key order, and the revision it was read at."""
-        index = self.follower.index
-        rels, next_key = read_relationships(index, flt, after, limit)
-        return rels, next_key, index.revision
+    def read_relationships(self, flt: RelationshipFilter, after: Position | None, limit: int,
+                           organizations: frozenset[str] | None = None,
+                           ) -> tuple[list[Relationship], Position | None, int]:
+        """One page of matches in key order (for a caller bound to ``organizations``,
+        of those inside them), and the revision it was read at."""
+        view = self.follower.view()
+        guard = tenants.guard(organizations, view.policy, view.index)
+        rels, next_key = read_relationships(view.index, flt, after, limit,
+                                            guard.relationship_visible if guard else None)
+        return rels, next_key, view.index.revision
 
-    def read_object(self, ref: ObjectRef) -> tuple[Mapping[str, Any], int]:
+    def read_object(self, ref: ObjectRef, organizations: frozenset[str] | None = None,
+                    ) -> tuple[Mapping[str, Any], int]:
+        """An object's attributes; a caller bound to ``organizations`` may read only one
+        inside them (outside or absent: PERMISSION_DENIED alike)."""
         view = self.follower.view()
         if ref.type not in view.policy.types:
             raise InvalidArgument("object.type", f"unknown type {ref.type!r}")
+        guard = tenants.guard(organizations, view.policy, view.index)
+        if guard is not None:
+            guard.require(ref.key, "object")
         if not view.index.exists(ref.key):
             raise NotFound(f"{ref} is not in the graph")
         return view.index.attributes(ref.key), view.index.revision

@@ -122,7 +122,10 @@ def redis_gatehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateho
 
 # -- a scripted gRPC server ------------------------------------------------------
 
-Answer = Callable[[bytes, grpc.ServicerContext], bytes]
+# Unary methods answer bytes; streams a list of messages, optionally followed by
+# a status to end with: ([msg, ...], code, details).
+Answer = Callable[[bytes, grpc.ServicerContext],
+                  "bytes | list[bytes] | tuple[list[bytes], grpc.StatusCode, str]"]
 
 
 @dataclass
@@ -178,11 +181,20 @@ class _Handler(grpc.GenericRpcHandler):
 
         def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
             self.owner.record(method, context)
-            return self.owner.answer(request, context)
+            answer = self.owner.answer(request, context)
+            assert isinstance(answer, bytes)
+            return answer
 
         def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
             self.owner.record(method, context)
-            yield self.owner.answer(request, context)
+            answer = self.owner.answer(request, context)
+            if isinstance(answer, bytes):
+                answer = [answer]
+            if isinstance(answer, tuple):
+                messages, code, details = answer
+                yield from messages
+                context.abort(code, details)
+            yield from answer
 
         if method.endswith(("/ListAccessible", "/ReadRelationships", "/Watch")):
             return grpc.unary_stream_rpc_method_handler(stream)

@@ -11,7 +11,6 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from conftest import Gatehouse
-
 from gatehouse_client import (
     AddMember,
     AsyncClient,
@@ -48,7 +47,7 @@ class TestAsyncClient:
             out = await c.check_bulk([("user:uma", "edit", "data_flow:acme-sales-pipeline"),
                                       ("user:uma", "edit", "spaceship:x")])
             assert [type(x) for x in out] == [Decision, Error]
-            with pytest.raises(InvalidArgument, match="resource.type"):
+            with pytest.raises(InvalidArgument, match=r"resource\.type"):
                 await c.check("user:uma", "edit", "spaceship:x")
 
         run(gatehouse, body)

@@ -10,9 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import gatehouse_client
+import pytest
 from gatehouse_client import errors, types
 from gatehouse_client.aio import AsyncClient, AsyncTenancy
 from gatehouse_client.client import Client, Tenancy

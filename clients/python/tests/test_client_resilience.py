@@ -263,6 +263,7 @@ class TestErrors:
         assert type(err.value) is cls
         assert (err.value.code, err.value.details, err.value.method) == (
             code, "field: what is wrong", "Check")
+        assert len(server.calls) == 1  # retries=None: one attempt, even for UNAVAILABLE
 
         async def run() -> None:
             async with AsyncClient(server.address, retries=None) as c:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -346,6 +347,33 @@ class TestConsistency:
         for level in (Consistency.at_least(rev), Consistency.full()):
             assert client.check("user:uma", "edit", "data_flow:acme-sales-pipeline",
                                 consistency=level).allowed
+
+
+class TestThreads:
+    def test_one_client_shared_by_threads_keeps_the_highest_revision(
+            self, client: Client) -> None:
+        """Eight threads write and check through one Client; every check after a thread's
+        write sees it, and the client ends at the highest revision any write returned."""
+        ws = uid("ws")
+        client.write_relationships(touch=[f"workspace:{ws}#parent@organization:northwind"])
+        revisions: list[int] = []
+        failures: list[str] = []
+
+        def work(n: int) -> None:
+            for i in range(10):
+                user = f"user:t{n}-{i}"
+                revisions.append(int(client.write_relationships(
+                    touch=[f"workspace:{ws}#guest@{user}"])))
+                if not client.check(user, "view", f"workspace:{ws}").allowed:
+                    failures.append(user)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert failures == []
+        assert len(revisions) == 80 and client.revision == str(max(revisions))
 
 
 class TestReadYourWritesOnRedis:

@@ -30,6 +30,7 @@ _CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
 )
 
 RetryArg = Retry | int | None
+DEFAULT_RETRY = Retry()
 
 
 def retry_policy(value: RetryArg) -> Retry:

@@ -17,6 +17,7 @@ import grpc.aio
 from google.protobuf.message import Message
 
 from gatehouse_client import _core, _ops
+from gatehouse_client._core import DEFAULT_RETRY
 from gatehouse_client.errors import Internal, from_rpc_error
 from gatehouse_client.types import (
     TLS,
@@ -57,11 +58,11 @@ class AsyncClient:
     """A connection to a gatehouse server for asyncio code; see ``Client``."""
 
     def __init__(self, address: str, *, api_key: str | None = None, tls: TLS | None = None,
-                 timeout: float = 5.0, retries: Retry | int | None = None,
+                 timeout: float = 5.0, retries: Retry | int | None = DEFAULT_RETRY,
                  read_your_writes: bool = True,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self._settings = _core.Settings.make(address, api_key, tls, timeout,
-                                             Retry() if retries is None else retries,
+                                             retries,
                                              read_your_writes, options)
         self._metadata = self._settings.metadata()
         self._credentials = None if tls is None else tls.credentials()

@@ -15,6 +15,7 @@ import grpc
 from google.protobuf.message import Message
 
 from gatehouse_client import _core, _ops
+from gatehouse_client._core import DEFAULT_RETRY
 from gatehouse_client.errors import Internal, from_rpc_error
 from gatehouse_client.types import (
     TLS,
@@ -63,17 +64,18 @@ class Client:
 
     ``timeout`` is every call's default deadline in seconds, retries
     included (``timeout=`` on a call overrides it). ``retries`` applies to
-    reads and RecordUsage only (see ``Retry``). With ``read_your_writes``
+    reads and RecordUsage only (see ``Retry``; an int is an attempt count,
+    None or 0 turns retries off). With ``read_your_writes``
     (the default) reads ask for at least the revision of this client's
     latest write, so a check right after a write sees it.
     """
 
     def __init__(self, address: str, *, api_key: str | None = None, tls: TLS | None = None,
-                 timeout: float = 5.0, retries: Retry | int | None = None,
+                 timeout: float = 5.0, retries: Retry | int | None = DEFAULT_RETRY,
                  read_your_writes: bool = True,
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self._settings = _core.Settings.make(address, api_key, tls, timeout,
-                                             Retry() if retries is None else retries,
+                                             retries,
                                              read_your_writes, options)
         self._metadata = self._settings.metadata()
         self._channel = _open_channel(self._settings)

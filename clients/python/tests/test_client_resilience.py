@@ -288,6 +288,14 @@ class TestErrors:
             c.check("user:a", "view", "doc:1")
         assert err.value.retry_after == 0.25
 
+        async def run() -> float | None:
+            async with AsyncClient(server.address) as c:
+                with pytest.raises(ResourceExhausted) as aerr:
+                    await c.check("user:a", "view", "doc:1")
+                return aerr.value.retry_after
+
+        assert asyncio.run(run()) == 0.25
+
         def trailer(request: bytes, context: grpc.ServicerContext) -> bytes:
             context.set_trailing_metadata((("retry-after", "2"),))
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow down")

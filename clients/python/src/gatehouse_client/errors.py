@@ -145,9 +145,11 @@ def error_for(code: grpc.StatusCode, details: str, method: str = "",
 
 def _retry_after(trailers: object) -> float | None:
     """The server's RetryInfo (in the status details) or ``retry-after`` trailer, in seconds."""
-    if not isinstance(trailers, tuple | list):
+    try:  # a tuple of pairs (sync calls) or grpc.aio.Metadata (asyncio calls)
+        pairs = [(str(k), v) for k, v in trailers]  # type: ignore[attr-defined]
+    except (TypeError, ValueError):
         return None
-    for key, value in trailers:
+    for key, value in pairs:
         if key == "retry-after" and isinstance(value, str):
             try:
                 return max(0.0, float(value))

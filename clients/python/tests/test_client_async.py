@@ -137,3 +137,21 @@ class TestAsyncClient:
                 assert not (await c.check(user, "view", f"workspace:{ws}")).allowed, i
 
         run(redis_gatehouse, body)
+
+
+class TestEventLoops:
+    def test_a_client_is_bound_to_one_loop_until_closed(self, gatehouse: Gatehouse) -> None:
+        """Used from a second event loop while open, an AsyncClient says so; closed in its
+        loop, it opens afresh in the next."""
+        client = AsyncClient(gatehouse.address)
+
+        async def check(close: bool) -> bool:
+            decision = await client.check("user:uma", "edit", "data_flow:acme-sales-pipeline")
+            if close:
+                await client.close()
+            return decision.allowed
+
+        assert asyncio.run(check(close=True))
+        assert asyncio.run(check(close=False))
+        with pytest.raises(RuntimeError, match="one AsyncClient per event loop"):
+            asyncio.run(check(close=False))

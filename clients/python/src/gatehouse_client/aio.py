@@ -67,6 +67,7 @@ class AsyncClient:
         self._metadata = self._settings.metadata()
         self._credentials = None if tls is None else tls.credentials()
         self._channel: grpc.aio.Channel | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._revisions = _core.Revisions()
         self._calls: dict[str, Callable[..., Any]] = {}
         self.tenancy = AsyncTenancy(self)
@@ -101,7 +102,12 @@ class AsyncClient:
 
     def _multicallable(self, method: str, response_type: type[Message],
                        stream: bool) -> Callable[..., Any]:
+        loop = asyncio.get_running_loop()
+        if self._channel is not None and loop is not self._loop:
+            raise RuntimeError("this AsyncClient belongs to the event loop that first used it; "
+                               "create one AsyncClient per event loop")
         if self._channel is None:
+            self._loop = loop
             options = list(self._settings.options)
             if self._credentials is None:
                 self._channel = grpc.aio.insecure_channel(self._settings.address,

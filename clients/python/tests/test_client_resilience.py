@@ -231,6 +231,7 @@ class TestDeadlines:
 
     @pytest.mark.parametrize("bad", [0, -1, "1", True])
     def test_timeouts_must_be_positive_numbers(self, bad: object) -> None:
+        """A zero, negative or non-numeric timeout is refused when the client is made."""
         with pytest.raises(ValueError, match="timeout"):
             Client("127.0.0.1:1", timeout=bad)  # type: ignore[arg-type]
 
@@ -305,6 +306,42 @@ class TestErrors:
             c.check("user:a", "view", "doc:1")
         assert err.value.retry_after == 2.0
 
+    def test_malformed_input_is_never_sent(self, scripted: Make) -> None:
+        """Bad references, relationships, revisions and changes fail before any call."""
+        server = scripted(lambda req, ctx: ALLOW)
+        from gatehouse_client import Consistency
+
+        with Client(server.address) as c:
+            bad: list[Callable[[], object]] = [
+                lambda: c.check("uma", "view", "doc:1"),
+                lambda: c.check_bulk([("user:a", "view")]),  # type: ignore[list-item]
+                lambda: c.list_accessible("user:a", "view", "doc", within="acme"),
+                lambda: c.write_relationships(touch=["doc:1#viewer"]),
+                lambda: c.check("user:a", "view", "doc:1",
+                                consistency=Consistency.at_least("next")),
+                lambda: c.check_limit("org", "one more workspace"),  # type: ignore[arg-type]
+                lambda: c.tenancy.add_domain("user:o", "org", "x.com", "sometimes"),
+                lambda: c.record_usage("org", [{"event_id": "e"}]),  # type: ignore[list-item]
+                lambda: c.check("user:a", "view", "doc:1", context={"when": object()}),
+            ]
+            for call in bad:
+                with pytest.raises(InvalidArgument):
+                    call()
+        assert server.calls == []
+
+    def test_errors_survive_pickling(self) -> None:
+        """An error sent to another process (pickle) keeps its class and fields."""
+        import pickle
+
+        from gatehouse_client.errors import error_for
+
+        for err in (error_for(grpc.StatusCode.PERMISSION_DENIED, "no", "Check"),
+                    error_for(grpc.StatusCode.RESOURCE_EXHAUSTED, "slow", "Check", 1.5)):
+            back = pickle.loads(pickle.dumps(err))
+            assert type(back) is type(err) and str(back) == str(err)
+            assert (back.code, back.details, back.method) == (err.code, err.details, err.method)
+        assert back.retry_after == 1.5  # type: ignore[attr-defined]
+
     def test_a_closed_port_is_unavailable(self) -> None:
         """Nothing listening: Unavailable after the retries, never a hang or an allow."""
         with Client("127.0.0.1:1", retries=FAST, timeout=2) as c, pytest.raises(Unavailable):
@@ -332,6 +369,7 @@ class TestApiKey:
 
     @pytest.mark.parametrize("key", ["", "two\nlines"])
     def test_malformed_keys_are_refused(self, key: str) -> None:
+        """An empty key, or one that would break the metadata line, is refused."""
         with pytest.raises(ValueError, match="api_key"):
             Client("127.0.0.1:1", api_key=key)
 
@@ -401,6 +439,7 @@ class TestTLS:
         assert "key=" not in repr(mtls)
 
     def test_configuration_errors_name_the_field(self, certs: Path) -> None:
+        """A certificate without its key, or an unreadable CA file, names the field."""
         with pytest.raises(ValueError, match="cert and key go together"):
             TLS(cert=certs / "client.pem")
         with pytest.raises(ValueError, match=r"tls\.ca: cannot read"):

@@ -208,6 +208,7 @@ class TestUsage:
         assert after.value == before + 7
 
     def test_record_usage_refuses_unknown_metrics(self, client: Client) -> None:
+        """A metric the policy does not declare is refused, naming the event's field."""
         with pytest.raises(InvalidArgument, match=r"events\[0\]\.metric"):
             client.record_usage("northwind", [UsageEvent(uid("ev"), "rows", 1, "acme")])
 

@@ -40,6 +40,10 @@ class GatehouseError(Exception):
         self.details = details
         self.method = method
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Rebuild from the fields, so errors cross process boundaries (pickle).
+        return (type(self), (self.code, self.details, self.method))
+
 
 class InvalidArgument(GatehouseError, ValueError):
     """The request is malformed; the message names the field first.
@@ -80,6 +84,9 @@ class ResourceExhausted(GatehouseError):
                  retry_after: float | None = None) -> None:
         super().__init__(code, details, method)
         self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.code, self.details, self.method, self.retry_after))
 
 
 class Unavailable(GatehouseError):

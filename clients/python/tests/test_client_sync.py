@@ -339,6 +339,10 @@ class TestConsistency:
             client.observe_revision("abc")
         with pytest.raises(InvalidArgument):
             Consistency.at_least("-1")
+        with pytest.raises(InvalidArgument, match="unknown mode"):
+            Consistency("eventually")  # type: ignore[arg-type]
+        with pytest.raises(InvalidArgument, match="takes no revision"):
+            Consistency("full", "3")
 
     def test_explicit_consistency(self, client: Client) -> None:
         """at_least(rev) and full() answer once the index has the revision."""

@@ -56,6 +56,14 @@ class Consistency:
     mode: Literal["minimize_latency", "at_least", "full"]
     revision: str = ""
 
+    def __post_init__(self) -> None:
+        if self.mode not in ("minimize_latency", "at_least", "full"):
+            raise invalid(f"consistency: unknown mode {str(self.mode)[:20]!r}")
+        if self.mode == "at_least":
+            check_revision(self.revision, "consistency.revision")
+        elif self.revision:
+            raise invalid(f"consistency: {self.mode} takes no revision")
+
     @staticmethod
     def minimize_latency() -> Consistency:
         return Consistency("minimize_latency")

@@ -234,6 +234,11 @@ class TestDeadlines:
         """A zero, negative or non-numeric timeout is refused when the client is made."""
         with pytest.raises(ValueError, match="timeout"):
             Client("127.0.0.1:1", timeout=bad)  # type: ignore[arg-type]
+        with Client("127.0.0.1:1") as c:
+            for call in (lambda: c.check("user:a", "view", "doc:1", timeout=bad),
+                         lambda: c.list_accessible("user:a", "view", "doc", timeout=bad)):
+                with pytest.raises(ValueError, match="timeout"):
+                    call()
 
 
 class TestErrors:

@@ -147,7 +147,12 @@ class AsyncClient:
             _core.observe_write(op, response, self._revisions)
             return op.parse(response)
 
-    async def _paged(self, op: _ops.Paged[Resp, T], timeout: float | None) -> AsyncIterator[T]:
+    def _paged(self, op: _ops.Paged[Resp, T], timeout: float | None) -> AsyncIterator[T]:
+        if timeout is not None:
+            _core.check_timeout(timeout)  # refuse a bad timeout now, not at the first page
+        return self._pages(op, timeout)
+
+    async def _pages(self, op: _ops.Paged[Resp, T], timeout: float | None) -> AsyncIterator[T]:
         fn = self._multicallable(op.method, op.response_type, stream=True)
         cursor = ""
         last: str | None = None
@@ -219,8 +224,9 @@ class AsyncClient:
                         timeout: float | None = None) -> AsyncIterator[str]:
         """Every id of ``resource_type`` the subject may ``action``, in id order, across pages.
 
-        ``timeout`` applies to each page. A page that fails UNAVAILABLE is
-        asked again from its cursor; ids already yielded are not repeated.
+        ``timeout`` applies to each page (the time the loop spends on a page's
+        ids included). A page that fails UNAVAILABLE is asked again from its
+        cursor; ids already yielded are not repeated.
         """
         op = _ops.list_accessible(subject, action, resource_type, within=within,
                                   page_size=page_size, context=context,

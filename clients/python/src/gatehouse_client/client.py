@@ -142,6 +142,11 @@ class Client:
             return op.parse(response)
 
     def _paged(self, op: _ops.Paged[Resp, T], timeout: float | None) -> Iterator[T]:
+        if timeout is not None:
+            _core.check_timeout(timeout)  # refuse a bad timeout now, not at the first page
+        return self._pages(op, timeout)
+
+    def _pages(self, op: _ops.Paged[Resp, T], timeout: float | None) -> Iterator[T]:
         fn = self._multicallable(op.method, op.response_type, stream=True)
         cursor = ""
         last: str | None = None
@@ -211,8 +216,9 @@ class Client:
                         timeout: float | None = None) -> Iterator[str]:
         """Every id of ``resource_type`` the subject may ``action``, in id order, across pages.
 
-        ``timeout`` applies to each page. A page that fails UNAVAILABLE is
-        asked again from its cursor; ids already yielded are not repeated.
+        ``timeout`` applies to each page (the time the loop spends on a page's
+        ids included). A page that fails UNAVAILABLE is asked again from its
+        cursor; ids already yielded are not repeated.
         """
         op = _ops.list_accessible(subject, action, resource_type, within=within,
                                   page_size=page_size, context=context,

@@ -7,30 +7,37 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 GEN    := src/gatehouse/v1/.generated-stamp
+CLIENT := clients/python
+CLIENT_GEN := $(CLIENT)/src/gatehouse_client/_pb/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
 .PHONY: serve test pytest lint gen bench clean test-grpc-range
 
-$(STAMP): pyproject.toml setup.py
+# The server and the Python client (clients/python), both editable.
+$(STAMP): pyproject.toml setup.py $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,dev]' -e $(CLIENT)
 	touch $@
 
 $(GEN): $(PROTOS) tools/genproto.py $(STAMP)
 	$(BIN)/python tools/genproto.py
 	touch $@
 
-gen: $(GEN)
+$(CLIENT_GEN): $(PROTOS) $(CLIENT)/build_protos.py $(STAMP)
+	$(BIN)/python $(CLIENT)/build_protos.py
+	touch $@
+
+gen: $(GEN) $(CLIENT_GEN)
 
 serve: $(GEN)
 	$(BIN)/gatehouse serve $(ARGS)
 
-lint: $(GEN)
-	$(BIN)/ruff check src tests bench tools
+lint: gen
+	$(BIN)/ruff check src tests bench tools $(CLIENT)
 	$(BIN)/mypy
 
-pytest: $(GEN)
+pytest: gen
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint pytest
@@ -44,4 +51,5 @@ bench: $(GEN)
 	$(BIN)/python bench/check_inprocess.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) src/gatehouse/v1 build *.egg-info src/*.egg-info
+	rm -rf $(VENV) src/gatehouse/v1 build *.egg-info src/*.egg-info \
+	  $(CLIENT)/src/gatehouse_client/_pb $(CLIENT)/build $(CLIENT)/src/*.egg-info

@@ -5,7 +5,8 @@ this builds a throwaway venv, installs the package the way a user does — a
 wheel built in pip's isolated build environment, so the gRPC code comes from
 the grpcio-tools pinned in ``[build-system] requires`` — and runs
 tests/test_transport.py plus the end-to-end Check, graph, serve and grpcurl
-tests and the TLS tests against it. Not part of ``make test``: it downloads and installs two
+tests, the TLS tests and the Python client's tests (clients/python, installed the same
+way) against it. Not part of ``make test``: it downloads and installs two
 grpcio stacks. Usage: ``python tools/grpc_range.py [lowest|highest ...]``.
 """
 
@@ -28,6 +29,10 @@ TESTS = [
     "tests/e2e/test_grpcurl.py",
     "tests/test_tls.py",
     "tests/e2e/test_tls.py",
+    # The Python client, installed from its own wheel beside the server.
+    "clients/python/tests/test_client_sync.py",
+    "clients/python/tests/test_client_async.py",
+    "clients/python/tests/test_client_resilience.py",
 ]
 REPORT = r"""
 import re, grpc, gatehouse
@@ -69,7 +74,7 @@ def check_end(end: str, work: Path) -> None:
     python = env / "bin" / "python"
     _run(python, "-m", "pip", "install", "-q", "--upgrade", "pip")
     _run(python, "-m", "pip", "install", "-q", "-c", ROOT / "tools" / "grpc-range" / f"{end}.txt",
-         f"{tree}[test]")
+         f"{tree}[test]", tree / "clients" / "python")
     print(f"{end}:", flush=True)
     # From outside the tree, so the installed package (not src/) is what imports.
     _run(python, "-c", REPORT, cwd=work)

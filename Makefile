@@ -14,7 +14,7 @@ PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	$(BIN)/python -m pip install -q -e '.[test,dev,tracing]'
 	touch $@
 
 $(GEN): $(PROTOS) tools/genproto.py $(STAMP)

@@ -1,5 +1,6 @@
 """Imports flow one way: names → policy → graph → engine → usage → tenancy → runtime →
-api → server.
+api → server, with observe (metrics, probes, tracing) beside api: it reads the
+runtime and hooks into the transport, and only server and cli import it.
 
 The rule is data (``FORBIDDEN``): for each package, the modules it may not
 import, directly or (for ``TRANSITIVE``) through anything it imports. Every
@@ -20,7 +21,7 @@ PACKAGE = "gatehouse"
 GENERATED = ("gatehouse.v1",)
 
 _ABOVE_GRAPH = ("gatehouse.engine", "gatehouse.usage", "gatehouse.tenancy", "gatehouse.api",
-                "gatehouse.runtime",
+                "gatehouse.runtime", "gatehouse.observe",
                 "gatehouse.server", "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
                 "gatehouse.policytest")
 
@@ -31,22 +32,31 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     "gatehouse.policy": ("gatehouse.graph", *_ABOVE_GRAPH),
     "gatehouse.graph": _ABOVE_GRAPH,
     "gatehouse.engine": ("gatehouse.usage", "gatehouse.tenancy", "gatehouse.api",
-                         "gatehouse.runtime",
+                         "gatehouse.runtime", "gatehouse.observe",
                          "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
                          "gatehouse.transport", "gatehouse.policytest"),
     "gatehouse.usage": ("gatehouse.tenancy", "gatehouse.api", "gatehouse.runtime",
+                        "gatehouse.observe",
                         "gatehouse.server", "gatehouse.workers", "gatehouse.cli",
                         "gatehouse.transport"),
     # Decisions only: no store, no wire, no clock of its own (the runtime passes one).
-    "gatehouse.tenancy": ("gatehouse.api", "gatehouse.runtime", "gatehouse.server",
+    "gatehouse.tenancy": ("gatehouse.api", "gatehouse.runtime", "gatehouse.observe",
+                          "gatehouse.server",
                           "gatehouse.workers", "gatehouse.cli", "gatehouse.transport",
                           "gatehouse.graph.redis", "gatehouse.graph.memory", "gatehouse.v1",
                           "grpc", "google.protobuf", "redis"),
     # The live state knows nothing of the wire: no protobuf, no grpc, no servicers.
-    "gatehouse.runtime": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
+    "gatehouse.runtime": ("gatehouse.api", "gatehouse.observe", "gatehouse.server",
+                          "gatehouse.workers",
                           "gatehouse.cli", "gatehouse.transport", "gatehouse.v1", "grpc",
                           "google.protobuf"),
-    "gatehouse.api": ("gatehouse.server", "gatehouse.workers", "gatehouse.cli"),
+    "gatehouse.api": ("gatehouse.observe", "gatehouse.server", "gatehouse.workers",
+                      "gatehouse.cli"),
+    # Metrics, probes and tracing watch the runtime and the transport from outside:
+    # only the composition root (server, cli) wires them in.
+    "gatehouse.observe": ("gatehouse.api", "gatehouse.server", "gatehouse.workers",
+                          "gatehouse.cli", "gatehouse.v1"),
+    "gatehouse.transport": ("gatehouse.observe",),
     "gatehouse.limits": ("gatehouse",),
 }
 

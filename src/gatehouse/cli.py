@@ -38,6 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
               f"not {quote(args.transport)}", file=sys.stderr)
         return 2
+    problem = _observe_problem(args)
+    if problem:
+        print(f"gatehouse: {problem}", file=sys.stderr)
+        return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
             and Path(DEFAULT_DATA).exists()):
@@ -52,6 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         usage_dedup_days=args.usage_dedup_days,
         transport=args.transport,
+        metrics_listen=_worker_listen(args.metrics_listen),
+        otlp_endpoint=args.otlp_endpoint or None,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -67,6 +73,10 @@ def _serve(args: argparse.Namespace) -> int:
                      "--transport", args.transport]
             if args.no_watch:
                 child.append("--no-watch")
+            if args.metrics_listen:  # each worker adds its number to the port
+                child += ["--metrics-listen", args.metrics_listen]
+            if args.otlp_endpoint:
+                child += ["--otlp-endpoint", args.otlp_endpoint]
             return run_workers(config, args.workers, child)
         asyncio.run(serve(config))
     except (PolicyError, DataFileError) as exc:
@@ -78,6 +88,34 @@ def _serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def _observe_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with --metrics-listen / --otlp-endpoint, if anything."""
+    from gatehouse.observe import check_otlp_endpoint, tracing_available
+    from gatehouse.observe.http import parse_listen
+
+    try:
+        if args.metrics_listen:
+            parse_listen(args.metrics_listen)
+        if args.otlp_endpoint:
+            check_otlp_endpoint(args.otlp_endpoint)
+    except ValueError as exc:
+        return str(exc)
+    if args.otlp_endpoint and not tracing_available():
+        return ("--otlp-endpoint needs the tracing extra: pip install 'gatehouse[tracing]' "
+                "(opentelemetry-sdk and its OTLP/gRPC exporter)")
+    return None
+
+
+def _worker_listen(listen: str | None) -> str | None:
+    """Worker N of ``--workers`` serves metrics on the given port + N (each process has its
+    own index and counters, so each is scraped on its own)."""
+    worker = os.environ.get("GATEHOUSE_WORKER", "")
+    if not listen or not worker.isdigit():
+        return listen or None
+    host, _, port = listen.rpartition(":")
+    return listen if port == "0" else f"{host}:{int(port) + int(worker)}"
 
 
 def _banner(config: object) -> None:
@@ -219,6 +257,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(core when this grpcio is one it was tested with and its start-up "
                        "self-test passes, else aio; the log says which and why) (env "
                        "GATEHOUSE_TRANSPORT; default auto)")
+    serve.add_argument("--metrics-listen", default=os.environ.get("GATEHOUSE_METRICS_LISTEN"),
+                       help="HOST:PORT serving Prometheus /metrics and the /healthz and /readyz "
+                       "probes over plain HTTP (env GATEHOUSE_METRICS_LISTEN; default off; "
+                       "with --workers, worker N uses PORT+N)")
+    serve.add_argument("--otlp-endpoint", default=os.environ.get("GATEHOUSE_OTLP_ENDPOINT"),
+                       help="send OpenTelemetry trace spans to this OTLP/gRPC receiver, "
+                       "http://HOST:4317 or https://HOST:4317 (env GATEHOUSE_OTLP_ENDPOINT; "
+                       "default off; needs the gatehouse[tracing] extra)")
     serve.add_argument("--no-watch", action="store_true", help="do not hot-reload the policy")
     serve.add_argument("--log-level", default=os.environ.get("GATEHOUSE_LOG_LEVEL", "info"))
     serve.set_defaults(func=_serve)

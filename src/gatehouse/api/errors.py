@@ -28,7 +28,7 @@ from gatehouse.errors import (
     Unavailable,
 )
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.transport import Abort, ServicerContext
+from gatehouse.transport import ACTIVATE, Abort, ServicerContext
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -85,6 +85,15 @@ def _domain(exc: Exception) -> GatehouseError | None:
     return None
 
 
+def _activate(context: ServicerContext) -> None:
+    """Make what the hooks prepared for this call current in its task (``ACTIVATE``)."""
+    info = context.call_info()
+    if info is not None:
+        activate = info.notes.get(ACTIVATE)
+        if activate is not None:
+            activate()
+
+
 Req = TypeVar("Req")
 Self = TypeVar("Self")
 
@@ -93,13 +102,15 @@ def translate_errors(
     method: Callable[[Self, Req, ServicerContext], Any],
 ) -> Callable[[Self, Req, ServicerContext], Any]:
     """Wrap a servicer method (coroutine or async generator) so that domain
-    errors end the call with their status."""
+    errors end the call with their status, with the call's context (its trace
+    span, when tracing) current while it runs."""
     if inspect.isasyncgenfunction(method):
         gen = method
 
         @functools.wraps(method)
         async def stream(self: Self, request: Req,
                          context: ServicerContext) -> AsyncIterator[Any]:
+            _activate(context)
             try:
                 async for item in gen(self, request, context):
                     yield item
@@ -114,6 +125,7 @@ def translate_errors(
 
     @functools.wraps(method)
     async def call(self: Self, request: Req, context: ServicerContext) -> Any:
+        _activate(context)
         try:
             return await unary(self, request, context)
         except (GatehouseError, ChangelogGap) as exc:

@@ -53,6 +53,8 @@ class PolicyReloader:
         self.follower = follower
         self.policy_dir = policy_dir
         self._load = load
+        self.reloads = 0
+        """Edits compiled and swapped in since start (the metrics read these counters)."""
         self.failures = 0
         """Reload attempts that were rejected or failed since start."""
 
@@ -113,3 +115,4 @@ class PolicyReloader:
             log.info("policy reloaded", extra={"old_version": old,
                                                "policy_version": new.version})
         self.follower.set_policy(new)
+        self.reloads += 1

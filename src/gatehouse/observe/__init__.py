@@ -100,7 +100,7 @@ class Observer:
         if self._listen is not None:
             # One ``_created`` series per labelled child doubles the page for nothing a
             # dashboard uses (process start time is there already).
-            disable_created_metrics()
+            disable_created_metrics()  # type: ignore[no-untyped-call]  # (unannotated upstream)
             self._http = ProbeServer(self._listen, self.not_ready)
             try:
                 self._http.start()

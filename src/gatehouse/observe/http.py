@@ -5,9 +5,10 @@ answer on their own port (``--metrics-listen``) from a small stdlib server
 on daemon threads, away from the event loop and the gRPC poll thread: a
 scrape never waits for a Check, and a slow scraper never holds one up.
 
-It is reachable by whoever monitors the process, so it is built to shrug
-off junk: one request per connection (HTTP/1.0), a socket timeout for
-clients that send nothing, at most ``MAX_CONNECTIONS`` connections served at
+It has no authentication (like any Prometheus target): listen on an address
+only the monitoring network reaches. It is still built to shrug off junk:
+one request per connection (HTTP/1.0), a socket timeout for clients that
+send nothing, at most ``MAX_CONNECTIONS`` connections served at
 once (more are closed unanswered), the stdlib's own limits on request line
 and header sizes, and every failure inside a request logged and answered,
 never raised into the server thread.
@@ -30,9 +31,9 @@ from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 log = logging.getLogger("gatehouse.metrics")
 
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 32
 """Connections answered at once; a scraper and a few probes need far fewer."""
-SOCKET_TIMEOUT = 10.0
+SOCKET_TIMEOUT = 5.0
 """Seconds a connection may stay silent (while sending its request) before it is dropped."""
 
 Readiness = Callable[[], str | None]
@@ -94,6 +95,10 @@ class _HTTPServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.0"
+    # A request line too garbled to name a version still gets a status line back.
+    default_request_version = "HTTP/1.0"
+    error_message_format = "%(code)d %(message)s\n"
+    error_content_type = "text/plain; charset=utf-8"
     timeout = SOCKET_TIMEOUT
     server_version = "gatehouse"
     sys_version = ""

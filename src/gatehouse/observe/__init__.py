@@ -125,9 +125,13 @@ class Observer:
             self.tracing.attach(transport)
         if self._http is not None:
             transport.add_hooks(after=RequestMetrics(method_names(services)))
-            self._collector = ServerCollector(runtime, transport.name,
-                                              asyncio.get_running_loop())
-            register_collector(self._collector)
+            collector = ServerCollector(runtime, transport.name, asyncio.get_running_loop())
+            try:
+                register_collector(collector)
+                self._collector = collector
+            except ValueError:  # another server of this process reports its state already
+                log.warning("another server in this process reports its state on /metrics; "
+                            "this one's index and store gauges are left out")
         self._state = _State.ATTACHED
 
     def serving(self) -> None:

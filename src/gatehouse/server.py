@@ -159,7 +159,6 @@ class Server:
         await self.grpc.start()
         for name in ("", *READ_SERVICES, *WRITE_SERVICES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        self.observer.serving()
         follower = self.runtime.follower
         follower.on_health(self._store_health_changed)
         reloader = self.runtime.reloader
@@ -178,6 +177,7 @@ class Server:
                 "metrics": self.observer.metrics_address,
             },
         )
+        self.observer.serving()
 
     def _store_health_changed(self, healthy: bool) -> None:
         """Store down: reads keep serving from the index, writes cannot (NOT_SERVING)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -22,7 +23,7 @@ from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import authorization_pb2_grpc as apb_grpc
 from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
-from tests.conftest import GATEHOUSE, ROOT, ServerProcess, free_port, start_server
+from tests.conftest import GATEHOUSE, ROOT, ServerProcess, free_port, start_server, wait_serving
 from tests.e2e.test_graph_service import ref, update
 from tests.redis_server import RedisServer
 
@@ -318,6 +319,49 @@ class TestPolicyReloads:
             assert versions() == second
         finally:
             server.stop()
+
+
+def two_free_ports() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as a, socket.socket() as b:
+            try:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+class TestWorkers:
+    def test_each_worker_serves_its_own_page_on_the_next_port(
+            self, tmp_path: Path, redis_server: RedisServer) -> None:
+        """With --workers 2, worker 0 serves metrics on PORT and worker 1 on PORT+1, each
+        ready and reporting its own index."""
+        address, port = f"127.0.0.1:{free_port()}", two_free_ports()
+        log = tmp_path / "workers.log"
+        proc = subprocess.Popen(
+            [*GATEHOUSE, "serve", "--listen", address, "--workers", "2",
+             "--metrics-listen", f"127.0.0.1:{port}", "--policy", "policies/coupler",
+             "--redis-url", redis_server.url, "--redis-prefix", f"wm{uuid.uuid4().hex[:6]}"],
+            cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_serving(address, proc, log)
+            for metrics in (f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"):
+                def ready(metrics: str = metrics) -> bool:
+                    try:
+                        return get(metrics, "/readyz")[0] == 200
+                    except OSError:
+                        return False
+
+                wait_until(ready, f"worker metrics on {metrics}")
+                assert value(scrape(metrics), "gatehouse_store_healthy") == 1
+                assert f'"metrics": "{metrics}"' in log.read_text()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
 
 
 class TestFlags:

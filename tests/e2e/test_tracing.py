@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import authorization_pb2_grpc as apb_grpc
@@ -159,7 +160,8 @@ class TestSpans:
     def test_refused_and_context_free_calls(self, traced: ServerProcess,
                                             receiver: tuple[Receiver, str]) -> None:
         """A refused call's span carries its code without being a server error; a call with
-        no (or garbled) trace context starts a trace of its own and is answered as usual."""
+        no (or garbled) trace context starts a trace of its own and is answered as usual;
+        health checks make no spans."""
         trace_id, _, metadata = caller_context()
         authz = apb_grpc.AuthorizationServiceStub(traced.channel())
         with pytest.raises(grpc.RpcError) as info:
@@ -171,6 +173,8 @@ class TestSpans:
         assert refused.attribute("rpc.grpc.status_code") == \
             grpc.StatusCode.INVALID_ARGUMENT.value[0]
         assert refused.span.status.code != trace_pb.Status.STATUS_CODE_ERROR
+        health_pb2_grpc.HealthStub(traced.channel()).Check(  # ends before the Checks below
+            health_pb2.HealthCheckRequest(service=""), timeout=10)
         before = {s.span.span_id for s in receiver[0].spans}
         for metadata in ((), (("traceparent", "00-not-a-trace-01"),)):
             assert authz.Check(apb.CheckRequest(
@@ -183,6 +187,7 @@ class TestSpans:
                 and not s.span.parent_span_id, "a root Check span")
             before.add(fresh.span.span_id)
             assert len(fresh.span.trace_id) == 16 and any(fresh.span.trace_id)
+        assert not [s for s in receiver[0].spans if s.span.name.startswith("grpc.health")]
 
     def test_store_calls_outside_calls_make_no_spans(
             self, traced: ServerProcess, receiver: tuple[Receiver, str]) -> None:

@@ -4,11 +4,11 @@ Only imported when tracing is asked for (it needs the ``tracing`` extra:
 opentelemetry-sdk and the OTLP/gRPC exporter), so a server without the flag
 neither imports OpenTelemetry nor runs any of this per call.
 
-- A pre-call hook starts a SERVER span named ``pkg.Service/Method``, as the
-  child of the caller's span when the call carries W3C trace context
+- A pre-call hook starts a SERVER span named ``pkg.Service/Method``, as
+  the child of the caller's span when the call carries W3C trace context
   (``traceparent`` / ``tracestate`` metadata); the post-call hook sets the
   status code and ends it. Inline Checks on the core poll thread get their
-  span the same way.
+  span the same way; health checks and reflection get none.
 - The hook also leaves ``notes[ACTIVATE]``: ``translate_errors`` calls it in
   the servicer's task, making the span current there, so the traced stores
   (``TracedGraphStore``, ``TracedUsageStore``) open their CLIENT spans as its
@@ -63,6 +63,9 @@ _SERVER_ERRORS = frozenset({
     grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.INTERNAL,
     grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS,
 })
+# Probes (a load balancer asks every few seconds) and reflection are counted by the
+# metrics but would only bury the calls worth a trace.
+_UNTRACED = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _NAME_CHARS = 120  # a client picks the method path: span names quote a prefix of it
 
 
@@ -108,6 +111,8 @@ class Tracing:
         transport.add_hooks(before=self.before, after=self.after)
 
     def before(self, info: CallInfo) -> None:
+        if info.method.startswith(_UNTRACED):
+            return
         carrier = _carrier(info.metadata)
         parent = _PROPAGATOR.extract(carrier) if carrier else None
         service, _, method = info.method[1:].partition("/")

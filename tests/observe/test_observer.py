@@ -140,9 +140,11 @@ class TestConfiguration:
     def test_otlp_endpoints(self) -> None:
         """An OTLP endpoint is an http:// or https:// URL with a host."""
         assert check_otlp_endpoint("http://otel:4317") == "http://otel:4317"
-        for bad in ("otel:4317", "grpc://otel:4317", "http://", "https:///"):
-            with pytest.raises(ValueError, match="--otlp-endpoint"):
+        for bad in ("otel:4317", "grpc://otel:4317", "http://", "https:///",
+                    "https://user:s3cret@otel:4317"):
+            with pytest.raises(ValueError, match="--otlp-endpoint") as err:
                 check_otlp_endpoint(bad)
+            assert "s3cret" not in str(err.value)
 
     def test_tracing_extra_is_installed_for_the_tests(self) -> None:
         """`make test` installs the tracing extra, so its tests run rather than skip."""

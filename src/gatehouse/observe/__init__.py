@@ -55,6 +55,9 @@ def check_otlp_endpoint(url: str) -> str:
     """``http://host:port`` (plaintext) or ``https://host:port`` (TLS) of an OTLP/gRPC
     receiver; ValueError naming what is wrong."""
     scheme, sep, rest = url.partition("://")
+    if "@" in rest.partition("/")[0]:  # and keep credentials out of argv and the log
+        raise ValueError("--otlp-endpoint must not hold credentials; send them as headers "
+                         "with OTEL_EXPORTER_OTLP_HEADERS")
     if not sep or scheme not in ("http", "https") or not rest.strip("/"):
         raise ValueError(f"--otlp-endpoint must be http://HOST:PORT or https://HOST:PORT "
                          f"(an OTLP/gRPC receiver, usually port 4317), not {url[:80]!r}")

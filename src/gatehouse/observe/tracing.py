@@ -55,6 +55,7 @@ SHUTDOWN_SECONDS = 5.0
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _CONTEXT_KEYS = frozenset(_PROPAGATOR.fields)  # traceparent, tracestate
+_ROOT = otel_context.Context()
 # Server spans are errors only for codes that say the server failed; a caller's
 # mistake (INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...) is not
 # (OpenTelemetry's conventions for gRPC servers).
@@ -114,7 +115,8 @@ class Tracing:
         if info.method.startswith(_UNTRACED):
             return
         carrier = _carrier(info.metadata)
-        parent = _PROPAGATOR.extract(carrier) if carrier else None
+        # Never the thread's current context: a call's parent is its caller or nothing.
+        parent = _PROPAGATOR.extract(carrier) if carrier else _ROOT
         service, _, method = info.method[1:].partition("/")
         span = self.tracer.start_span(
             method_label(info.method)[:_NAME_CHARS], context=parent, kind=SpanKind.SERVER,

@@ -97,7 +97,10 @@ def _observe_problem(args: argparse.Namespace) -> str | None:
 
     try:
         if args.metrics_listen:
-            parse_listen(args.metrics_listen)
+            _, port = parse_listen(args.metrics_listen)
+            if port and port + args.workers - 1 > 65535:
+                return f"--metrics-listen port {port} + {args.workers - 1} (one per worker) " \
+                       "is past 65535"
         if args.otlp_endpoint:
             check_otlp_endpoint(args.otlp_endpoint)
     except ValueError as exc:

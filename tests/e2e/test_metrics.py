@@ -381,6 +381,15 @@ class TestFlags:
         assert done.returncode == 2
         assert message in done.stderr
 
+    def test_worker_ports_must_fit(self) -> None:
+        """With --workers N the ports PORT..PORT+N-1 must all exist."""
+        done = subprocess.run([*GATEHOUSE, "serve", "--listen", f"127.0.0.1:{free_port()}",
+                               "--workers", "2", "--redis-url", "redis://127.0.0.1:1/0",
+                               "--metrics-listen", "127.0.0.1:65535"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2
+        assert "--metrics-listen port 65535 + 1 (one per worker) is past 65535" in done.stderr
+
     def test_a_taken_metrics_port_stops_start_up(self, tmp_path: Path) -> None:
         """When the metrics port is taken the server exits 1 saying so, rather than serve
         without the metrics it was asked for."""

@@ -17,7 +17,7 @@ PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 $(STAMP): pyproject.toml setup.py $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,dev]' -e $(CLIENT)
+	$(BIN)/python -m pip install -q -e '.[test,dev,tracing]' -e $(CLIENT)
 	touch $@
 
 $(GEN): $(PROTOS) tools/genproto.py $(STAMP)

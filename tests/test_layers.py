@@ -1,5 +1,6 @@
 """Imports flow one way: names → policy → graph → engine → usage → tenancy → runtime →
-api → server.
+api → server, with observe (metrics, probes, tracing) beside api: it reads the
+runtime and hooks into the transport, and only server and cli import it.
 
 The rule is data (``FORBIDDEN``): for each package, the modules it may not
 import, directly or (for ``TRANSITIVE``) through anything it imports. Every

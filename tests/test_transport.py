@@ -481,6 +481,15 @@ class TestHooks:
         hooked.hooks.wait_ended(f"/{SERVICE}/Unary")
         assert hooked.server.stats.hook_failures == 1
 
+    def test_a_method_nobody_serves_reaches_the_hooks(self, hooked: Served) -> None:
+        """A call to an unknown method goes through the hooks like any other (metrics count
+        it), and is UNIMPLEMENTED."""
+        with grpc.insecure_channel(hooked.address) as ch:
+            code, _ = code_of(lambda: ch.unary_unary("/toy.Toy/Nope")(b"", timeout=5))
+        assert code == grpc.StatusCode.UNIMPLEMENTED
+        assert [o.code for o in hooked.hooks.wait_ended("/toy.Toy/Nope")] == [
+            grpc.StatusCode.UNIMPLEMENTED]
+
     def test_hooks_are_added_before_start(self, hooked: Served) -> None:
         """Adding a hook to a running transport is refused rather than half-applied."""
         with pytest.raises(RuntimeError, match="before the transport starts"):

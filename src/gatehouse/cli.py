@@ -50,6 +50,11 @@ def _serve(args: argparse.Namespace) -> int:
     if unsafe is not None:
         print(f"gatehouse: {unsafe}", file=sys.stderr)
         return 2
+    observing = _observe_problem(effective)
+    if observing:
+        print(f"gatehouse: {observing}", file=sys.stderr)
+        return 2
+    fields["metrics_listen"] = _worker_listen(fields["metrics_listen"])
     config = ServerConfig(**fields, audit=_audit_settings(effective), tls=_tls_files(effective))
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -98,6 +103,38 @@ def _tls_files(effective: settings.Effective) -> TlsFiles | None:
     if effective["tls_cert"] is None:
         return None
     return TlsFiles(effective["tls_cert"], effective["tls_key"], effective["tls_client_ca"])
+
+
+def _observe_problem(effective: settings.Effective) -> str | None:
+    """What is wrong with --metrics-listen / --otlp-endpoint, if anything."""
+    from gatehouse.observe import check_otlp_endpoint, tracing_available
+    from gatehouse.observe.http import parse_listen
+
+    try:
+        listen, workers = effective["metrics_listen"], effective["workers"]
+        if listen:
+            _, port = parse_listen(listen)
+            if port and port + workers - 1 > 65535:
+                return f"--metrics-listen port {port} + {workers - 1} (one per worker) " \
+                       "is past 65535"
+        if effective["otlp_endpoint"]:
+            check_otlp_endpoint(effective["otlp_endpoint"])
+    except ValueError as exc:
+        return str(exc)
+    if effective["otlp_endpoint"] and not tracing_available():
+        return ("--otlp-endpoint needs the tracing extra: pip install 'gatehouse[tracing]' "
+                "(opentelemetry-sdk and its OTLP/gRPC exporter)")
+    return None
+
+
+def _worker_listen(listen: str | None) -> str | None:
+    """Worker N of ``--workers`` serves metrics on the given port + N (each process has its
+    own index and counters, so each is scraped on its own)."""
+    worker = os.environ.get("GATEHOUSE_WORKER", "")
+    if not listen or not worker.isdigit():
+        return listen or None
+    host, _, port = listen.rpartition(":")
+    return listen if port == "0" else f"{host}:{int(port) + int(worker)}"
 
 
 def _banner(config: object) -> None:

@@ -27,7 +27,8 @@ from gatehouse.errors import GatehouseError
 from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
-from gatehouse.observe.audit import AuditLog, AuditSettings
+from gatehouse.observe import Observer
+from gatehouse.observe.audit import AuditHook, AuditLog, AuditSettings
 from gatehouse.policy.loader import load_policy
 from gatehouse.runtime import Runtime
 from gatehouse.transport import Transport, TransportStats, open_transport
@@ -85,6 +86,10 @@ class ServerConfig:
     """The keys file (``--api-keys``); None: anonymous callers with every scope."""
     insecure_no_auth: bool = False
     """``--insecure-no-auth``: serve without keys on a non-loopback address (else refused)."""
+    metrics_listen: str | None = None
+    """HOST:PORT of /metrics, /healthz and /readyz (plain HTTP); None: off."""
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC receiver of the trace spans (http:// or https://); None: no tracing."""
 
 
 def open_store(config: ServerConfig) -> GraphStore:
@@ -103,11 +108,13 @@ def open_usage_store(config: ServerConfig) -> UsageStore:
     return MemoryUsageStore()
 
 
-async def build_runtime(config: ServerConfig) -> Runtime:
+async def build_runtime(config: ServerConfig, observer: Observer | None = None) -> Runtime:
     """Load the policy and data (raising PolicyError/DataFileError) and index them."""
     policy = await asyncio.to_thread(load_policy, config.policy_dir)
     store = open_store(config)
     usage = open_usage_store(config)
+    if observer is not None:
+        store, usage = observer.stores(store, usage)
     try:
         if config.data_file is not None:
             await load_data(store, policy, config.data_file)
@@ -135,7 +142,7 @@ class Server:
     """A running gatehouse gRPC server on ``transport`` (see ``open_transport``)."""
 
     def __init__(self, config: ServerConfig, runtime: Runtime, transport: Transport,
-                 keys: KeyTable | None = None) -> None:
+                 *, keys: KeyTable | None = None, observer: Observer | None = None) -> None:
         """Register the services on ``transport`` and listen (TLS per ``config.tls``).
 
         Raises ``TlsError`` when the TLS files cannot be used, ``OSError`` when
@@ -145,13 +152,12 @@ class Server:
         self.config = config
         self.runtime = runtime
         self.grpc = transport
-        # Authentication first: later hooks (and every handler) see the caller.
+        self.observer = observer or Observer()
         self.auth: Authenticator | None = None
         self.keys_watcher: KeysWatcher | None = None
         if config.api_keys is not None:
             self.auth = Authenticator(keys if keys is not None else load_keys(config.api_keys))
             self.keys_watcher = KeysWatcher(self.auth, config.api_keys)
-            self.grpc.add_hooks(self.auth.before, self.auth.after)
         follower = runtime.follower
         authorization = AuthorizationServicer(runtime.decisions, follower)
         authorization_pb2_grpc.add_AuthorizationServiceServicer_to_server(
@@ -180,6 +186,11 @@ class Server:
         ]
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
             reflection.aio.ReflectionServicer(names), self.grpc)
+        # Tracing and metrics hooks first: a call the authentication hook refuses is still
+        # traced and counted. Then authentication: every later hook and handler sees the caller.
+        self.observer.attach(self.grpc, runtime, names)
+        if self.auth is not None:
+            self.grpc.add_hooks(self.auth.before, self.auth.after)
         self.certificates: CertificateReloader | None = None
         """Watches the TLS files (None without TLS)."""
         if config.tls is not None:
@@ -194,6 +205,8 @@ class Server:
         self.audit = AuditLog(config.audit) if config.audit is not None else None
         if self.audit is not None:
             self.grpc.add_hooks(after=self.audit.hook.after)
+        elif self.observer.metrics_address is not None:  # gatehouse_decisions_total still counts
+            self.grpc.add_hooks(after=AuditHook(None).after)
 
     @property
     def stats(self) -> TransportStats:
@@ -237,8 +250,10 @@ class Server:
                 "store": follower.store.description,
                 "revision": follower.index.revision,
                 "relationships": follower.index.relationship_count,
+                "metrics": self.observer.metrics_address,
             },
         )
+        self.observer.serving()
 
     def _store_health_changed(self, healthy: bool) -> None:
         """Store down: reads keep serving from the index, writes cannot (NOT_SERVING)."""
@@ -248,6 +263,7 @@ class Server:
             self._tasks.append(asyncio.create_task(self.health.set(name, status)))
 
     async def stop(self) -> None:
+        self.observer.stopping()
         await self.health.enter_graceful_shutdown()
         for task in self._tasks:
             task.cancel()
@@ -257,6 +273,7 @@ class Server:
         if self.audit is not None:  # after the last call's hook: every line written
             await asyncio.to_thread(self.audit.close)
         await self.runtime.close()
+        await self.observer.close()
         log.info("stopped")
 
 
@@ -274,7 +291,14 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
     if config.tls is not None:  # unusable TLS files: refuse before loading anything
         await asyncio.to_thread(load_material, config.tls)
     keys = await asyncio.to_thread(load_keys, config.api_keys) if config.api_keys else None
-    runtime = await build_runtime(config)
+    # Probes answer (readyz 503 "starting") while a large index builds.
+    observer = Observer(config.metrics_listen, config.otlp_endpoint)
+    await observer.open()
+    try:
+        runtime = await build_runtime(config, observer)
+    except BaseException:
+        await observer.close()
+        raise
     # The index is millions of long-lived objects. Moved to the collector's
     # permanent generation, a full collection (which work such as compiling a
     # reloaded policy triggers) no longer walks it while holding the
@@ -285,12 +309,14 @@ async def serve(config: ServerConfig, ready: asyncio.Event | None = None) -> Non
         transport = await open_transport(config.transport, transport_options(config))
     except BaseException:
         await runtime.close()
+        await observer.close()
         raise
     try:
-        server = Server(config, runtime, transport, keys)
+        server = Server(config, runtime, transport, keys=keys, observer=observer)
     except BaseException:
         await transport.stop(0)
         await runtime.close()
+        await observer.close()
         raise
     await server.start()
     if ready is not None:

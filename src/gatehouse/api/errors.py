@@ -28,7 +28,7 @@ from gatehouse.errors import (
     Unavailable,
 )
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.transport import Abort, ServicerContext
+from gatehouse.transport import ACTIVATE, Abort, ServicerContext
 from gatehouse.transport.notes import note_request, note_response
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
@@ -86,6 +86,15 @@ def _domain(exc: Exception) -> GatehouseError | None:
     return None
 
 
+def _activate(context: ServicerContext) -> None:
+    """Make what the hooks prepared for this call current in its task (``ACTIVATE``)."""
+    info = context.call_info()
+    if info is not None:
+        activate = info.notes.get(ACTIVATE)
+        if activate is not None:
+            activate()
+
+
 Req = TypeVar("Req")
 Self = TypeVar("Self")
 
@@ -95,7 +104,8 @@ def translate_errors(
 ) -> Callable[[Self, Req, ServicerContext], Any]:
     """Wrap a servicer method (coroutine or async generator) so that domain
     errors end the call with their status, and the request and response are
-    noted for the post-call hooks (``gatehouse.transport.notes``)."""
+    noted for the post-call hooks (``gatehouse.transport.notes``), with the call's
+    context (its trace span, when tracing) current while it runs."""
     if inspect.isasyncgenfunction(method):
         gen = method
 
@@ -104,6 +114,7 @@ def translate_errors(
                          context: ServicerContext) -> AsyncIterator[Any]:
             info = context.call_info()
             note_request(info, request)
+            _activate(context)
             try:
                 async for item in gen(self, request, context):
                     note_response(info, item)
@@ -121,6 +132,7 @@ def translate_errors(
     async def call(self: Self, request: Req, context: ServicerContext) -> Any:
         info = context.call_info()
         note_request(info, request)
+        _activate(context)
         try:
             response = await unary(self, request, context)
             note_response(info, response)

@@ -61,6 +61,13 @@ SETTINGS: tuple[Setting, ...] = (
             "cancelled."),
     Setting("log_level", Choice(("debug", "info", "warning", "error")), "info",
             "Least severe log level written (JSON lines on stderr).", field=None),
+    Setting("metrics_listen", Address(), None,
+            "HOST:PORT serving Prometheus /metrics and the /healthz and /readyz probes over "
+            "plain HTTP (docs/observability.md); unset, off. With workers above 1, worker N "
+            "uses PORT+N."),
+    Setting("otlp_endpoint", Url(schemes=("http", "https")), None,
+            "Send OpenTelemetry trace spans to this OTLP/gRPC receiver, http://HOST:4317 or "
+            "https://HOST:4317; unset, off. Needs the gatehouse[tracing] extra."),
     Setting("audit_log", Text(max_len=4096, metavar="PATH"), None,
             "Write the decision audit log (one JSON line per decision or write, "
             "docs/audit.md) to this file, or - for standard output; unset, none. With "

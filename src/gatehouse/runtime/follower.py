@@ -116,6 +116,11 @@ class IndexFollower:
         return self._healthy
 
     @property
+    def watch_streams(self) -> int:
+        """How many Watch streams are open on this process (at most ``LIMITS.watch_streams``)."""
+        return len(self._watchers)
+
+    @property
     def busy_rows(self) -> frozenset[str] | None:
         """While a large change is being applied under ``lock``: the objects whose rows
         it changes (None otherwise, or when it moves objects between parents).

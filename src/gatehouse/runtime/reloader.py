@@ -64,6 +64,8 @@ class PolicyReloader:
         self.follower = follower
         self.policy_dir = policy_dir
         self._load = load
+        self.reloads = 0
+        """Edits compiled and swapped in since start (the metrics read these counters)."""
         self.failures = 0
         """Reload attempts that were rejected or failed since start."""
         self.loaded_at = time.time()
@@ -162,3 +164,4 @@ class PolicyReloader:
         self.last_failure = None
         if new.version != old:
             self.loaded_at = time.time()
+        self.reloads += 1

@@ -7,6 +7,7 @@ the only one importing grpc's private layer, is imported only when chosen.
 """
 
 from gatehouse.transport.base import (
+    ACTIVATE,
     Abort,
     AfterCall,
     BeforeCall,
@@ -22,6 +23,7 @@ from gatehouse.transport.base import (
 from gatehouse.transport.choose import CHOICES, CORE_TESTED, Choice, core_supports, open_transport
 
 __all__ = [
+    "ACTIVATE",
     "CHOICES",
     "CORE_TESTED",
     "Abort",

@@ -210,8 +210,9 @@ class AioServer:
         self._secure = True
         return port
 
-    def find(self, method: str, details: grpc.HandlerCallDetails) -> MethodHandler | None:
-        """The wrapped handler for ``method``: registered ones first, then the generic ones."""
+    def find(self, method: str, details: grpc.HandlerCallDetails) -> MethodHandler:
+        """The wrapped handler for ``method``: registered ones first, then the generic ones,
+        else one answering UNIMPLEMENTED — through the hooks, as core does."""
         wrapped = self._wrapped.get(method)
         if wrapped is not None:
             return wrapped
@@ -219,7 +220,7 @@ class AioServer:
             handler = generic.service(details)
             if handler is not None:
                 return self._wrap(method, handler)
-        return None
+        return self._wrap(method, _UNIMPLEMENTED)
 
     # -- life cycle ----------------------------------------------------------
 
@@ -331,6 +332,13 @@ def _inline(fn: InlineHandler, raw: bytes, info: CallInfo, counters: Counters,
         log.exception("inline handler failed", extra={"method": method})
         counters.handler_failed()
         raise Abort(grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}") from None
+
+
+async def _unimplemented(requests: AsyncIterator[Any], context: Any) -> NoReturn:
+    raise Abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+
+_UNIMPLEMENTED: MethodHandler = grpc.stream_unary_rpc_method_handler(_unimplemented)
 
 
 class _Router(grpc.GenericRpcHandler):

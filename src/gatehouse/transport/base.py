@@ -78,6 +78,17 @@ class CallOutcome:
     """Seconds from the call's arrival to its final status (monotonic clock)."""
 
 
+ACTIVATE = "activate"
+"""The notes key of a callable the servicer's task calls before the handler runs.
+
+Hooks on the core transport run on the poll thread, not in the task that
+runs the servicer, so they cannot make anything current there themselves; a
+hook leaves ``notes[ACTIVATE]`` and ``gatehouse.api.errors.translate_errors``
+calls it inside the task (tracing makes the call's span current with it, so
+the store calls the handler makes become its children). Each call runs in a
+task of its own, so what it activates lasts exactly as long as the call.
+"""
+
 BeforeCall = Callable[[CallInfo], None]
 """Runs before the handler, inline methods included; raising ``Abort`` refuses the call.
 
@@ -246,6 +257,7 @@ class HookFailed(Exception):
 
 
 __all__ = [
+    "ACTIVATE",
     "UNARY_MESSAGE_COUNT",
     "Abort",
     "AfterCall",

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gatehouse.errors import DataFileError, GatehouseError, PolicyError, quote
+from gatehouse.errors import DataFileError, GatehouseError, InvalidArgument, PolicyError, quote
 
 DEFAULT_POLICY = "policies/coupler"
 DEFAULT_DATA = "examples/coupler.data.yaml"
@@ -38,6 +38,10 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"gatehouse: --transport (or GATEHOUSE_TRANSPORT) must be auto, core or aio, "
               f"not {quote(args.transport)}", file=sys.stderr)
         return 2
+    problem = _check_redis(args)
+    if problem:
+        print(f"gatehouse: {problem}", file=sys.stderr)
+        return 2
     data = args.data
     if (data is None and args.policy == DEFAULT_POLICY and not args.redis_url
             and Path(DEFAULT_DATA).exists()):
@@ -52,6 +56,11 @@ def _serve(args: argparse.Namespace) -> int:
         reuse_port=args.reuse_port,
         usage_dedup_days=args.usage_dedup_days,
         transport=args.transport,
+        redis_pool_size=args.redis_pool_size or None,
+        redis_socket_timeout=args.redis_socket_timeout,
+        redis_connect_timeout=args.redis_connect_timeout,
+        redis_wait_replicas=args.redis_wait_replicas,
+        redis_wait_timeout=args.redis_wait_timeout,
     )
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
         _banner(config)
@@ -64,7 +73,12 @@ def _serve(args: argparse.Namespace) -> int:
                      "--redis-prefix", args.redis_prefix, "--reuse-port",
                      "--log-level", args.log_level,
                      "--usage-dedup-days", str(args.usage_dedup_days),
-                     "--transport", args.transport]
+                     "--transport", args.transport,
+                     "--redis-pool-size", str(args.redis_pool_size),
+                     "--redis-socket-timeout", str(args.redis_socket_timeout),
+                     "--redis-connect-timeout", str(args.redis_connect_timeout),
+                     "--redis-wait-replicas", str(args.redis_wait_replicas),
+                     "--redis-wait-timeout", str(args.redis_wait_timeout)]
             if args.no_watch:
                 child.append("--no-watch")
             return run_workers(config, args.workers, child)
@@ -80,12 +94,36 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_redis(args: argparse.Namespace) -> str | None:
+    """What is wrong with the --redis-* settings, or None (the URL is parsed here so that
+    a malformed one fails before anything starts, naming the part, never the password)."""
+    if not 0 <= args.redis_pool_size <= 10_000:
+        return "--redis-pool-size must be between 0 (unbounded) and 10000"
+    for flag, value in (("--redis-socket-timeout", args.redis_socket_timeout),
+                        ("--redis-connect-timeout", args.redis_connect_timeout),
+                        ("--redis-wait-timeout", args.redis_wait_timeout)):
+        if not 0 < value <= 3600:
+            return f"{flag} must be above 0 and at most 3600 seconds"
+    if not 0 <= args.redis_wait_replicas <= 100:
+        return "--redis-wait-replicas must be between 0 and 100"
+    if args.redis_url:
+        from gatehouse.redisconn import parse_url
+
+        try:
+            parse_url(args.redis_url)
+        except InvalidArgument as exc:
+            return f"--redis-url (or GATEHOUSE_REDIS_URL): {exc.reason}"
+    elif args.redis_wait_replicas:
+        return "--redis-wait-replicas needs --redis-url"
+    return None
+
+
 def _banner(config: object) -> None:
     from gatehouse.server import ServerConfig
 
     assert isinstance(config, ServerConfig)
     if config.redis_url:
-        from gatehouse.graph.redis import redact
+        from gatehouse.redisconn import redact
 
         store = f"redis store {redact(config.redis_url)}"
     else:
@@ -199,10 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
                        help="bootstrap data file to load at start (env GATEHOUSE_DATA); with "
                        f"the default policy, {DEFAULT_DATA} when present")
     serve.add_argument("--redis-url", default=os.environ.get("GATEHOUSE_REDIS_URL"),
-                       help="store the graph in Redis, e.g. redis://localhost:6379/0 (env "
-                       "GATEHOUSE_REDIS_URL); without it, the ephemeral memory store")
+                       help="store the graph in Redis: redis://[user:password@]host:6379/0, "
+                       "rediss://... (TLS), unix:///path.sock or "
+                       "redis+sentinel://host:26379[,host:26379]/master[/db] "
+                       "(docs/redis-production.md) (env GATEHOUSE_REDIS_URL); without it, "
+                       "the ephemeral memory store")
     serve.add_argument("--redis-prefix", default=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gh"),
                        help="key prefix in Redis (env GATEHOUSE_REDIS_PREFIX)")
+    # Production Redis: connections and durability (docs/redis-production.md).
+    serve.add_argument("--redis-pool-size", type=int,
+                       default=int(os.environ.get("GATEHOUSE_REDIS_POOL_SIZE", "64")),
+                       help="most connections each Redis pool opens (graph commands, changelog "
+                       "tail, usage: up to 3x this per process); a call that finds them all "
+                       "busy waits up to the socket timeout; 0: unbounded (env "
+                       "GATEHOUSE_REDIS_POOL_SIZE; default 64)")
+    serve.add_argument("--redis-socket-timeout", type=float,
+                       default=float(os.environ.get("GATEHOUSE_REDIS_SOCKET_TIMEOUT", "10")),
+                       help="seconds a Redis command may take (env "
+                       "GATEHOUSE_REDIS_SOCKET_TIMEOUT; default 10)")
+    serve.add_argument("--redis-connect-timeout", type=float,
+                       default=float(os.environ.get("GATEHOUSE_REDIS_CONNECT_TIMEOUT", "5")),
+                       help="seconds to connect to Redis or a Sentinel (env "
+                       "GATEHOUSE_REDIS_CONNECT_TIMEOUT; default 5)")
+    serve.add_argument("--redis-wait-replicas", type=int,
+                       default=int(os.environ.get("GATEHOUSE_REDIS_WAIT_REPLICAS", "0")),
+                       help="acknowledge a write only once this many replicas hold it (Redis "
+                       "WAIT), so it survives a failover (env GATEHOUSE_REDIS_WAIT_REPLICAS; "
+                       "default 0)")
+    serve.add_argument("--redis-wait-timeout", type=float,
+                       default=float(os.environ.get("GATEHOUSE_REDIS_WAIT_TIMEOUT", "1")),
+                       help="seconds to wait for those replicas; a write they do not confirm "
+                       "in time fails UNAVAILABLE (env GATEHOUSE_REDIS_WAIT_TIMEOUT; default 1)")
     serve.add_argument("--usage-dedup-days", type=float,
                        default=float(os.environ.get("GATEHOUSE_USAGE_DEDUP_DAYS", "35")),
                        help="how long a RecordUsage event id is remembered, so a retry never "

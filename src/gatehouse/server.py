@@ -22,6 +22,7 @@ from gatehouse.graph.bootstrap import load_data
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.store import GraphStore
 from gatehouse.policy.loader import load_policy
+from gatehouse.redisconn import RedisOptions
 from gatehouse.runtime import Runtime
 from gatehouse.transport import Transport, TransportStats, open_transport
 from gatehouse.usage.events import UsageStore
@@ -58,13 +59,29 @@ class ServerConfig:
     usage_dedup_days: float = 35.0
     transport: str = "auto"
     """``auto``, ``core`` or ``aio`` (see ``gatehouse.transport.choose``)."""
+    redis_pool_size: int | None = 64
+    """Most connections per Redis pool (None: unbounded); see ``RedisOptions``."""
+    redis_socket_timeout: float = 10.0
+    redis_connect_timeout: float = 5.0
+    redis_wait_replicas: int = 0
+    """WAIT for this many replicas after each write batch before acknowledging."""
+    redis_wait_timeout: float = 1.0
+
+
+def redis_options(config: ServerConfig) -> RedisOptions:
+    return RedisOptions(pool_size=config.redis_pool_size,
+                        socket_timeout=config.redis_socket_timeout,
+                        connect_timeout=config.redis_connect_timeout,
+                        wait_replicas=config.redis_wait_replicas,
+                        wait_timeout=config.redis_wait_timeout)
 
 
 def open_store(config: ServerConfig) -> GraphStore:
     if config.redis_url:
         from gatehouse.graph.redis import RedisGraphStore
 
-        return RedisGraphStore(config.redis_url, config.redis_prefix)
+        return RedisGraphStore(config.redis_url, config.redis_prefix,
+                               options=redis_options(config))
     return MemoryGraphStore()
 
 
@@ -72,7 +89,8 @@ def open_usage_store(config: ServerConfig) -> UsageStore:
     if config.redis_url:
         from gatehouse.usage.redis import RedisUsageStore
 
-        return RedisUsageStore(config.redis_url, config.redis_prefix)
+        return RedisUsageStore(config.redis_url, config.redis_prefix,
+                               options=redis_options(config))
     return MemoryUsageStore()
 
 

@@ -152,7 +152,7 @@ def parse_url(url: str) -> RedisTarget:
     params: dict[str, str] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name in params:
-            raise _fail(f"query parameter {name} is given twice")
+            raise _fail(f"query parameter {quote(name)} is given twice")
         params[name] = value
     known = ["db"] if scheme == "unix" else []
     if scheme.startswith("rediss"):

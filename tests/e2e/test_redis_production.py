@@ -4,6 +4,7 @@ rules, a wrong password, a promoted replica with another history, a Sentinel fai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import threading
@@ -304,7 +305,8 @@ class TestSentinelFailover:
     def test_failover_is_survived_without_restart(self, tmp_path: Path) -> None:
         """Primary SIGKILLed under a stream of writes: Checks keep answering, writes come
         back on the promoted replica within a bound, every write acknowledged with
-        --redis-wait-replicas 1 is still there, and the index follows the new primary."""
+        --redis-wait-replicas 1 is still there, the index follows the new primary, and a
+        Watch stream opened before the failover delivers every acknowledged write."""
         primary = RedisServer(tmp_path / "p").start()
         # Two replicas: after the failover one is the new primary and the other its
         # replica, so writes acknowledged with --redis-wait-replicas 1 resume.
@@ -330,6 +332,26 @@ class TestSentinelFailover:
             channel = server.channel()
             graph = pb_grpc.GraphServiceStub(channel)
             authz = apb_grpc.AuthorizationServiceStub(channel)
+            # A Watch stream opened before the failover keeps delivering after it.
+            stream = graph.Watch(pb.WatchRequest(), timeout=60)
+            watched: list[str] = []
+
+            def watch() -> None:
+                with contextlib.suppress(grpc.RpcError):
+                    for msg in stream:
+                        watched.extend(u.relationship.subject.id
+                                       for u in msg.relationship_updates)
+
+            watcher = threading.Thread(target=watch, daemon=True)
+            watcher.start()
+            for i in range(100):  # until the stream is surely subscribed
+                graph.WriteRelationships(pb.WriteRelationshipsRequest(
+                    updates=[update(f"workspace:initech#guest@user:watch-start{i}")]),
+                    timeout=10)
+                time.sleep(0.1)  # pace of a bounded wait
+                if watched:
+                    break
+            assert watched, "the Watch stream never started"
             writer = _Writer(graph)
             writer.thread.start()
             wait_until(lambda: len(writer.acked) >= 20, 20, "writes before the failover")
@@ -361,6 +383,10 @@ class TestSentinelFailover:
                 updates=[update("workspace:initech#guest@user:after-failover")]), timeout=10)
             assert check(authz, "user:after-failover", "view", "workspace:initech",
                          at=w.revision).decision == apb.DECISION_ALLOW
+            wait_until(lambda: "after-failover" in watched, 10, "the Watch stream to go on")
+            stream.cancel()
+            watcher.join(5)
+            assert set(writer.acked) <= set(watched)
             assert check(authz, "user:ben", "delete", "data_flow:acme-sales-pipeline"
                          ).decision == apb.DECISION_ALLOW
         finally:

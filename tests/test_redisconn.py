@@ -92,6 +92,8 @@ MALFORMED = [
     ("redis+sentinel://s1/m/0/9", "path is /<master>[/<db>]"),
     ("unix://", "needs the socket's path"),
     ("unix:///s?db=1&db=2", "query parameter 'db' is given twice"),
+    ("redis://[::1", "is not a URL"),
+    ("redis://h/0#x", "contains '#'"),
 ]
 
 
@@ -112,6 +114,16 @@ class TestMalformed:
         with pytest.raises(InvalidArgument) as info:
             parse_url(f"{scheme}://user:{SECRET}@{rest}")
         assert SECRET not in str(info.value)
+
+    @pytest.mark.parametrize("password", ["pa/ss-Secret", "pa?ss-Secret", "pa#ss-Secret"])
+    def test_a_password_with_reserved_characters_is_refused_unquoted(
+        self, password: str
+    ) -> None:
+        """An unencoded '/', '?' or '#' in a password is refused without showing any of it."""
+        with pytest.raises(InvalidArgument) as info:
+            parse_url(f"redis+sentinel://user:{password}@s1:26379/main")
+        assert "ss-Secret" not in str(info.value) and password[:3] not in str(info.value)
+        assert "percent-encode" in str(info.value)
 
     def test_client_certificate_needs_both_halves(self, tmp_path: Path) -> None:
         """A certificate without its key (or the reverse) is refused."""

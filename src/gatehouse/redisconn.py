@@ -140,8 +140,20 @@ def parse_url(url: str) -> RedisTarget:
     scheme = scheme.lower()
     if scheme not in SCHEMES:
         raise _fail(f"unknown scheme {quote(scheme)} (known: {', '.join(SCHEMES)})")
-    # urlsplit only for the pieces it cannot get wrong (a multi-host netloc has no port).
-    parts = urlsplit(f"x://{rest}")
+    # A password with an unencoded '/', '?' or '#' would otherwise end the host part early
+    # and turn up in a "bad host" or "bad parameter" message; refuse without quoting.
+    if "#" in rest:
+        raise _fail("contains '#'; percent-encode it (%23), in a password too")
+    authority_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0),
+                        default=len(rest))
+    if "@" in rest[authority_end:]:
+        raise _fail("has an '@' after the host; if the user name or password contains "
+                    "'/', '?' or '@', percent-encode them (%2F, %3F, %40)")
+    try:
+        # urlsplit only for the pieces it cannot get wrong (a multi-host netloc has no port).
+        parts = urlsplit(f"x://{rest}")
+    except ValueError:
+        raise _fail("is not a URL (an unclosed '[' around an IPv6 address?)") from None
     netloc = parts.netloc
     userinfo, at, hostlist = netloc.rpartition("@")
     username = password = None
@@ -228,7 +240,10 @@ def redact(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
-    parts = urlsplit(f"x://{rest}")
+    try:
+        parts = urlsplit(f"x://{rest}")
+    except ValueError:
+        return f"{scheme}://***"
     netloc = parts.netloc
     userinfo, at, hosts = netloc.rpartition("@")
     if at:

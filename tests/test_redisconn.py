@@ -94,6 +94,8 @@ MALFORMED = [
     ("unix:///s?db=1&db=2", "query parameter 'db' is given twice"),
     ("redis://[::1", "is not a URL"),
     ("redis://h/0#x", "contains '#'"),
+    ("redis://h:\u00b2", "the port of the host"),
+    ("redis+sentinel://s/m/\u00b2", "the database number (after the master name)"),
 ]
 
 

@@ -109,14 +109,18 @@ def _host_port(text: str, default_port: int, which: str) -> tuple[str, int]:
         raise _fail(f"{which} has no host name")
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not _digits(port_text) or not 0 < int(port_text) < 65536:
         raise _fail(f"the port of {which} ({quote(port_text)}) is not a number "
                     "between 1 and 65535")
     return host, int(port_text)
 
 
+def _digits(text: str) -> bool:
+    return text.isascii() and text.isdigit() and len(text) <= 9
+
+
 def _db(text: str, where: str) -> int:
-    if not text.isdigit() or int(text) > 1_000_000:
+    if not _digits(text) or int(text) > 1_000_000:
         raise _fail(f"the database number ({where}) must be a small non-negative integer, "
                     f"not {quote(text)}")
     return int(text)
@@ -228,7 +232,7 @@ def parse_url(url: str) -> RedisTarget:
     if "," in hostlist:
         raise _fail("names several hosts; for failover use redis+sentinel://")
     host = _host_port(hostlist, DEFAULT_PORT, "the host")
-    if len(segments) > 1 or (segments and not segments[0].isdigit()):
+    if len(segments) > 1 or (segments and not _digits(segments[0])):
         raise _fail(f"the path must be the database number (/0), not {quote(path)}")
     db = _db(segments[0], "the path") if segments else 0
     return RedisTarget(scheme, hosts=(host,), db=db, username=username, password=password,

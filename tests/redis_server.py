@@ -12,7 +12,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -39,27 +41,43 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    """Start, kill and restart one redis-server process on loopback."""
+    """Start, kill and restart one redis-server process on loopback.
 
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    ``config`` lines go into a config file read at start (ACL users, replication);
+    ``admin`` is the (user, password) the fixture itself connects with when the
+    default user is disabled.
+    """
+
+    def __init__(self, directory: Path, port: int | None = None, *,
+                 config: Sequence[str] = (), admin: tuple[str, str] | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.config = tuple(config)
+        self.admin = admin
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def client(self, **kwargs: Any) -> redis.Redis:
+        """A synchronous client as the admin user (the caller closes it)."""
+        user, password = self.admin or (None, None)
+        return redis.Redis(host="127.0.0.1", port=self.port, username=user, password=password,
+                           decode_responses=True, **kwargs)
+
     def start(self) -> RedisServer:
+        conf = self.dir / "redis.conf"
+        conf.write_text("".join(f"{line}\n" for line in self.config))
         args = [
-            server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            server_binary(), str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--protected-mode", "yes", "--logfile", str(self.dir / "redis.log"),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
+        client = self.client(socket_connect_timeout=0.5)
         try:
             while True:
                 if self.proc.poll() is not None:
@@ -95,8 +113,90 @@ class RedisServer:
             self.proc = None
 
     def flushall(self) -> None:
-        client = redis.Redis(host="127.0.0.1", port=self.port)
+        client = self.client()
         try:
             client.flushall()
         finally:
             client.close()
+
+
+class SentinelServer:
+    """One Sentinel (the same server binary with ``--sentinel``) watching ``master``.
+
+    Small ``down_after_ms`` and ``failover_timeout_ms`` make a failover take a few
+    seconds instead of the production defaults' half a minute.
+    """
+
+    def __init__(self, directory: Path, master: str, primary_port: int, *,
+                 password: str | None = None, down_after_ms: int = 1000,
+                 failover_timeout_ms: int = 3000) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        self.master = master
+        self.password = password
+        lines = [
+            f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
+            f"logfile {self.dir / 'sentinel.log'}",
+            f"sentinel monitor {master} 127.0.0.1 {primary_port} 1",
+            f"sentinel down-after-milliseconds {master} {down_after_ms}",
+            f"sentinel failover-timeout {master} {failover_timeout_ms}",
+            f"sentinel parallel-syncs {master} 1",
+        ]
+        if password:
+            lines.append(f"requirepass {password}")
+        self.conf = self.dir / "sentinel.conf"
+        self.conf.write_text("".join(f"{line}\n" for line in lines))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password,
+                           decode_responses=True, socket_timeout=5)
+
+    def start(self) -> SentinelServer:
+        self.proc = subprocess.Popen([server_binary(), str(self.conf), "--sentinel"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 15
+        client = self.client()
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    log = (self.dir / "sentinel.log").read_text()
+                    raise RuntimeError(f"sentinel exited with {self.proc.returncode}:\n{log}")
+                try:
+                    if client.ping():
+                        return self
+                except redis.RedisError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("sentinel did not answer within 15 s")
+                time.sleep(0.05)  # poll interval of a bounded wait
+        finally:
+            client.close()
+
+    def primary_port(self) -> int:
+        """The port of the primary this Sentinel currently reports."""
+        client = self.client()
+        try:
+            _host, port = client.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME",
+                                                 self.master)
+            return int(port)
+        finally:
+            client.close()
+
+    def known_replicas(self) -> int:
+        client = self.client()
+        try:
+            return len(client.execute_command("SENTINEL", "REPLICAS", self.master))
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None

@@ -107,3 +107,28 @@ class TestCheckCommand:
         out = gatehouse("check", "uma", "view", "data_flow:x", "--address",
                         coupler_server.address)
         assert out.returncode == 2 and "subject must be type:id" in out.stderr
+
+
+class TestServeRedisFlags:
+    def test_bad_redis_settings_exit_2_naming_the_flag(self) -> None:
+        """Out-of-range pool sizes, timeouts and replica counts, and WAIT without Redis, stop
+        serve before it starts, naming the flag."""
+        cases = [
+            (["--redis-url", "redis://127.0.0.1:1/0", "--redis-pool-size", "-1"],
+             "redis_pool_size (--redis-pool-size): must be between 0 and 10000"),
+            (["--redis-url", "redis://127.0.0.1:1/0", "--redis-socket-timeout", "0"],
+             "redis_socket_timeout (--redis-socket-timeout): must be above 0"),
+            (["--redis-url", "redis://127.0.0.1:1/0", "--redis-connect-timeout", "nan"],
+             "redis_connect_timeout (--redis-connect-timeout): "),
+            (["--redis-url", "redis://127.0.0.1:1/0", "--redis-wait-replicas", "101"],
+             "redis_wait_replicas (--redis-wait-replicas): must be between 0 and 100"),
+            (["--redis-wait-replicas", "1"], "redis_wait_replicas (--redis-wait-replicas): "
+             "needs redis_url"),
+            (["--redis-url", "redis://:hunter2@127.0.0.1:1/x"],
+             "redis_url (--redis-url): the path must be the database number"),
+        ]
+        for args, message in cases:
+            out = gatehouse("serve", "--listen", "127.0.0.1:0", *args)
+            assert out.returncode == 2, (args, out.stderr)
+            assert message in out.stderr, (args, out.stderr)
+            assert "hunter2" not in out.stderr

@@ -81,7 +81,8 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
 # importer prefix -> modules it must not reach through any chain of gatehouse imports.
 TRANSITIVE: Mapping[str, tuple[str, ...]] = {
     "gatehouse.engine": ("gatehouse.api", "gatehouse.graph.redis", "gatehouse.redisscript",
-                         "redis", "yaml", "grpc", "google.protobuf", "gatehouse.v1"),
+                         "gatehouse.redisconn", "redis", "yaml", "grpc", "google.protobuf",
+                         "gatehouse.v1"),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ import pytest
 from gatehouse.errors import Unavailable
 from gatehouse.graph.changes import Change, DeleteRelationship, TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
-from gatehouse.graph.model import Relationship
+from gatehouse.graph.model import Relationship, Snapshot
+from gatehouse.graph.store import ChangelogGap
 from gatehouse.policy import load_policy
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.runtime import (
@@ -83,6 +85,64 @@ class TestFollowing:
 
         index_rev, head = asyncio.run(scenario())
         assert index_rev == head == 1
+
+
+class _ReplaceableStore(MemoryGraphStore):
+    """The reference store, plus what a failover to a replica that missed writes does to
+    a follower: its changelog stops continuing the index's history (``diverge``), and
+    the snapshot to rebuild from takes as long as the test says (``gate``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.diverged = False
+
+    async def snapshot(self) -> Snapshot:
+        await self.gate.wait()
+        self.diverged = False
+        return await super().snapshot()
+
+    async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
+        async for change in super().follow(after, epoch):
+            if self.diverged:
+                raise ChangelogGap("another history")
+            yield change
+
+
+class TestRebuildAfterAGap:
+    def test_the_old_index_vouches_for_no_revision_while_it_is_rebuilt(self) -> None:
+        """After a gap the old index still answers minimize-latency reads, but a read at a
+        revision it had reached waits for the rebuilt index instead of trusting it."""
+        async def scenario() -> list[bool]:
+            store = _ReplaceableStore()
+            runtime = await Runtime.start(POLICY, store)
+            follower = runtime.follower
+            try:
+                await runtime.graph.write(touch("workspace:w#parent@organization:o"))
+                rev = await runtime.graph.write(touch("workspace:w#admin@user:a"))
+                await follower.ensure(Consistency.at_least(rev), 5)
+                before = follower.fresh_enough(Consistency.at_least(rev))
+                store.gate.clear()
+                store.diverged = True
+                await store.write(touch("workspace:w#admin@user:b"), (), POLICY.write_rules)
+                for _ in range(100):  # until the follower has met the gap
+                    if not follower.fresh_enough(Consistency.at_least(rev)):
+                        break
+                    await asyncio.sleep(0.01)
+                during = follower.fresh_enough(Consistency.at_least(rev))
+                waited = await follower.wait_for(rev, timeout=0.2)
+                still_answers = runtime.decisions.check(
+                    CheckInput("user", "a", "manage_members", "workspace", "w")).allowed
+                store.gate.set()
+                after = await follower.wait_for(rev + 1, timeout=5)
+                sees_new = runtime.decisions.check(
+                    CheckInput("user", "b", "manage_members", "workspace", "w")).allowed
+                return [before, during, waited, still_answers, after, sees_new]
+            finally:
+                await runtime.close()
+
+        assert asyncio.run(scenario()) == [True, False, False, True, True, True]
 
 
 class TestPolicyReloader:

@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gatehouse import config as settings
-from gatehouse.errors import DataFileError, GatehouseError, KeysFileError, PolicyError
+from gatehouse.errors import (
+    DataFileError,
+    GatehouseError,
+    KeysFileError,
+    PolicyError,
+)
 
 if TYPE_CHECKING:
     import grpc
@@ -54,6 +59,8 @@ def _serve(args: argparse.Namespace) -> int:
     if observing:
         print(f"gatehouse: {observing}", file=sys.stderr)
         return 2
+    if fields["redis_pool_size"] == 0:  # 0 in the settings: unbounded
+        fields["redis_pool_size"] = None
     fields["metrics_listen"] = _worker_listen(fields["metrics_listen"])
     config = ServerConfig(**fields, audit=_audit_settings(effective), tls=_tls_files(effective))
     if sys.stderr.isatty() or os.environ.get("GATEHOUSE_BANNER") == "1":
@@ -142,7 +149,7 @@ def _banner(config: object) -> None:
 
     assert isinstance(config, ServerConfig)
     if config.redis_url:
-        from gatehouse.graph.redis import redact
+        from gatehouse.redisconn import redact
 
         store = f"redis store {redact(config.redis_url)}"
     else:

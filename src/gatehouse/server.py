@@ -30,6 +30,7 @@ from gatehouse.graph.store import GraphStore
 from gatehouse.observe import Observer
 from gatehouse.observe.audit import AuditHook, AuditLog, AuditSettings
 from gatehouse.policy.loader import load_policy
+from gatehouse.redisconn import RedisOptions
 from gatehouse.runtime import Runtime
 from gatehouse.transport import Transport, TransportStats, open_transport
 from gatehouse.transport.tls import (
@@ -90,13 +91,29 @@ class ServerConfig:
     """HOST:PORT of /metrics, /healthz and /readyz (plain HTTP); None: off."""
     otlp_endpoint: str | None = None
     """OTLP/gRPC receiver of the trace spans (http:// or https://); None: no tracing."""
+    redis_pool_size: int | None = 64
+    """Most connections per Redis pool (None: unbounded); see ``RedisOptions``."""
+    redis_socket_timeout: float = 10.0
+    redis_connect_timeout: float = 5.0
+    redis_wait_replicas: int = 0
+    """WAIT for this many replicas after each write batch before acknowledging."""
+    redis_wait_timeout: float = 1.0
+
+
+def redis_options(config: ServerConfig) -> RedisOptions:
+    return RedisOptions(pool_size=config.redis_pool_size,
+                        socket_timeout=config.redis_socket_timeout,
+                        connect_timeout=config.redis_connect_timeout,
+                        wait_replicas=config.redis_wait_replicas,
+                        wait_timeout=config.redis_wait_timeout)
 
 
 def open_store(config: ServerConfig) -> GraphStore:
     if config.redis_url:
         from gatehouse.graph.redis import RedisGraphStore
 
-        return RedisGraphStore(config.redis_url, config.redis_prefix)
+        return RedisGraphStore(config.redis_url, config.redis_prefix,
+                               options=redis_options(config))
     return MemoryGraphStore()
 
 
@@ -104,7 +121,8 @@ def open_usage_store(config: ServerConfig) -> UsageStore:
     if config.redis_url:
         from gatehouse.usage.redis import RedisUsageStore
 
-        return RedisUsageStore(config.redis_url, config.redis_prefix)
+        return RedisUsageStore(config.redis_url, config.redis_prefix,
+                               options=redis_options(config))
     return MemoryUsageStore()
 
 

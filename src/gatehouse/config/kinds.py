@@ -236,6 +236,33 @@ class Url(_Scalar):
         return f"URL ({', '.join(s + '://' for s in self.schemes)})" if self.schemes else "URL"
 
 
+@dataclass(frozen=True, slots=True)
+class RedisUrl(_Scalar):
+    """A Redis URL as the stores read it (gatehouse.redisconn: plain, TLS, unix, Sentinel
+    with several hosts); a message names the part that is wrong, never a password."""
+
+    metavar: str = "URL"
+    may_hold_secret: ClassVar[bool] = True
+
+    def from_text(self, text: str) -> str:
+        from gatehouse.errors import InvalidArgument
+        from gatehouse.redisconn import parse_url
+
+        try:
+            parse_url(text)
+        except InvalidArgument as exc:
+            raise ValueError(exc.reason) from None
+        return text
+
+    def mask(self, value: Any) -> object:
+        from gatehouse.redisconn import redact
+
+        return redact(str(value))
+
+    def describe(self) -> str:
+        return "Redis URL (redis://, rediss://, unix://, redis+sentinel://)"
+
+
 _CREDENTIAL_WORDS = ("pass", "secret", "token", "key", "auth")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off")

@@ -20,6 +20,7 @@ from gatehouse.config.kinds import (
     FilePath,
     Integer,
     Number,
+    RedisUrl,
     Text,
     Url,
 )
@@ -34,12 +35,28 @@ SETTINGS: tuple[Setting, ...] = (
             "Bootstrap data file loaded at start (idempotent, all or nothing). Left unset "
             "with the default policy and the memory store, examples/coupler.data.yaml when "
             "present; set it to null for none.", field="data_file"),
-    Setting("redis_url", Url(schemes=("redis", "rediss", "unix")), None,
-            "Keep the graph in Redis, e.g. redis://localhost:6379/0; unset, the ephemeral "
-            "memory store. A password in it is masked when printed."),
+    Setting("redis_url", RedisUrl(), None,
+            "Keep the graph in Redis: redis://[user:password@]host:6379/0, rediss://... (TLS), "
+            "unix:///path.sock or redis+sentinel://host:26379[,host:26379]/master[/db] "
+            "(docs/redis-production.md); unset, the ephemeral memory store. A password in it "
+            "is masked when printed."),
     Setting("redis_prefix", Text(max_len=64, pattern=r"[A-Za-z0-9_.:{}-]+",
                                  shape="letters, digits and _ . : - { }"), "gh",
             "Prefix of every Redis key, so several deployments can share one Redis."),
+    Setting("redis_pool_size", Integer(0, 10_000), 64,
+            "Most connections each Redis pool opens (graph commands, changelog tail, usage: up "
+            "to 3x this per process); a call that finds them all busy waits up to the socket "
+            "timeout; 0: unbounded."),
+    Setting("redis_socket_timeout", Number(0, 3600, low_inclusive=False, metavar="SECONDS"),
+            10.0, "Seconds a Redis command may take."),
+    Setting("redis_connect_timeout", Number(0, 3600, low_inclusive=False, metavar="SECONDS"),
+            5.0, "Seconds to connect to Redis or a Sentinel."),
+    Setting("redis_wait_replicas", Integer(0, 100), 0,
+            "Acknowledge a write only once this many replicas hold it (Redis WAIT), so it "
+            "survives a failover (docs/redis-production.md)."),
+    Setting("redis_wait_timeout", Number(0, 3600, low_inclusive=False, metavar="SECONDS"), 1.0,
+            "Seconds to wait for those replicas; a write they do not confirm in time fails "
+            "UNAVAILABLE."),
     Setting("usage_dedup_days", Number(0, 3650, low_inclusive=False, metavar="DAYS"), 35.0,
             "How long a RecordUsage event id is remembered, so a retried event never counts "
             "twice."),
@@ -118,6 +135,12 @@ def _workers_need_a_fixed_port(v: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _wait_needs_redis(v: Mapping[str, Any]) -> tuple[str, str] | None:
+    if v["redis_wait_replicas"] and not v["redis_url"]:
+        return ("redis_wait_replicas", "needs redis_url (replicas are Redis's)")
+    return None
+
+
 def _tls_pairs(v: Mapping[str, Any]) -> tuple[str, str] | None:
     if v["tls_cert"] and not v["tls_key"]:
         return ("tls_cert", "needs tls_key (--tls-key, env GATEHOUSE_TLS_KEY): the "
@@ -131,4 +154,5 @@ def _tls_pairs(v: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-RULES: tuple[Rule, ...] = (_workers_need_redis, _workers_need_a_fixed_port, _tls_pairs)
+RULES: tuple[Rule, ...] = (_workers_need_redis, _workers_need_a_fixed_port, _tls_pairs,
+                           _wait_needs_redis)

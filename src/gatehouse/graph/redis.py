@@ -20,12 +20,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Aborted, FailedPrecondition, GatehouseError, Unavailable
 from gatehouse.graph.changes import (
@@ -51,12 +47,16 @@ from gatehouse.policy.rules import (
     Unique,
     WriteRules,
 )
-from gatehouse.redisscript import PipelinedScript
+from gatehouse.redisconn import RedisOptions, open_client, parse_url, redact
+from gatehouse.redisscript import UNREACHABLE, PipelinedScript, unreachable
 
 CHANGELOG_MAXLEN = 1_000_000
 _NO_RULES = WriteRules({})
 _ERROR = re.compile(r"GH (\w+) (\S+)\t(.*)", re.S)
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = UNREACHABLE
+# How many (revision, entry id) pairs of the changelog a store remembers having
+# handed out, to prove that a later follow continues the same history.
+_REMEMBERED = 1024
 
 
 def _relationship(item: list[str]) -> Relationship:
@@ -120,38 +120,34 @@ def _encode_rules(rules: WriteRules) -> str:
             f'"ar":{json.dumps(attribute_rules, separators=compact)}')
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + netloc))
-
-
 class RedisGraphStore:
     """A GraphStore in Redis (or Valkey)."""
 
     durable = True
 
     def __init__(self, url: str, prefix: str = "gh", *,
-                 changelog_maxlen: int = CHANGELOG_MAXLEN) -> None:
+                 changelog_maxlen: int = CHANGELOG_MAXLEN,
+                 options: RedisOptions | None = None) -> None:
+        """``url`` in any form ``gatehouse.redisconn`` accepts (InvalidArgument if not)."""
+        options = options or RedisOptions()
+        target = parse_url(url)
         self.url = url
         self.prefix = prefix
         self.maxlen = changelog_maxlen
         # redis-py's response types depend on decode_responses; we always decode.
-        self.client: Any = aioredis.from_url(
-            url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
-            health_check_interval=15,
-        )
+        self.client: Any = open_client(target, options)
         # A separate connection pool for blocking XREADs so they never hold up writes.
-        self._tail: Any = aioredis.from_url(
-            url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
-        )
+        self._tail: Any = open_client(target, options, blocking_reads=True)
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
-        self._call = PipelinedScript(self.client, lua)
+        self._call = PipelinedScript(self.client, lua, options.wait_replicas,
+                                     options.wait_timeout)
         self._rules_json: dict[int, tuple[WriteRules, str]] = {}
+        # revision -> the id ("n") of the changelog entry at that revision, as this
+        # store read it (from a snapshot or a follow). A later follow from one of
+        # those revisions checks that the changelog it reads continues that entry:
+        # after a failover to a replica that missed the last writes, or a restore
+        # from an older copy, the same revision numbers name different writes.
+        self._seen: dict[int, str] = {}
 
     @property
     def description(self) -> str:
@@ -175,13 +171,13 @@ class RedisGraphStore:
                 await self.client.setnx(self._k("rev"), 0)
             return str(await self.client.hget(meta, "epoch"))
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
 
     async def head_revision(self) -> int:
         try:
             return int(await self.client.get(self._k("rev")) or 0)
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
 
     async def write(
         self,
@@ -215,7 +211,7 @@ class RedisGraphStore:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:
             raise Unavailable(
-                f"redis unreachable ({exc}); if the connection dropped mid-call the write may "
+                f"{unreachable(exc)}; if the connection dropped mid-call the write may "
                 "or may not have been applied"
             ) from exc
         return Change(int(rev), tuple(ops) if changed else ())
@@ -223,7 +219,15 @@ class RedisGraphStore:
     async def snapshot(self) -> Snapshot:
         try:
             epoch = await self.epoch()
-            revision = int(await self.client.get(self._k("rev")) or 0)
+            # "tip" is "<revision> <entry id>" of the last write, set with the revision
+            # by the same script; a data set written before it existed has only P:rev.
+            tip = await self.client.hget(self._k("meta"), "tip")
+            if tip:
+                revision_text, _, entry_id = tip.partition(" ")
+                revision = int(revision_text)
+                self._remember(revision, entry_id)
+            else:
+                revision = int(await self.client.get(self._k("rev")) or 0)
             scopes = sorted(await self.client.smembers(self._k("scopes")))
             edges: list[tuple[str, str, str]] = []
             objects: list[ObjectRecord] = []
@@ -242,18 +246,36 @@ class RedisGraphStore:
                     objects.extend(ObjectRecord(ObjectRef.from_key(k), json.loads(v))
                                    for k, v in results[j + 1].items())
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
         return Snapshot(revision, tuple(objects), (), epoch, tuple(edges))
 
+    def _remember(self, revision: int, entry_id: str | None) -> None:
+        if entry_id:
+            if len(self._seen) >= _REMEMBERED:
+                del self._seen[next(iter(self._seen))]
+            self._seen[revision] = entry_id
+
     async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
+        """Changes above ``after``; ``ChangelogGap`` when they cannot continue the history
+        this store handed out up to ``after`` (trimmed, wiped, or replaced by another
+        history: a promoted replica that missed the last writes)."""
         log = self._k("log")
+        meta = self._k("meta")
+        previous = self._seen.get(after)
         try:
-            if await self.client.hget(self._k("meta"), "epoch") != epoch:
+            if await self.client.hget(meta, "epoch") != epoch:
                 raise ChangelogGap("redis lost or replaced its data (epoch changed)")
+            if previous is not None:
+                found = await self.client.xrange(log, f"{after}-1", f"{after}-1")
+                if not found or found[0][1].get("n", previous) != previous:
+                    raise ChangelogGap(
+                        f"redis no longer holds revision {after} as this process read it "
+                        "(a failover to a replica that missed the last writes, or a restore "
+                        "from an older copy)")
             while True:
                 resp = await self._tail.xread({log: f"{after}-1"}, count=1000, block=1000)
                 if not resp:
-                    current = await self.client.hget(self._k("meta"), "epoch")
+                    current = await self.client.hget(meta, "epoch")
                     if current != epoch:
                         raise ChangelogGap("redis lost or replaced its data (epoch changed)")
                     head = int(await self.client.get(self._k("rev")) or 0)
@@ -267,17 +289,28 @@ class RedisGraphStore:
                             raise ChangelogGap(
                                 f"the changelog jumps from {after} to {rev} (trimmed)"
                             )
+                        # "p" names the entry this write followed: another history
+                        # (a promoted replica that missed writes, then took new ones
+                        # under the same revision numbers) shows here.
+                        follows = fields.get("p")
+                        if previous is not None and follows is not None and \
+                                follows != previous:
+                            raise ChangelogGap(
+                                f"redis's revision {rev} does not follow revision {after} "
+                                "as this process read it (a failover lost writes)")
+                        previous = fields.get("n")
+                        self._remember(rev, previous)
                         yield Change(rev, _decode_ops(fields["ops"]),
                                      float(fields.get("ts", 0.0)))
                         after = rev
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
 
 
 def _script_error(exc: ResponseError) -> GatehouseError:
     m = _ERROR.search(str(exc))
     if not m:
-        return Unavailable(f"redis script failed: {exc}")
+        return Unavailable(f"redis script failed: {unreachable(exc)}")
     kind, name, message = m.groups()
     if kind == "ABORTED":
         return Aborted(message)

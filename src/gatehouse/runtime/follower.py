@@ -73,6 +73,13 @@ class IndexFollower:
         self._task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Change | _Gap]] = set()
         self._busy: frozenset[str] | None = None
+        # Set while the index is being rebuilt after a ChangelogGap. The old index
+        # keeps answering minimize_latency reads (as while the store is down), but
+        # no longer vouches for any revision: after a failover that lost writes it
+        # may hold changes the store never kept, under revision numbers the store
+        # now gives to other writes. Reads that ask for a revision wait for the
+        # rebuilt index instead.
+        self._rebuilding = False
         # How long a read without a deadline may wait for the index to reach
         # the revision it asks for; the changelog normally follows in
         # milliseconds, so this only ends waits that would never end.
@@ -166,6 +173,8 @@ class IndexFollower:
                 await self.store.head_revision()  # raises Unavailable when unreachable
                 self._set_health(True)
                 backoff = 0.05
+                if self._rebuilding:  # a rebuild failed half-way; the old index is suspect
+                    raise ChangelogGap("retrying the interrupted rebuild")
                 async for change in self.store.follow(self._index.revision, self._epoch):
                     self._busy = touched_rows(change) if len(change.ops) >= LARGE_CHANGE else None
                     try:
@@ -177,14 +186,17 @@ class IndexFollower:
                     self._advance()
             except ChangelogGap as exc:
                 log.warning("rebuilding the index from a snapshot", extra={"reason": str(exc)})
+                self._rebuilding = True
                 try:
                     index, epoch = await _snapshot_index(self.store)
                 except Unavailable:
                     self._set_health(False)
                     await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 1.0)
                     continue
                 with self.lock:
                     self._index, self._epoch = index, epoch
+                self._rebuilding = False
                 self._publish(_GAP)
                 self._advance()
             except Unavailable as exc:
@@ -200,11 +212,14 @@ class IndexFollower:
 
     # -- waiting for freshness ----------------------------------------------
 
+    def _reached(self, revision: int) -> bool:
+        return not self._rebuilding and self._index.revision >= revision
+
     async def wait_for(self, revision: int, timeout: float | None) -> bool:
         """Wait until the index has applied ``revision``; False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        while self._index.revision < revision:
+        while not self._reached(revision):
             remaining = None if deadline is None else deadline - loop.time()
             if remaining is not None and remaining <= 0:
                 return False
@@ -221,7 +236,7 @@ class IndexFollower:
             return True
         if mode is Mode.FULLY_CONSISTENT:
             return False
-        return self._index.revision >= consistency.revision
+        return self._reached(consistency.revision)
 
     async def ensure(self, consistency: Consistency, timeout: float | None) -> None:
         """Bring the index to the freshness asked for, within ``timeout`` seconds.

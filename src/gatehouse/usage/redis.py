@@ -16,17 +16,13 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from gatehouse.errors import Unavailable
 from gatehouse.limits import LIMITS
-from gatehouse.redisscript import PipelinedScript
+from gatehouse.redisconn import RedisOptions, open_client, parse_url
+from gatehouse.redisscript import UNREACHABLE, PipelinedScript, unreachable
 from gatehouse.usage.events import Counters, UsageEvent, period_of
 
 SEP = "\x1f"
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+_UNREACHABLE = UNREACHABLE
 
 
 def _num(value: float) -> str:
@@ -34,12 +30,15 @@ def _num(value: float) -> str:
 
 
 class RedisUsageStore:
-    def __init__(self, url: str, prefix: str = "gh") -> None:
+    def __init__(self, url: str, prefix: str = "gh", *,
+                 options: RedisOptions | None = None) -> None:
+        """``url`` in any form ``gatehouse.redisconn`` accepts (InvalidArgument if not)."""
+        options = options or RedisOptions()
         self.prefix = prefix
-        self.client: Any = aioredis.from_url(url, decode_responses=True, socket_timeout=10,
-                                             socket_connect_timeout=5, health_check_interval=15)
+        self.client: Any = open_client(parse_url(url), options)
         lua = resources.files("gatehouse.usage").joinpath("lua/record.lua").read_text()
-        self._record = PipelinedScript(self.client, lua)
+        self._record = PipelinedScript(self.client, lua, options.wait_replicas,
+                                       options.wait_timeout)
 
     async def record(self, event: UsageEvent, window_seconds: int) -> bool:
         m = event.metric
@@ -50,7 +49,7 @@ class RedisUsageStore:
         try:
             return bool(await self._record([self.prefix, json.dumps(fields)]))
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
 
     async def counters(self, organization: str, periods: Mapping[str, str]) -> dict[str, Counters]:
         names = list(periods)
@@ -60,7 +59,7 @@ class RedisUsageStore:
                 pipe.hgetall(f"{self.prefix}:{{{organization}}}:u:{period}")
             results = await pipe.execute()
         except _UNREACHABLE as exc:
-            raise Unavailable(f"redis unreachable: {exc}") from exc
+            raise unreachable(exc) from exc
         out: dict[str, Counters] = {}
         for period, fields in zip(names, results, strict=True):
             c = Counters()

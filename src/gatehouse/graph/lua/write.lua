@@ -13,7 +13,8 @@
 --          | {k="ps", n, t, r, m} (per subject) | {k="rq", n, l=relations, r=needs}
 --          | {k="ms", n, t, r, c} (minimum subjects) | {k="mc", n, t, c} (minimum children)
 --   ar:   {type: [[attribute, immutable (1|0), unique (1|0)], ...]}  (attribute rules)
--- ARGV[3]  epoch to set if Redis holds none (a fresh or wiped server)
+-- ARGV[3]  a fresh random id: this write's changelog entry id ("n"), and the epoch
+--          to set if Redis holds none (a fresh or wiped server)
 -- Returns {revision, changed}: the new revision and 1, or, when the batch
 -- changes nothing, the current revision and 0 (nothing committed or logged).
 -- Errors are "GH <KIND> <name>\t<message>".
@@ -537,6 +538,14 @@ for scope, _ in pairs(changed) do
   if scope ~= GLOBAL then redis.call("SET", scoped(scope, "rev"), rev) end
 end
 local now = redis.call("TIME")
+-- Each entry is named by this write's random id ("n") and names the entry it
+-- follows ("p"), kept with the revision in P:meta "tip": a follower that read
+-- revision R can tell whether the log it reads after a failover continues R.
+local tip = redis.call("HGET", P .. ":meta", "tip")
+local follows = ""
+if tip then follows = string.match(tip, " (.*)$") or "" end
+redis.call("HSET", P .. ":meta", "tip", rev .. " " .. ARGV[3])
 redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops",
-  cjson.encode(effective), "ts", now[1] .. string.format(".%06d", tonumber(now[2])))
+  cjson.encode(effective), "ts", now[1] .. string.format(".%06d", tonumber(now[2])),
+  "n", ARGV[3], "p", follows)
 return {rev, 1}

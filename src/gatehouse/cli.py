@@ -236,6 +236,10 @@ def _read_secret(flag: str, path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             return f.read(1 << 20)
+    except FileNotFoundError:
+        # Not quoted: what names no file may be the secret itself, given by mistake.
+        raise ValueError(f"{flag}: no such file (it names a file holding the secret, "
+                         "never the secret itself)") from None
     except OSError as exc:
         raise ValueError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
 
@@ -395,8 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(extras: Sequence[str]) -> str:
+    """The error for arguments no command takes, naming options but no values: a value
+    may be a secret typed where it does not belong (``--api-key KEY``)."""
+    names = [e.split("=", 1)[0] for e in extras if e.startswith("-")]
+    hidden = len(extras) - len(names) + sum("=" in e for e in extras if e.startswith("-"))
+    parts = [" ".join(names)] if names else []
+    if hidden:
+        parts.append(f"{hidden} value(s), not shown")
+    return "unrecognized arguments: " + " and ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.error(_unrecognized(extras))
     code: int = args.func(args)
     return code
 

@@ -447,6 +447,15 @@ class TestTenantFiltering:
             check_req("workspace:acme"), check_req(FLOW)]), metadata=md(BOUND), timeout=10)
         assert bulk.results[0].response.decision == apb.DECISION_ALLOW
         assert bulk.results[1].WhichOneof("result") == "error"
+        grant = "data_flow:acme-ads-daily#owner@user:gwen"
+        code, _, _ = outcome(lambda: served.graph.WriteRelationships(
+            gpb.WriteRelationshipsRequest(updates=[update(grant)]), metadata=md(BOUND),
+            timeout=10))
+        assert code in ERRORS
+        served.faults.clear()
+        resp = served.authz.Check(check_req("data_flow:acme-ads-daily", "user:gwen", "delete",
+                                            fully=True), metadata=md(), timeout=10)
+        assert resp.decision == apb.DECISION_DENY  # the refused write never happened
 
     def test_a_watch_whose_filter_fails_ends_instead_of_leaking(self, served: Served
                                                                 ) -> None:

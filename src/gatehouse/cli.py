@@ -232,22 +232,23 @@ def _loopback(address: str) -> bool:
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def _read_secret(flag: str, path: str) -> bytes:
+def _read_secret(flag: str, path: str, name_missing: bool = True) -> bytes:
+    """The file's bytes; ValueError naming ``flag`` (and the path, unless it names no file
+    and ``name_missing`` is False: a key given where its file belongs is not repeated)."""
     try:
         with open(path, "rb") as f:
             return f.read(1 << 20)
-    except FileNotFoundError:
-        # Not quoted: what names no file may be the secret itself, given by mistake.
-        raise ValueError(f"{flag}: no such file (it names a file holding the secret, "
-                         "never the secret itself)") from None
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not name_missing:
+            raise ValueError(f"{flag}: no such file (it names a file holding the key, "
+                             "never the key itself)") from None
         raise ValueError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
     """The key from --api-key-file, else GATEHOUSE_API_KEY; never taken from argv."""
     if args.api_key_file:
-        raw = _read_secret("--api-key-file", args.api_key_file)
+        raw = _read_secret("--api-key-file", args.api_key_file, name_missing=False)
         where = f"--api-key-file {args.api_key_file}"
         try:
             key = raw.decode("ascii").strip()

@@ -276,18 +276,23 @@ def _loopback(address: str) -> bool:
     return host in _LOOPBACK_HOSTS or host.startswith("127.")
 
 
-def _read_secret(flag: str, path: str) -> bytes:
+def _read_secret(flag: str, path: str, name_missing: bool = True) -> bytes:
+    """The file's bytes; ValueError naming ``flag`` (and the path, unless it names no file
+    and ``name_missing`` is False: a key given where its file belongs is not repeated)."""
     try:
         with open(path, "rb") as f:
             return f.read(1 << 20)
     except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not name_missing:
+            raise ValueError(f"{flag}: no such file (it names a file holding the key, "
+                             "never the key itself)") from None
         raise ValueError(f"{flag} {path}: cannot read it: {exc.strerror or exc}") from None
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
     """The key from --api-key-file, else GATEHOUSE_API_KEY; never taken from argv."""
     if args.api_key_file:
-        raw = _read_secret("--api-key-file", args.api_key_file)
+        raw = _read_secret("--api-key-file", args.api_key_file, name_missing=False)
         where = f"--api-key-file {args.api_key_file}"
         try:
             key = raw.decode("ascii").strip()
@@ -439,8 +444,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unrecognized(extras: Sequence[str]) -> str:
+    """The error for arguments no command takes, naming options but no values: a value
+    may be a secret typed where it does not belong (``--api-key KEY``)."""
+    names = [e.split("=", 1)[0] for e in extras if e.startswith("-")]
+    hidden = len(extras) - len(names) + sum("=" in e for e in extras if e.startswith("-"))
+    parts = [" ".join(names)] if names else []
+    if hidden:
+        parts.append(f"{hidden} value(s), not shown")
+    return "unrecognized arguments: " + " and ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        parser.error(_unrecognized(extras))
     code: int = args.func(args)
     return code
 

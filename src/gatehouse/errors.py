@@ -12,6 +12,7 @@ maps them to gRPC status codes in one table (``gatehouse.api.errors``).
     ├── Aborted                a write's own precondition did not hold (retry after re-reading)
     ├── Unavailable            the store cannot be reached
     ├── ResourceExhausted      a per-process bound on open work (streams, in-flight calls)
+    ├── Internal               a part of one request failed unexpectedly (a CheckBulk item)
     ├── PolicyError            a policy set failed to load (all problems, with positions)
     ├── DataFileError          a bootstrap data file failed to load (all problems, with lines)
     └── KeysFileError          an API keys file failed to load (all problems, with positions)
@@ -91,6 +92,16 @@ class ResourceExhausted(GatehouseError):
         super().__init__(f"{what}: {reason}")
         self.what = what
         self.reason = reason
+
+
+class Internal(GatehouseError):
+    """Something failed that no rule foresaw, for one part of a request (a CheckBulk
+    item) while the rest is answered; the part is an error, never an allow. The cause
+    is logged, not told: its text may name what the caller may not see."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field}: internal error; not decided (no access follows from it)")
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -71,7 +71,7 @@ class TestListAccessible:
         ("change", "field"),
         [
             ({"action": "fly"}, "action"),
-            ({"resource_type": "spaceship"}, "resource.type"),
+            ({"resource_type": "spaceship"}, "resource_type"),
             ({"within": ref("data_flow:acme-ads-daily"), "resource_type": "workspace"},
              "within.type"),
             ({"page_size": 20000}, "page_size"),

@@ -34,7 +34,7 @@ from gatehouse.v1 import tenancy_pb2_grpc as tpb_grpc
 from gatehouse.v1 import usage_pb2 as upb
 from gatehouse.v1 import usage_pb2_grpc as upb_grpc
 from tests.conftest import ROOT, ServerProcess
-from tests.e2e.tenant_keys import Metadata, as_key, start_tenant_server
+from tests.e2e.tenant_keys import NEWCO, Metadata, as_key, start_tenant_server
 from tests.e2e.test_graph_service import ref, relationship, update
 
 OK = grpc.StatusCode.OK
@@ -500,6 +500,24 @@ def _outcome(call: Call, md: Metadata) -> tuple[grpc.StatusCode, str, Any]:
 
 
 class TestMatrix:
+    def test_callers_are_real_api_keys(self, world: World) -> None:
+        """The matrix runs through the server's own authentication: a call without a
+        key, or with a key not in the file, is refused before any handler."""
+        raw = grpc.insecure_channel(world.server.address)
+        try:
+            stub = apb_grpc.AuthorizationServiceStub(raw)
+            req = apb.CheckRequest(subject=ref(world.dual), action="view",
+                                   resource=ref(world.orgs["acme"].flow))
+            for md in ((), (("authorization", "Bearer gh_not_a_key"),)):
+                code, _, _ = _outcome(lambda m: stub.Check(req, metadata=m, timeout=10), md)
+                assert code == grpc.StatusCode.UNAUTHENTICATED
+            code, _, resp = _outcome(lambda m: stub.Check(req, metadata=m, timeout=10),
+                                     as_key(["acme"]))
+            assert code == OK and resp.decision == apb.DECISION_ALLOW
+        finally:
+            raw.close()
+        assert '"api keys loaded"' in world.server.logs()
+
     def test_every_rpc_is_covered(self) -> None:
         """The table names every method of the four services (a new RPC needs a row)."""
         services = [apb.DESCRIPTOR.services_by_name["AuthorizationService"],
@@ -588,7 +606,7 @@ class TestNames:
     def test_a_key_creates_only_its_own_organizations(self, world: World) -> None:
         """CreateOrganization works for an id the key is bound to and nothing else (not a
         generated id either)."""
-        fresh = uid("org")
+        fresh = NEWCO
         key = as_key(["acme", fresh])
         actor = world.user("example")
         for org_id, code in (("initech", DENIED), ("", DENIED), (fresh, OK)):
@@ -621,7 +639,8 @@ class TestNames:
         assert details.startswith("tenant-boundary: ") and "globex" not in details
         assert world.revision() == before
         code, details, _ = _outcome(
-            lambda md: world.graph.WriteRelationships(req, metadata=md, timeout=10), ())
+            lambda md: world.graph.WriteRelationships(req, metadata=md, timeout=10),
+            as_key(None))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "organization:globex" in details
 
     def test_a_bound_key_deletes_no_user_object(self, world: World) -> None:

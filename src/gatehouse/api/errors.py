@@ -20,6 +20,7 @@ from gatehouse.errors import (
     AlreadyExists,
     FailedPrecondition,
     GatehouseError,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
@@ -41,6 +42,7 @@ _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
     (Aborted, grpc.StatusCode.ABORTED),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (PolicyError, grpc.StatusCode.FAILED_PRECONDITION),
+    (Internal, grpc.StatusCode.INTERNAL),
 )
 
 # grpc-message travels as HTTP/2 trailing metadata; keep it well inside the

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatehouse.errors import InvalidArgument
+from gatehouse.errors import InvalidArgument, quote
 from gatehouse.graph.index import GraphIndex
 from gatehouse.names import object_key, validate_id, validate_type
 from gatehouse.policy.model import CompiledPolicy, Rule
@@ -28,10 +28,13 @@ def validate_request(
     resource_type: str,
     resource_id: str,
     prefix: str = "",
+    type_field: str = "resource.type",
 ) -> tuple[str, str]:
     """Check a request's names against the policy; return (subject key, resource key).
 
-    Raises InvalidArgument naming the field (``subject.type``, ``action``, ...).
+    Raises InvalidArgument naming the field (``subject.type``, ``action``, ...);
+    ``type_field`` names the resource type's field where it is not ``resource.type``
+    (ListAccessible's ``resource_type``).
     """
     # Names the policy declares are valid by construction: only unknown ones need
     # the syntax check (which gives the more precise message).
@@ -45,9 +48,9 @@ def validate_request(
     validate_id(subject_id, prefix + "subject.id")
     tdef = policy.types.get(resource_type)
     if tdef is None:
-        validate_type(resource_type, prefix + "resource.type")
+        validate_type(resource_type, prefix + type_field)
         raise InvalidArgument(
-            prefix + "resource.type",
+            prefix + type_field,
             f"unknown type {resource_type!r} (declared: {', '.join(sorted(policy.types))})",
         )
     validate_id(resource_id, prefix + "resource.id")
@@ -56,7 +59,7 @@ def validate_request(
     if action not in policy.tables[resource_type]:
         raise InvalidArgument(
             prefix + "action",
-            f"unknown action {action!r} for {resource_type!r} "
+            f"unknown action {quote(action)} for {resource_type!r} "
             f"(known: {', '.join(tdef.actions) or 'none'})",
         )
     return object_key(subject_type, subject_id), object_key(resource_type, resource_id)

@@ -11,6 +11,7 @@ from typing import Any
 
 from gatehouse.errors import quote
 from gatehouse.graph.model import ObjectRef, Relationship
+from gatehouse.limits import LIMITS
 from gatehouse.policy.model import CompiledPolicy
 
 
@@ -30,10 +31,10 @@ def object_problems(policy: CompiledPolicy, ref: ObjectRef, attributes: Any) -> 
     for name, value in attributes.items():
         attr = tdef.attributes.get(name)
         if attr is None:
-            out.append(f"type {ref.type!r} has no attribute {name!r} "
+            out.append(f"type {ref.type!r} has no attribute {quote(name)} "
                        f"(declared: {_known(tdef.attributes)})")
         elif not attr.accepts(value):
-            out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, not {value!r}")
+            out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, not {_shown(value)}")
         elif isinstance(value, str):
             why = attr.rule_problem(value)
             if why is not None:
@@ -41,17 +42,35 @@ def object_problems(policy: CompiledPolicy, ref: ObjectRef, attributes: Any) -> 
     return out
 
 
+def _shown(value: object) -> str:
+    """``repr`` of an attribute value, cut to a short prefix (a value may be 64 KiB)."""
+    text = repr(value)
+    if len(text) <= LIMITS.quote_chars:
+        return text
+    return f"{text[:LIMITS.quote_chars]}... ({len(text)} characters)"
+
+
 def relationship_problem(policy: CompiledPolicy, rel: Relationship) -> str | None:
+    found = relationship_fault(policy, rel)
+    return found[1] if found is not None else None
+
+
+def relationship_fault(policy: CompiledPolicy, rel: Relationship) -> tuple[str, str] | None:
+    """(the part of the relationship at fault, the problem), or None if the policy's
+    types allow ``rel``. The part is ``resource.type``, ``relation`` or
+    ``subject.type``, so a request's refusal can name its exact field."""
     tdef = policy.types.get(rel.resource.type)
     if tdef is None:
-        return f"unknown type {rel.resource.type!r} (declared: {_known(policy.types)})"
+        return "resource.type", (f"unknown type {quote(rel.resource.type)} "
+                                 f"(declared: {_known(policy.types)})")
     allowed = tdef.relations.get(rel.relation)
     if allowed is None:
-        return (f"type {rel.resource.type!r} has no relation {rel.relation!r} "
-                f"(known: {_known(tdef.relations)})")
+        return "relation", (f"type {rel.resource.type!r} has no relation {quote(rel.relation)} "
+                            f"(known: {_known(tdef.relations)})")
     if rel.subject.type not in policy.types:
-        return f"unknown subject type {rel.subject.type!r} (declared: {_known(policy.types)})"
+        return "subject.type", (f"unknown subject type {quote(rel.subject.type)} "
+                                f"(declared: {_known(policy.types)})")
     if rel.subject.type not in allowed:
-        return (f"{rel.resource.type}#{rel.relation} takes subjects of type "
-                f"{_known(allowed)}, not {rel.subject.type!r}")
+        return "subject.type", (f"{rel.resource.type}#{rel.relation} takes subjects of type "
+                                f"{_known(allowed)}, not {quote(rel.subject.type)}")
     return None

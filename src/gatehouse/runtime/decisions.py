@@ -7,6 +7,7 @@ so one call sees one policy and one revision throughout.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -14,12 +15,14 @@ from typing import Any, NamedTuple
 from gatehouse import engine
 from gatehouse.auth import tenants
 from gatehouse.engine.listing import list_accessible
-from gatehouse.errors import GatehouseError, InvalidArgument, quote
+from gatehouse.errors import GatehouseError, Internal, InvalidArgument, quote
 from gatehouse.graph.index import GraphIndex
 from gatehouse.limits import LIMITS
 from gatehouse.names import object_key, validate_id, validate_type
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.runtime.follower import IndexFollower
+
+log = logging.getLogger("gatehouse.decisions")
 
 
 class CheckInput(NamedTuple):
@@ -131,6 +134,11 @@ class Decisions:
                     out.append(_check(policy, index, req, f"items[{i}].", guard))
                 except GatehouseError as exc:
                     out.append(exc)
+                except Exception:
+                    # A bug or a broken part for this item alone: it is an error (never
+                    # an allow) and the other items are still answered.
+                    log.exception("check of one bulk item failed", extra={"item": i})
+                    out.append(Internal(f"items[{i}]"))
             return BulkOutput(out, index.revision, policy.version)
         finally:
             if locked:
@@ -147,7 +155,8 @@ class Decisions:
         view = self.follower.view()
         policy, index = view.policy, view.index
         subject, _ = engine.validate_request(
-            policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x")
+            policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x",
+            type_field="resource_type")
         guard = tenants.guard(organizations, policy, index)
         if guard is not None:
             guard.require(subject, "subject")

@@ -10,7 +10,7 @@ from gatehouse.errors import FailedPrecondition, InvalidArgument, NotFound
 from gatehouse.graph.changes import Change, DeleteRelationship, Operation, Precondition
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter, read_relationships
-from gatehouse.graph.schema import object_problems, relationship_problem
+from gatehouse.graph.schema import object_problems, relationship_fault
 from gatehouse.limits import LIMITS
 from gatehouse.runtime.consistency import FULLY_CONSISTENT
 from gatehouse.runtime.follower import IndexFollower
@@ -33,9 +33,9 @@ class GraphOperations:
 
     def validate_relationship(self, rel: Relationship, field: str) -> None:
         """InvalidArgument naming ``field`` unless the policy's types allow ``rel``."""
-        problem = relationship_problem(self.follower.policy, rel)
-        if problem:
-            raise InvalidArgument(field, problem)
+        fault = relationship_fault(self.follower.policy, rel)
+        if fault is not None:
+            raise InvalidArgument(f"{field}.{fault[0]}", fault[1])
 
     def validate_object(self, ref: ObjectRef, attrs: Mapping[str, Any],
                         field: str) -> dict[str, Any]:

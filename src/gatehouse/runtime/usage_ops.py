@@ -217,7 +217,8 @@ class UsageOperations:
         org = self._organization(model, org_id)
         period = time.strftime("%Y-%m", time.gmtime())
         if isinstance(proposal, AddMember | ConnectAccount | RecordAmount):
-            ws = self._workspace(model, org, proposal.workspace, "change.workspace_id")
+            ws = self._workspace(model, org, proposal.workspace,
+                                 f"{_CHANGE_FIELDS[type(proposal)]}.workspace_id")
             proposal = dataclasses.replace(proposal, workspace=ws)
         if isinstance(proposal, RecordAmount):
             metric = model.metrics.get(proposal.metric)
@@ -233,6 +234,11 @@ class UsageOperations:
         view = await self._view(model, org, period)
         plan = view.plan.name if view.plan else ""
         return check_limit(view, proposal), plan, revision
+
+
+_CHANGE_FIELDS: dict[type, str] = {AddMember: "add_member", ConnectAccount: "connect_account",
+                                   RecordAmount: "record"}
+"""The request field (of the ``change`` oneof) each proposal comes from."""
 
 
 def _check_amount(amount: float, field: str) -> None:

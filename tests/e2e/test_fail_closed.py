@@ -191,7 +191,7 @@ def served(request: pytest.FixtureRequest,
         await load_data(store, policy, ROOT / "examples/coupler.data.yaml")
         runtime = await Runtime.start(policy, store, None, FaultyUsage(faults))
         transport = await open_transport(config.transport)
-        server = Server(config, runtime, transport, table)
+        server = Server(config, runtime, transport, keys=table)
         await server.start()
         return server
 

@@ -19,6 +19,7 @@ import secrets
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,7 @@ class Deployment:
     keys: dict[str, str]
     tmp: Path
     env: dict[str, str]
+    metrics_port: int
     shown: list[str] = field(default_factory=list)
     """Everything a client was shown: error details, CLI output."""
 
@@ -107,6 +109,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _scrape(port: int) -> str:
+    """A worker's /metrics page (worker N serves on the given port + N)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
 def _cmdline(pid: int) -> str:
     return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -124,6 +133,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     _keys_file(keys_path, keys)
     port = free_port()
     address = f"127.0.0.1:{port}"
+    metrics = free_port()
+    while metrics + 1 >= 65536:  # worker N serves metrics on PORT+N (N = 0, 1)
+        metrics = free_port()
     log = tmp / "server.log"
     audit = tmp / "audit.jsonl"
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -132,11 +144,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
         proc = subprocess.Popen(
             [*GATEHOUSE, "serve", "--listen", address, "--workers", "2", "--policy", POLICY,
              "--api-keys", str(keys_path), "--audit-log", str(audit), "--log-level", "debug",
-             "--redis-prefix", "sec"],
+             "--redis-prefix", "sec", "--metrics-listen", f"127.0.0.1:{metrics}"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         wait_serving(address, proc, log)
-        yield Deployment(address, proc, log, audit, rs, password, keys, tmp, env)
+        yield Deployment(address, proc, log, audit, rs, password, keys, tmp, env, metrics)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -299,6 +311,8 @@ class TestSecretsNeverLeak:
                  env={**d.env, "GATEHOUSE_API_KEY": key}),
         ]
         assert "UNAUTHENTICATED" in cli[1] and "DENY" in cli[2], cli
+        scraped = "\n".join(_scrape(d.metrics_port + i) for i in (0, 1))
+        assert "gatehouse_requests_total" in scraped
         d.proc.send_signal(signal.SIGTERM)
         d.proc.wait(30)
         logs = d.log.read_text()
@@ -310,7 +324,7 @@ class TestSecretsNeverLeak:
         assert any("PERMISSION_DENIED" in s for s in d.shown)
         assert any(s.startswith("NOT_FOUND") or s.startswith("FAILED_PRECONDITION")
                    for s in d.shown), d.shown
-        places = {"server log": logs, "error details": "\n".join(d.shown),
+        places = {"server log": logs, "error details": "\n".join(d.shown), "metrics": scraped,
                   "print-config": printed, "cli": "\n".join(cli),
                   **{f"audit {name}": text for name, text in audits.items()},
                   **{f"cmdline {pid}": text for pid, text in command_lines.items()}}

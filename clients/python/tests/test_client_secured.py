@@ -356,3 +356,21 @@ class TestFromEnv:
         found = _env.from_env({"GATEHOUSE_API_KEY": KEYS["app"]})
         assert found.api_key == KEYS["app"]
         assert KEYS["app"] not in repr(found)
+
+    def test_the_same_variables_as_gatehouse_check(self) -> None:
+        """Every variable from_env reads is one `gatehouse check` reads, and the README's
+        table lists each of them."""
+        import re
+
+        from conftest import ROOT
+        from gatehouse_client import _env
+
+        read = set(re.findall(r"GATEHOUSE_[A-Z_]+", Path(_env.__file__).read_text()))
+        cli = (ROOT / "src" / "gatehouse" / "cli.py").read_text()
+        check_part = cli[cli.index('sub.add_parser("check"'):cli.index("chk.set_defaults")]
+        by_check = set(re.findall(r"GATEHOUSE_[A-Z_]+", check_part))
+        by_check |= set(re.findall(r"GATEHOUSE_[A-Z_]+",
+                                   cli[cli.index("def _api_key("):cli.index("def _split(")]))
+        readme = (ROOT / "clients" / "python" / "README.md").read_text()
+        assert read == by_check
+        assert all(f"`{name}`" in readme for name in read)

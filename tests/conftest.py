@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,17 +90,19 @@ def localhost(address: str) -> str:
 
 
 def start_server(tmp: Path, *args: str, cwd: Path = ROOT,
-                 credentials: grpc.ChannelCredentials | None = None) -> ServerProcess:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 env: Mapping[str, str] | None = None) -> ServerProcess:
     """Start `gatehouse serve` with ``args`` on a free port and wait until it serves
-    (over TLS with ``credentials``, for a server given --tls-cert)."""
+    (over TLS with ``credentials``, for a server given --tls-cert); ``env`` adds
+    environment variables."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [*GATEHOUSE, "serve", "--listen", address, *args],
-        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     wait_serving(address, proc, log_path, credentials=credentials)
     return ServerProcess(address, proc, log_path)

@@ -265,17 +265,6 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if allowed else 1
 
 
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost")
-
-
-def _loopback(address: str) -> bool:
-    """True when ``address`` (host:port, or a unix: target) stays on this machine."""
-    if address.startswith(("unix:", "unix-abstract:")):
-        return True
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
-
-
 def _read_secret(flag: str, path: str) -> bytes:
     try:
         with open(path, "rb") as f:
@@ -314,6 +303,8 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
     """
     import grpc
 
+    from gatehouse.auth.exposure import is_loopback
+
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key (env GATEHOUSE_TLS_CLIENT_CERT, "
                          "GATEHOUSE_TLS_CLIENT_KEY) go together: the client certificate and "
@@ -324,7 +315,7 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
             raise ValueError("--plaintext cannot be combined with --tls-ca, --tls-cert or "
                              "--tls-key")
         return None
-    if not wants_tls and _loopback(args.address):
+    if not wants_tls and is_loopback(args.address):
         return None
     ca = _read_secret("--tls-ca", args.tls_ca) if args.tls_ca else None
     cert = _read_secret("--tls-cert", args.tls_cert) if args.tls_cert else None

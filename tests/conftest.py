@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -60,10 +61,14 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def wait_serving(address: str, proc: subprocess.Popen[str], log_path: Path,
-                 timeout: float = 30) -> None:
+def wait_serving(address: str, proc: subprocess.Popen[Any], log_path: Path,
+                 timeout: float = 30, *,
+                 credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Wait until the server at ``address`` answers health SERVING (over TLS with
+    ``credentials``, reaching it as localhost: the test certificates name it)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as ch:
+    with (grpc.insecure_channel(address) if credentials is None else
+          grpc.secure_channel(localhost(address), credentials)) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -79,18 +84,27 @@ def wait_serving(address: str, proc: subprocess.Popen[str], log_path: Path,
     raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()}")
 
 
-def start_server(tmp: Path, *args: str, cwd: Path = ROOT) -> ServerProcess:
-    """Start `gatehouse serve` with ``args`` on a free port and wait until it serves."""
+def localhost(address: str) -> str:
+    """The same port by name: the test server certificate names localhost (and 127.0.0.1)."""
+    return f"localhost:{address.rsplit(':', 1)[1]}"
+
+
+def start_server(tmp: Path, *args: str, cwd: Path = ROOT,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 env: Mapping[str, str] | None = None) -> ServerProcess:
+    """Start `gatehouse serve` with ``args`` on a free port and wait until it serves
+    (over TLS with ``credentials``, for a server given --tls-cert); ``env`` adds
+    environment variables."""
     port = free_port()
     address = f"127.0.0.1:{port}"
     log_path = tmp / f"server-{port}.log"
     log = log_path.open("w")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [*GATEHOUSE, "serve", "--listen", address, *args],
-        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=cwd, stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
-    wait_serving(address, proc, log_path)
+    wait_serving(address, proc, log_path, credentials=credentials)
     return ServerProcess(address, proc, log_path)
 
 

@@ -66,6 +66,8 @@ FORBIDDEN: Mapping[str, tuple[str, ...]] = {
     "gatehouse.auth.tenants": (*_ABOVE_GRAPH, "gatehouse.graph.redis", "gatehouse.graph.memory",
                                "gatehouse.v1", "grpc", "google.protobuf", "redis"),
     "gatehouse.limits": ("gatehouse",),
+    # Polling files for changes (policy, keys, certificates): used from every layer.
+    "gatehouse.filewatch": ("gatehouse",),
     # Settings are read before anything is built: no server, store or policy behind them.
     "gatehouse.config": ("gatehouse.policy", "gatehouse.graph", *_ABOVE_GRAPH),
     # Authentication sits beside the transport: it sees calls, never the domain.

@@ -65,8 +65,10 @@ class Authority:
         return cls(name, key, _write(folder, slug, cert, key))
 
     def issue(self, folder: Path, slug: str, common_name: str, *, server: bool,
-              organization: str = "acme", serial: int | None = None) -> Issued:
-        """A leaf certificate: for a server (localhost, 127.0.0.1) or a client."""
+              organization: str = "acme", serial: int | None = None,
+              dns_names: tuple[str, ...] | None = None) -> Issued:
+        """A leaf certificate: for a server (localhost and 127.0.0.1, or only ``dns_names``
+        when given) or a client."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "DE"),
                              x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization),
@@ -79,8 +81,10 @@ class Authority:
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None),
                                   critical=True))
         if server:
-            builder = builder.add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            names: list[x509.GeneralName] = (
+                [x509.DNSName(n) for n in dns_names] if dns_names is not None else
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(x509.SubjectAlternativeName(names),
                 critical=False).add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         else:

@@ -265,17 +265,6 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if allowed else 1
 
 
-_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost")
-
-
-def _loopback(address: str) -> bool:
-    """True when ``address`` (host:port, or a unix: target) stays on this machine."""
-    if address.startswith(("unix:", "unix-abstract:")):
-        return True
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return host in _LOOPBACK_HOSTS or host.startswith("127.")
-
-
 def _read_secret(flag: str, path: str, name_missing: bool = True) -> bytes:
     """The file's bytes; ValueError naming ``flag`` (and the path, unless it names no file
     and ``name_missing`` is False: a key given where its file belongs is not repeated)."""
@@ -319,6 +308,8 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
     """
     import grpc
 
+    from gatehouse.auth.exposure import is_loopback
+
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key (env GATEHOUSE_TLS_CLIENT_CERT, "
                          "GATEHOUSE_TLS_CLIENT_KEY) go together: the client certificate and "
@@ -329,7 +320,7 @@ def _channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | 
             raise ValueError("--plaintext cannot be combined with --tls-ca, --tls-cert or "
                              "--tls-key")
         return None
-    if not wants_tls and _loopback(args.address):
+    if not wants_tls and is_loopback(args.address):
         return None
     ca = _read_secret("--tls-ca", args.tls_ca) if args.tls_ca else None
     cert = _read_secret("--tls-cert", args.tls_cert) if args.tls_cert else None

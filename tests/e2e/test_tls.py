@@ -13,21 +13,19 @@ import json
 import os
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from gatehouse.server import Server, ServerConfig, build_runtime
 from gatehouse.transport import CallInfo, open_transport
 from gatehouse.transport.tls import TlsFiles
 from gatehouse.v1 import authorization_pb2 as pb
 from gatehouse.v1 import authorization_pb2_grpc as pb_grpc
-from tests.conftest import GATEHOUSE, ROOT, ServerProcess, free_port
+from tests.conftest import GATEHOUSE, ROOT, ServerProcess, free_port, localhost, start_server
 from tests.e2e.test_grpcurl import run as grpcurl
 from tests.test_tls import OWN_CONNECTION, presented, replace
 from tests.tls_certs import Issued, TlsCerts
@@ -43,11 +41,6 @@ def credentials(certs: TlsCerts, client: Issued | None = None) -> grpc.ChannelCr
                                         client.cert_pem if client else None)
 
 
-def localhost(address: str) -> str:
-    """The same port by name: the server certificate names localhost (and 127.0.0.1)."""
-    return f"localhost:{address.rsplit(':', 1)[1]}"
-
-
 def check(channel: grpc.Channel, subject: str = "ben") -> pb.CheckResponse:
     r_type, _, r_id = FLOW.partition(":")
     return pb_grpc.AuthorizationServiceStub(channel).Check(pb.CheckRequest(
@@ -58,30 +51,9 @@ def check(channel: grpc.Channel, subject: str = "ben") -> pb.CheckResponse:
 def start_tls_server(tmp: Path, certs: TlsCerts, *args: str,
                      client: Issued | None = None) -> ServerProcess:
     """`gatehouse serve` with ``args`` on a free port, waited for over TLS."""
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    log_path = tmp / f"server-{port}.log"
-    proc = subprocess.Popen(
-        [*GATEHOUSE, "serve", "--listen", address, "--policy", "policies/coupler",
-         "--data", "examples/coupler.data.yaml", *args],
-        cwd=ROOT, stdout=log_path.open("w"), stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 30
-    with grpc.secure_channel(localhost(address), credentials(certs, client)) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n"
-                                   f"{log_path.read_text()}")
-            try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
-                    return ServerProcess(address, proc, log_path)
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)  # poll interval of a bounded wait
-    proc.kill()
-    raise RuntimeError(f"server did not become healthy:\n{log_path.read_text()}")
+    return start_server(tmp, "--policy", "policies/coupler", "--data",
+                        "examples/coupler.data.yaml", *args,
+                        credentials=credentials(certs, client))
 
 
 def tls_args(certs: TlsCerts, kind: str, mutual: bool) -> list[str]:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
@@ -25,18 +23,14 @@ import grpc
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-if str(ROOT) not in sys.path:  # for the repository's private Redis helper
+if str(ROOT) not in sys.path:  # for the repository's test helpers (Redis, certificates)
     sys.path.insert(0, str(ROOT))
 
-from tests.redis_server import RedisServer  # noqa: E402 - needs the path above
+from tests.conftest import free_port, wait_serving  # noqa: E402 - needs the path above
+from tests.redis_server import RedisServer  # noqa: E402
+from tests.tls_certs import TlsCerts, make_certs  # noqa: E402
 
 COUPLER = ("--policy", "policies/coupler", "--data", "examples/coupler.data.yaml")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -47,6 +41,12 @@ class Gatehouse:
     args: tuple[str, ...]
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    credentials: grpc.ChannelCredentials | None = None
+    """How the start-up health check reaches a server given --tls-cert (None: plaintext)."""
+
+    def logs(self) -> str:
+        return "".join(p.read_text() for p in sorted(
+            self.directory.glob(f"server-{self.port}-*.log")))
 
     @property
     def address(self) -> str:
@@ -58,28 +58,8 @@ class Gatehouse:
             [sys.executable, "-m", "gatehouse.cli", "serve", "--listen", self.address,
              *self.args], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self._wait_serving(Path(log.name))
+        wait_serving(self.address, self.proc, Path(log.name), credentials=self.credentials)
         return self
-
-    def _wait_serving(self, log: Path, timeout: float = 30) -> None:
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited {self.proc.returncode}:\n"
-                                       f"{log.read_text()}")
-                try:
-                    if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.05)  # poll interval of a bounded wait
-        self.proc.kill()
-        raise RuntimeError(f"server did not become healthy:\n{log.read_text()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -118,6 +98,13 @@ def redis_gatehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateho
     yield server
     server.stop()
     redis.stop()
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> TlsCerts:
+    """The repository's test certificates: a CA, a server certificate for localhost and
+    127.0.0.1, a client certificate (``TlsCerts.CLIENT_SUBJECT``), an untrusted one."""
+    return make_certs(tmp_path_factory.mktemp("tls"))
 
 
 # -- a scripted gRPC server ------------------------------------------------------

@@ -8,11 +8,9 @@ starts a real gatehouse on the same port while a read is retrying.
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import grpc
 import pytest
@@ -43,6 +41,8 @@ from gatehouse_client._pb.gatehouse.v1 import authorization_pb2 as authz
 from gatehouse_client._pb.gatehouse.v1 import graph_pb2
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+from tests.tls_certs import TlsCerts
 
 Make = Callable[..., ScriptedServer]
 ALLOW = authz.CheckResponse(decision=authz.DECISION_ALLOW, revision="7").SerializeToString()
@@ -379,43 +379,25 @@ class TestApiKey:
             Client("127.0.0.1:1", api_key=key)
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, a server certificate for gatehouse.test and a client certificate, made now."""
-    d = tmp_path_factory.mktemp("certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=gatehouse test CA", cwd=d)
-    for name, san in (("server", "DNS:gatehouse.test"), ("client", "DNS:billing-service")):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={san.split(':')[1]}", cwd=d)
-        (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-                 "-extfile", f"{name}.ext", cwd=d)
-    return d
-
-
 class TestTLS:
-    def _server(self, scripted: Make, certs: Path, client_ca: bool) -> ScriptedServer:
+    def _server(self, scripted: Make, certs: TlsCerts, client_ca: bool) -> ScriptedServer:
+        """A server whose certificate names only gatehouse.test (not the address dialled)."""
+        named = certs.ca.issue(certs.folder / "named", "server", "gatehouse.test", server=True,
+                               dns_names=("gatehouse.test",))
         creds = grpc.ssl_server_credentials(
-            [((certs / "server.key").read_bytes(), (certs / "server.pem").read_bytes())],
-            root_certificates=(certs / "ca.pem").read_bytes() if client_ca else None,
+            [(named.key_pem, named.cert_pem)],
+            root_certificates=certs.ca.issued.cert_pem if client_ca else None,
             require_client_auth=client_ca)
         return scripted(lambda req, ctx: ALLOW, creds)
 
-    def test_tls_with_a_private_ca(self, scripted: Make, certs: Path) -> None:
+    def test_tls_with_a_private_ca(self, scripted: Make, tls_certs: TlsCerts) -> None:
         """The CA from a path (or bytes) and the certificate's name: the call succeeds; a
         plaintext client or one trusting only the system roots cannot connect."""
-        server = self._server(scripted, certs, client_ca=False)
-        tls = TLS(ca=certs / "ca.pem", server_name="gatehouse.test")
+        server = self._server(scripted, tls_certs, client_ca=False)
+        tls = TLS(ca=tls_certs.ca.issued.cert, server_name="gatehouse.test")
         with Client(server.address, tls=tls, api_key="k") as c:
             assert c.check("user:a", "view", "doc:1").allowed
-        as_bytes = TLS(ca=(certs / "ca.pem").read_bytes(), server_name="gatehouse.test")
+        as_bytes = TLS(ca=tls_certs.ca.issued.cert_pem, server_name="gatehouse.test")
 
         async def run() -> None:
             async with AsyncClient(server.address, tls=as_bytes) as c:
@@ -428,24 +410,24 @@ class TestTLS:
                 c.check("user:a", "view", "doc:1")
         assert len(server.calls) == 2
 
-    def test_mutual_tls(self, scripted: Make, certs: Path) -> None:
+    def test_mutual_tls(self, scripted: Make, tls_certs: TlsCerts) -> None:
         """A server that requires client certificates accepts the client's and refuses a
         client without one."""
-        server = self._server(scripted, certs, client_ca=True)
-        mtls = TLS(ca=str(certs / "ca.pem"), cert=certs / "client.pem", key=certs / "client.key",
-                   server_name="gatehouse.test")
+        server = self._server(scripted, tls_certs, client_ca=True)
+        mtls = TLS(ca=str(tls_certs.ca.issued.cert), cert=tls_certs.client.cert,
+                   key=tls_certs.client.key, server_name="gatehouse.test")
         with Client(server.address, tls=mtls) as c:
             assert c.check("user:a", "view", "doc:1").allowed
-        plain = TLS(ca=certs / "ca.pem", server_name="gatehouse.test")
+        plain = TLS(ca=tls_certs.ca.issued.cert, server_name="gatehouse.test")
         with Client(server.address, tls=plain, retries=None, timeout=2) as c, \
                 pytest.raises(Unavailable):
             c.check("user:a", "view", "doc:1")
         assert len(server.calls) == 1
         assert "key=" not in repr(mtls)
 
-    def test_configuration_errors_name_the_field(self, certs: Path) -> None:
+    def test_configuration_errors_name_the_field(self, tls_certs: TlsCerts) -> None:
         """A certificate without its key, or an unreadable CA file, names the field."""
         with pytest.raises(ValueError, match="cert and key go together"):
-            TLS(cert=certs / "client.pem")
+            TLS(cert=tls_certs.client.cert)
         with pytest.raises(ValueError, match=r"tls\.ca: cannot read"):
-            Client("127.0.0.1:1", tls=TLS(ca=certs / "missing.pem"))
+            Client("127.0.0.1:1", tls=TLS(ca=tls_certs.folder / "missing.pem"))

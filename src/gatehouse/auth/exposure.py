@@ -5,6 +5,10 @@ every scope. That is only acceptable when nobody but this machine can reach
 it: a loopback address (127.0.0.0/8, ::1, ``localhost``) or a Unix socket.
 Anywhere else ``gatehouse serve`` refuses to start unless the operator says
 ``--insecure-no-auth``.
+
+``gatehouse check`` asks the same question from the other end (``is_loopback``):
+plaintext to a loopback server, TLS to anything else, so one definition of
+"this machine only" serves both.
 """
 
 from __future__ import annotations

@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from gatehouse.auth.authenticator import Authenticator
 from gatehouse.auth.keys import KeyTable, load_keys
 from gatehouse.errors import KeysFileError
+from gatehouse.filewatch import Mark, Settle, stat_mark
 
 log = logging.getLogger("gatehouse.auth")
 
-Signature = tuple[int, int, int] | None
+Signature = Mark | None
 LOGGED_PROBLEMS = 50
 
 
 def signature(path: Path) -> Signature:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns)
+    return stat_mark(path)
 
 
 class KeysWatcher:
@@ -42,7 +38,7 @@ class KeysWatcher:
         self.authenticator = authenticator
         self.path = path
         self._load = load
-        self._seen = signature(path)
+        self._settle = Settle(signature(path))
         self.reloads = 0
         """Key tables swapped in since start."""
         self.failures = 0
@@ -50,19 +46,11 @@ class KeysWatcher:
 
     async def watch(self, interval: float = 1.0) -> None:
         """Poll every ``interval`` seconds until cancelled; never stops on a bad file."""
-        pending: Signature | None = None
         while True:
             await asyncio.sleep(interval)
             try:
-                sig = signature(self.path)
-                if sig == self._seen:
-                    pending = None
-                    continue
-                if sig != pending:
-                    pending = sig
-                    continue
-                self._seen, pending = sig, None
-                await self.reload()
+                if self._settle.changed(signature(self.path)):
+                    await self.reload()
             except asyncio.CancelledError:
                 raise
             except Exception:

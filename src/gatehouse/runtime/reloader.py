@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gatehouse.errors import PolicyError
+from gatehouse.filewatch import Settle
 from gatehouse.policy.loader import load_policy, policy_files
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.runtime.follower import IndexFollower
@@ -72,7 +73,7 @@ class PolicyReloader:
         """When the policy in force was loaded (wall clock)."""
         self.last_failure: ReloadFailure | None = None
         """The last reload attempt's problems, when it was rejected; None after a success."""
-        self._seen: Signature | None = None
+        self._settle: Settle[Signature | None] = Settle(None)
         self._lock: asyncio.Lock | None = None
 
     async def reload_now(self) -> CompiledPolicy:
@@ -90,7 +91,7 @@ class PolicyReloader:
             except PolicyError as exc:
                 self._rejected(exc)
                 raise
-            self._seen = sig
+            self._settle.seen = sig
             self._swap(new)
             return new
 
@@ -112,19 +113,12 @@ class PolicyReloader:
         """
         if self._lock is None:
             self._lock = asyncio.Lock()
-        self._seen = self._signature()
-        pending: Signature | None = None
+        self._settle.seen = self._signature()
         while True:
             await asyncio.sleep(interval)
             try:
-                sig = self._signature()
-                if sig == self._seen:
-                    pending = None
+                if not self._settle.changed(self._signature()):
                     continue
-                if sig != pending:
-                    pending = sig
-                    continue
-                self._seen, pending = sig, None
                 async with self._lock:
                     new = await asyncio.to_thread(self._compile)
                     if new is not None:

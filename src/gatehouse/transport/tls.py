@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import ssl
 import threading
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from pathlib import Path
 import grpc
 
 from gatehouse.errors import GatehouseError, quote
+from gatehouse.filewatch import Mark, stat_mark
 
 log = logging.getLogger("gatehouse.tls")
 
@@ -52,7 +52,7 @@ _PEM_KEY_END = b"PRIVATE KEY-----"
 _MAX_PEM_BYTES = 1 << 20
 """Larger files (1 MiB) are refused: certificate chains and CA bundles are far smaller."""
 
-Signature = tuple[tuple[int, int, int, int] | None, ...]
+Signature = tuple[Mark | None, ...]
 
 
 class TlsError(GatehouseError):
@@ -181,15 +181,7 @@ def load_material(files: TlsFiles) -> TlsMaterial:
 
 def signature(files: TlsFiles) -> Signature:
     """Each file's (device, inode, mtime in ns, size); None for a file that cannot be seen."""
-    marks: list[tuple[int, int, int, int] | None] = []
-    for _, path in files.labelled():
-        try:
-            st = os.stat(path)
-        except OSError:
-            marks.append(None)
-        else:
-            marks.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(marks)
+    return tuple(stat_mark(path) for _, path in files.labelled())
 
 
 class CertificateReloader:

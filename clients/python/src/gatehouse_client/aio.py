@@ -8,6 +8,7 @@ first call, inside the running event loop; use one ``AsyncClient`` per loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -16,7 +17,7 @@ import grpc
 import grpc.aio
 from google.protobuf.message import Message
 
-from gatehouse_client import _core, _ops
+from gatehouse_client import _core, _env, _ops
 from gatehouse_client._core import DEFAULT_RETRY
 from gatehouse_client.errors import Internal, from_rpc_error
 from gatehouse_client.types import (
@@ -71,6 +72,15 @@ class AsyncClient:
         self._revisions = _core.Revisions()
         self._calls: dict[str, Callable[..., Any]] = {}
         self.tenancy = AsyncTenancy(self)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, timeout: float = 5.0,
+                 retries: Retry | int | None = DEFAULT_RETRY, read_your_writes: bool = True,
+                 options: Sequence[tuple[str, Any]] = ()) -> AsyncClient:
+        """Like ``Client.from_env``: address, key and TLS from ``GATEHOUSE_*`` variables."""
+        found = _env.from_env(os.environ if env is None else env)
+        return cls(found.address, api_key=found.api_key, tls=found.tls, timeout=timeout,
+                   retries=retries, read_your_writes=read_your_writes, options=options)
 
     # -- lifecycle ------------------------------------------------------------
 

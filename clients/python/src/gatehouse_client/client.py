@@ -7,6 +7,7 @@ reuse it (a channel is expensive to open, cheap to use).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from gatehouse_client import _core, _ops
+from gatehouse_client import _core, _env, _ops
 from gatehouse_client._core import DEFAULT_RETRY
 from gatehouse_client.errors import Internal, from_rpc_error
 from gatehouse_client.types import (
@@ -82,6 +83,20 @@ class Client:
         self._revisions = _core.Revisions()
         self._calls: dict[str, Callable[..., Any]] = {}
         self.tenancy = Tenancy(self)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, *, timeout: float = 5.0,
+                 retries: Retry | int | None = DEFAULT_RETRY, read_your_writes: bool = True,
+                 options: Sequence[tuple[str, Any]] = ()) -> Client:
+        """A client configured like ``gatehouse check``: address, key and TLS from
+        ``GATEHOUSE_*`` variables (``os.environ`` unless ``env`` is given); see the README.
+
+        A bad value (an unreadable key file, a certificate without its key) raises
+        ValueError naming the variable.
+        """
+        found = _env.from_env(os.environ if env is None else env)
+        return cls(found.address, api_key=found.api_key, tls=found.tls, timeout=timeout,
+                   retries=retries, read_your_writes=read_your_writes, options=options)
 
     # -- lifecycle ------------------------------------------------------------
 

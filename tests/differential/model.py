@@ -279,7 +279,7 @@ def graphs(draw: st.DrawFn, policy: PolicyCase) -> GraphCase:
             if draw(st.booleans()):
                 chosen[name] = draw(_value_of(kind, stored=True))
         if t == "user" and "email" in chosen:
-            chosen["email"] = draw(st.sampled_from(["a@x", "A@x", " a@x ", "b@x", ""]))
+            chosen["email"] = draw(st.sampled_from(["a@x", "A@x", " a@x ", "b@x", "", "user:u0"]))
         if t == "org" and "plan" in chosen:
             chosen["plan"] = draw(st.sampled_from(["free", "big", "gold"]))
         if chosen or (t == "org" and draw(st.booleans())):

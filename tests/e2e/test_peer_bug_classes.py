@@ -219,12 +219,29 @@ class TestPeerBugClasses:
 
     def test_identifiers_differing_by_case_or_normalisation(
             self, authz: apb_grpc.AuthorizationServiceStub,
-            graph: gpb_grpc.GraphServiceStub) -> None:
+            graph: gpb_grpc.GraphServiceStub, usage: upb_grpc.UsageServiceStub) -> None:
         """Class: identifiers differing only by case or Unicode normalisation. Expected:
         ids are ASCII and case-sensitive — ``user:Vic`` is not ``user:vic`` — and any
         non-ASCII id (composed or decomposed accents, fullwidth letters) is refused
         INVALID_ARGUMENT naming the field, so no two spellings are ever conflated;
-        type names are lower-case only (``Doc`` is refused, not folded to ``doc``)."""
+        type names are lower-case only (``Doc`` is refused, not folded to ``doc``).
+        Seats are counted by email with case and surrounding spaces folded (as the docs
+        say), emails differing in Unicode normalisation count apart, and an email that
+        reads like a subject key is never the subject counted as itself."""
+        before = _metric(usage, "people").value
+        for user, email in (("yan", None), ("zed", "user:yan"), ("ann1", "Ann@X.example"),
+                            ("ann2", " ann@x.example "), ("jo1", "jos\u00e9@x.example"),
+                            ("jo2", "jose\u0301@x.example")):
+            if email is not None:
+                attrs = Struct()
+                attrs.update({"email": email})
+                graph.WriteObjects(gpb.WriteObjectsRequest(updates=[gpb.ObjectUpdate(
+                    operation=gpb.ObjectUpdate.OPERATION_PUT, object=ref(f"user:{user}"),
+                    attributes=attrs)]), timeout=10)
+            graph.WriteRelationships(gpb.WriteRelationshipsRequest(
+                updates=[update(f"workspace:w#viewer@user:{user}")]), timeout=10)
+        # yan, zed, ann (once), jos\u00e9 and jose\u0301: five more people
+        assert _metric(usage, "people").value == before + 5
         assert allowed(authz, "user:vic", "read", "doc:d_open")
         assert not allowed(authz, "user:Vic", "read", "doc:d_open")
         assert not allowed(authz, "user:VIC", "read", "doc:d_open")

@@ -16,7 +16,7 @@ from fractions import Fraction
 
 from gatehouse.names import split_key
 from gatehouse.policy.model import Metric
-from gatehouse.usage.compute import UsageView
+from gatehouse.usage.compute import UsageView, identity_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +112,7 @@ def _proposed(view: UsageView, metric: Metric, p: Proposal
     if isinstance(p, AddMember):
         if metric.kind != "members":
             return None
-        new = p.identity.strip().lower() not in view.all_identities(metric)
+        new = identity_of(p.identity) not in view.all_identities(metric)
         return lambda cur: cur + (1 if new else 0)
     if isinstance(p, ConnectAccount):
         if metric.kind != "accounts":

@@ -152,3 +152,8 @@ class TestUsageAgreesWithRecount:
         """Organization and workspace values, breakdowns, plan and over-limit flags
         equal a recount of the same graph by the documented rules."""
         asyncio.run(_compare(*case))
+
+
+def teardown_module() -> None:
+    """Print how many values were compared so far (seen with ``pytest -s``)."""
+    print(f"\ndifferential so far: {dict(harness.COUNTS)}")

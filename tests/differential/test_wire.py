@@ -162,3 +162,8 @@ class TestWireAgreesWithReference:
                 _compare(server.channel(), policy, graph, ctx, seed)
             finally:
                 server.stop()
+
+
+def teardown_module() -> None:
+    """Print how many values were compared so far (seen with ``pytest -s``)."""
+    print(f"\ndifferential so far: {dict(harness.COUNTS)}")

@@ -36,6 +36,8 @@ ROLE_POOL = {"org": ("owner", "member"), "ws": ("admin", "editor", "guest"),
 PARENT = {"ws": "org", "doc": "ws"}
 LINEAGE = {"org": ("org",), "ws": ("ws", "org"), "doc": ("doc", "ws", "org")}
 CONTEXT_KEYS = ("c_str", "c_num", "c_flag", "c_list")
+ACCOUNT_KINDS = ("tenant", "connection", "url")
+RECORDED = ("count", "sum", "max", "distinct", "latest")
 MISSING = object()
 
 # Attribute declarations per type: name -> attribute type.
@@ -44,7 +46,8 @@ ATTRS: dict[str, dict[str, str]] = {
     "org": {"plan": "string", "tier": "int"},
     "ws": {"locked": "bool", "tier": "int"},
     "doc": {"shared": "bool", "level": "int", "tag": "string", "tags": "list",
-            "score": "number"},
+            "score": "number", "source_type": "string", "credential_id": "string",
+            "tenants": "list"},
 }
 
 
@@ -241,6 +244,12 @@ def policies(draw: st.DrawFn, with_usage: bool = False) -> PolicyCase:
         relations = [f"{t}.{r}" for t in ("ws", "org") for r in roles[t]]
         metrics: dict[str, Any] = {"workspaces": {"count": "ws"}, "docs": {"count": "doc"},
                                    "tags": {"distinct": "tag", "of": "doc"}}
+        metrics["accounts"] = {"accounts": "doc",
+                               "source_types": {"tenant": ["ga"], "connection": ["asana"],
+                                                "url": ["csv"]},
+                               "default": draw(st.sampled_from(ACCOUNT_KINDS))}
+        for aggregate in RECORDED:
+            metrics[f"r_{aggregate}"] = {"recorded": aggregate}
         if relations:
             metrics["people"] = {"members": "email",
                                  "relations": draw(st.lists(st.sampled_from(relations),
@@ -280,6 +289,10 @@ def graphs(draw: st.DrawFn, policy: PolicyCase) -> GraphCase:
                 chosen[name] = draw(_value_of(kind, stored=True))
         if t == "user" and "email" in chosen:
             chosen["email"] = draw(st.sampled_from(["a@x", "A@x", " a@x ", "b@x", "", "user:u0"]))
+        if t == "doc" and "source_type" in chosen:
+            chosen["source_type"] = draw(st.sampled_from(["ga", "asana", "csv", "other", ""]))
+        if t == "doc" and "credential_id" in chosen:
+            chosen["credential_id"] = draw(st.sampled_from(["k1", "k2", ""]))
         if t == "org" and "plan" in chosen:
             chosen["plan"] = draw(st.sampled_from(["free", "big", "gold"]))
         if chosen or (t == "org" and draw(st.booleans())):

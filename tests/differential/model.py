@@ -12,7 +12,8 @@ type, whether ``doc`` is owned, attribute defaults, and the rules (effects,
 actions or ``*``, roles on the type or an ancestor, conditions built from
 ``owner``, comparisons on resource, subject and context values, lists, and
 ``all`` / ``any`` / ``not``). Graphs hold parent edges, role and ownership
-edges and typed attributes (each possibly missing).
+edges, plain relations (which never grant) and typed attributes (each
+possibly missing).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ PARENT = {"ws": "org", "doc": "ws"}
 LINEAGE = {"org": ("org",), "ws": ("ws", "org"), "doc": ("doc", "ws", "org")}
 CONTEXT_KEYS = ("c_str", "c_num", "c_flag", "c_list")
 ACCOUNT_KINDS = ("tenant", "connection", "url")
+PLAIN = {"ws": ("watcher", "user"), "org": ("featured", "ws")}
 RECORDED = ("count", "sum", "max", "distinct", "latest")
 MISSING = object()
 
@@ -73,6 +75,8 @@ class PolicyCase:
                 body["roles"] = list(self.roles[t])
             if t == "doc" and self.owned:
                 body["owned"] = True
+            if t in PLAIN:  # plain relations: in the graph, never a grant
+                body["relations"] = {PLAIN[t][0]: PLAIN[t][1]}
             attrs: dict[str, Any] = {}
             for name, kind in ATTRS[t].items():
                 if (t, name) in self.defaults:
@@ -281,6 +285,14 @@ def graphs(draw: st.DrawFn, policy: PolicyCase) -> GraphCase:
         for role in policy.roles[t]:
             for user in draw(st.lists(st.sampled_from(USERS), max_size=2, unique=True)):
                 rels.add((obj, role, user))
+    for w in workspaces:
+        for user in draw(st.lists(st.sampled_from(USERS), max_size=2, unique=True)):
+            rels.add((w, "watcher", user))
+    for org in orgs:  # a relationship stays within one tenant
+        mine = [w for w in workspaces if (w, "parent", org) in rels]
+        if mine:
+            for w in draw(st.lists(st.sampled_from(mine), max_size=2, unique=True)):
+                rels.add((org, "featured", w))
     for obj in (*USERS, *orgs, *workspaces, *docs):
         t = _type_of(obj)
         chosen = {}

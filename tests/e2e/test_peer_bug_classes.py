@@ -5,7 +5,8 @@ wrong answers rather than bypasses: wildcards and denies combined badly,
 listings that disagreed with checks, batches half applied, identifiers
 conflated, counters that wrapped, conditions that failed open. Each class
 below names the behaviour gatehouse keeps, and proves it through a real
-server on loopback (memory store) with the policy in tests/testdata/peer/.
+server on loopback, on the memory store and on Redis, with the policy in
+tests/testdata/peer/.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from gatehouse.v1 import graph_pb2 as gpb
 from gatehouse.v1 import graph_pb2_grpc as gpb_grpc
 from gatehouse.v1 import usage_pb2 as upb
 from gatehouse.v1 import usage_pb2_grpc as upb_grpc
-from tests.conftest import ROOT, ServerProcess, start_server
+from tests.conftest import ROOT, ServerProcess, start_on_store
 from tests.e2e.test_graph_service import ref, update
 
 POLICY = "tests/testdata/peer/policy"
@@ -38,9 +39,13 @@ USERS = ("ada", "mia", "ed", "vic", "olga", "nobody")
 ACTIONS = ("read", "write", "delete", "share")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    proc = start_server(tmp_path_factory.mktemp("peer"), "--policy", POLICY, "--data", DATA)
+@pytest.fixture(scope="module", params=["memory", "redis"])
+def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[ServerProcess]:
+    """The peer policy and graph on the memory store and on a real Redis (where a batch
+    is applied by one script, and usage counters live in Redis too)."""
+    proc = start_on_store(request, tmp_path_factory, request.param, "--policy", POLICY,
+                          "--data", DATA)
     yield proc
     proc.stop()
 

@@ -120,7 +120,7 @@ async def _list_all(decisions: Any, subject: str, rtype: str, action: str,
 
 
 class TestDecisionsAgreeWithReference:
-    @settings(max_examples=harness.examples(300), deadline=None, phases=harness.PHASES,
+    @settings(max_examples=harness.examples(250), deadline=None, phases=harness.PHASES,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(cases())
     def test_check_bulk_explain_and_listing_equal_the_reference(

@@ -256,7 +256,7 @@ async def _compare(policy_case: PolicyCase, graph: GraphCase, drawn: list[Event]
 
 
 class TestUsageAgreesWithRecount:
-    @settings(max_examples=harness.examples(150), deadline=None, phases=harness.PHASES,
+    @settings(max_examples=harness.examples(100), deadline=None, phases=harness.PHASES,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(cases())
     def test_compute_usage_equals_a_naive_recount(

@@ -47,6 +47,7 @@ test: lint pytest
 test-grpc-range:
 	$(PYTHON) tools/grpc_range.py $(ARGS)
 
+fuzz: $(GEN) ; GATEHOUSE_DIFF_EXAMPLES=$${GATEHOUSE_DIFF_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/differential $(ARGS)
 bench: $(GEN)
 	$(BIN)/python bench/check_inprocess.py $(ARGS)
 

@@ -213,6 +213,37 @@ class TestFailClosed:
         """Negating a comparison on a missing attribute does not grant either."""
         assert evaluate({"not": "resource.title == 'secret'"}, {}) is False
 
+    @pytest.mark.parametrize(
+        "spec",
+        ["context.x == 5", "context.x != 5", "context.x < 5", "context.x >= 5",
+         "context.x in [5]", "context.x not in [5]", "resource.score != context.x",
+         {"not": "context.x < 5"}, {"not": "context.x == 5"}],
+    )
+    def test_nan_compares_with_nothing(self, spec: Any) -> None:
+        """NaN (refused at the wire, but a caller in process could pass it) makes every
+        comparison unknown, so `!=`, `not in` and `not` cannot grant on it (found by the
+        differential suite: `context.x != 5` used to hold for NaN)."""
+        nan = float("nan")
+        assert evaluate(spec, {"score": 1.0}, context={"x": nan}) is False
+
+    @pytest.mark.parametrize(
+        ("spec", "resource"),
+        [
+            ("resource.shared < true", {"shared": False}),
+            ("resource.shared >= false", {"shared": True}),
+            ("resource.tags < ['b']", {"tags": ["a"]}),
+            ("resource.tags >= []", {"tags": ["a"]}),
+            ({"not": "resource.tags > ['z']"}, {"tags": ["a"]}),
+        ],
+    )
+    def test_order_only_between_numbers_or_strings(self, spec: Any,
+                                                   resource: dict[str, Any]) -> None:
+        """`<` `<=` `>` `>=` between booleans or lists is unknown, not Python's ordering
+        (false < true, lists lexicographically) — found by the differential suite."""
+        assert evaluate(spec, resource) is False
+        assert evaluate("resource.size < 3", {"size": 2}) is True
+        assert evaluate("resource.title < 'b'", {"title": "a"}) is True
+
 
 class TestOperands:
     def test_declared_default_applies_when_attribute_is_missing(self) -> None:

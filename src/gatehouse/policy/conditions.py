@@ -14,7 +14,8 @@ numbers, quoted strings and [lists] of them.
 
 Semantics fail closed, with three values: a comparison whose attribute is
 missing (and has no declared default) or whose values have incomparable
-types is *unknown*, for ``!=`` too; ``not`` of unknown is unknown; ``all``
+types is *unknown*, for ``!=`` too (so is any comparison with NaN, and
+``<``/``>`` between anything but two numbers or two strings); ``not`` of unknown is unknown; ``all``
 and ``any`` follow Kleene logic; and a rule applies only when its condition
 is true. So a missing fact never grants anything, even under ``not``. (For
 deny rules this means a missing fact does not deny either: declare a
@@ -247,6 +248,17 @@ def _comparable(a: Any, b: Any) -> bool:
     return type(a) is type(b)
 
 
+def _is_nan(value: Any) -> bool:
+    """NaN (which the wire and the policy reader refuse, but a caller in process could
+    pass) equals nothing and is ordered against nothing: any comparison with it is
+    unknown, so ``!=`` and ``not in`` cannot turn it into a grant."""
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _ordered(value: Any) -> bool:
+    return isinstance(value, int | float | str) and not isinstance(value, bool)
+
+
 def _negate(inner: Condition) -> Condition:
     def negated(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool | None:
         value = inner(s, r, f, c)
@@ -290,7 +302,7 @@ def _comparison(op: str, left: Getter, right: Getter) -> Condition:
     def compare(s: str, r: str, f: Facts, c: Mapping[str, Any]) -> bool | None:
         a = left(s, r, f, c)
         b = right(s, r, f, c)
-        if a is _MISSING or b is _MISSING:
+        if a is _MISSING or b is _MISSING or _is_nan(a) or _is_nan(b):
             return None
         if op in ("in", "not in"):
             if not isinstance(b, list):
@@ -299,6 +311,8 @@ def _comparison(op: str, left: Getter, right: Getter) -> Condition:
             return found if op == "in" else not found
         if not _comparable(a, b):
             return None
+        if op not in ("==", "!=") and not _ordered(a):
+            return None  # order is defined between numbers and between strings only
         try:
             if op == "==":
                 return bool(a == b)

@@ -76,11 +76,18 @@ class WorkspaceFacts:
     distinct: dict[str, frozenset[Any]] = field(default_factory=dict)
 
 
+def identity_of(value: str) -> str:
+    """The identity an attribute value (an email) counts as: trimmed, lower-cased, and
+    marked so that no value can equal a subject counted as itself (an email that reads
+    ``user:ann`` is not the subject ``user:ann``)."""
+    return "=" + value.strip().lower()
+
+
 def _identity(index: GraphIndex, subject: str, attribute: str) -> str:
     value = index.attributes(subject).get(attribute)
     if isinstance(value, str) and value.strip():
-        return value.strip().lower()
-    return subject  # no such attribute: the subject itself is the identity
+        return identity_of(value)
+    return "@" + subject  # no such attribute: the subject itself is the identity
 
 
 def identities(index: GraphIndex, metric: Metric, holder_type: str, holder: str) -> set[str]:

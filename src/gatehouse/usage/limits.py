@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 
 from gatehouse.names import split_key
 from gatehouse.policy.model import Metric
-from gatehouse.usage.compute import UsageView
+from gatehouse.usage.compute import UsageView, identity_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +55,13 @@ class LimitCheck:
     current: float
     proposed: float
     limit: float | None
+    # Decided in exact arithmetic: near 2^53 a float sum such as 2^53 + 1 rounds
+    # back to 2^53, which would read as "does not grow" and let the change through.
+    allowed: bool
 
-    @property
-    def allowed(self) -> bool:
-        return self.limit is None or self.proposed <= self.limit or self.proposed <= self.current
+
+def _allowed(current: float, proposed: Fraction, limit: float | None) -> bool:
+    return limit is None or proposed <= Fraction(limit) or proposed <= Fraction(current)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +83,10 @@ def check_limit(view: UsageView, proposal: Proposal) -> LimitDecision:
         if delta is None:
             continue
         current, _ = view.org_value(metric)
-        checks.append(LimitCheck(metric, current, delta(current), view.limit(metric)))
+        proposed = delta(Fraction(current))
+        limit = view.limit(metric)
+        checks.append(LimitCheck(metric, current, float(proposed), limit,
+                                 _allowed(current, proposed, limit)))
     refused = [c for c in checks if not c.allowed]
     plan = view.plan.name if view.plan else "none"
     if refused:
@@ -93,8 +100,10 @@ def check_limit(view: UsageView, proposal: Proposal) -> LimitDecision:
     return LimitDecision(not refused, tuple(checks), reason)
 
 
-def _proposed(view: UsageView, metric: Metric, p: Proposal) -> Callable[[float], float] | None:
-    """A function current -> proposed value, or None if the metric is not affected."""
+def _proposed(view: UsageView, metric: Metric, p: Proposal
+              ) -> Callable[[Fraction], Fraction] | None:
+    """A function current -> proposed value (exact), or None if the metric is not
+    affected."""
     model = view.model
     if isinstance(p, CreateWorkspace):
         if metric.kind == "count" and metric.object_type == model.workspace_type:
@@ -103,7 +112,7 @@ def _proposed(view: UsageView, metric: Metric, p: Proposal) -> Callable[[float],
     if isinstance(p, AddMember):
         if metric.kind != "members":
             return None
-        new = p.identity.strip().lower() not in view.all_identities(metric)
+        new = identity_of(p.identity) not in view.all_identities(metric)
         return lambda cur: cur + (1 if new else 0)
     if isinstance(p, ConnectAccount):
         if metric.kind != "accounts":
@@ -125,9 +134,9 @@ def _proposed(view: UsageView, metric: Metric, p: Proposal) -> Callable[[float],
     if agg == "count":
         return lambda cur: cur + 1
     if agg == "sum":
-        return lambda cur: cur + p.amount
+        return lambda cur: cur + Fraction(p.amount)
     if agg == "max":
-        return lambda cur: max(cur, p.amount)
+        return lambda cur: max(cur, Fraction(p.amount))
     if agg == "distinct":
         seen: set[str] = set()
         for (_ws, m), dims in counters.distinct.items():
@@ -135,4 +144,4 @@ def _proposed(view: UsageView, metric: Metric, p: Proposal) -> Callable[[float],
                 seen |= dims
         return lambda cur: cur + (0 if p.dimension in seen else 1)
     prior = counters.latest.get((split_key(p.workspace)[1], metric.name), {}).get(p.dimension)
-    return lambda cur: cur - (prior[1] if prior else 0.0) + p.amount
+    return lambda cur: cur - Fraction(prior[1] if prior else 0.0) + Fraction(p.amount)

@@ -219,14 +219,37 @@ def invoke(channel: grpc.Channel, method: Method, raw: bytes) -> Outcome:
     return Outcome(grpc.StatusCode.OK, "", tuple(got))
 
 
+_FREE_FORM = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
+
+
 def names_a_field(details: str, desc: Descriptor) -> bool:
-    """``details`` starts with a path into the request: a field, a oneof (``change``) or
+    """``details`` starts with a path that exists in the request: fields through nested
+    messages (``items[2].subject.type``), then anything inside a Struct (its keys), a
+    oneof's name (``change``) optionally followed by a field of one of its members, or
     ``request`` for the whole message."""
     match = _PATH.match(details)
     if match is None or not details[match.end():].startswith(":"):
         return False
-    top = re.split(r"[.\[]", match.group(0), maxsplit=1)[0]
-    return top == "request" or top in desc.fields_by_name or top in desc.oneofs_by_name
+    parts = [re.sub(r"\[\d+\]$", "", p) for p in
+             re.findall(r"(?:[^.\[]+|\[[^\]]*\])+", match.group(0))]
+    parts = [re.sub(r"(\[\d+\])+$", "", p) for p in parts]
+    if parts == ["request"]:
+        return True
+    current: Descriptor | None = desc
+    for i, part in enumerate(parts):
+        if current is None or current.full_name in _FREE_FORM:
+            return True
+        if part in current.oneofs_by_name:
+            members = current.oneofs_by_name[part].fields
+            rest = parts[i + 1:i + 2]
+            return not rest or any(f.message_type is not None
+                                   and rest[0] in f.message_type.fields_by_name
+                                   for f in members)
+        fd = current.fields_by_name.get(part)
+        if fd is None:
+            return False
+        current = fd.message_type
+    return True
 
 
 def assert_documented(method: Method, outcome: Outcome, request: Message | None) -> None:

@@ -28,10 +28,13 @@ def validate_request(
     resource_type: str,
     resource_id: str,
     prefix: str = "",
+    resource_type_field: str = "resource.type",
 ) -> tuple[str, str]:
     """Check a request's names against the policy; return (subject key, resource key).
 
-    Raises InvalidArgument naming the field (``subject.type``, ``action``, ...).
+    Raises InvalidArgument naming the field (``subject.type``, ``action``, ...);
+    ``resource_type_field`` is what the request calls the resource type
+    (ListAccessible's is ``resource_type``).
     """
     # Names the policy declares are valid by construction: only unknown ones need
     # the syntax check (which gives the more precise message).
@@ -45,9 +48,9 @@ def validate_request(
     validate_id(subject_id, prefix + "subject.id")
     tdef = policy.types.get(resource_type)
     if tdef is None:
-        validate_type(resource_type, prefix + "resource.type")
+        validate_type(resource_type, prefix + resource_type_field)
         raise InvalidArgument(
-            prefix + "resource.type",
+            prefix + resource_type_field,
             f"unknown type {resource_type!r} (declared: {', '.join(sorted(policy.types))})",
         )
     validate_id(resource_id, prefix + "resource.id")

@@ -147,7 +147,8 @@ class Decisions:
         view = self.follower.view()
         policy, index = view.policy, view.index
         subject, _ = engine.validate_request(
-            policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x")
+            policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x",
+            resource_type_field="resource_type")
         guard = tenants.guard(organizations, policy, index)
         if guard is not None:
             guard.require(subject, "subject")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gatehouse.errors import quote
+from gatehouse.errors import quote, shown
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.policy.model import CompiledPolicy
 
@@ -30,10 +30,11 @@ def object_problems(policy: CompiledPolicy, ref: ObjectRef, attributes: Any) -> 
     for name, value in attributes.items():
         attr = tdef.attributes.get(name)
         if attr is None:
-            out.append(f"type {ref.type!r} has no attribute {name!r} "
+            out.append(f"type {ref.type!r} has no attribute {shown(name)} "
                        f"(declared: {_known(tdef.attributes)})")
         elif not attr.accepts(value):
-            out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, not {value!r}")
+            out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, "
+                       f"not {shown(value)}")
         elif isinstance(value, str):
             why = attr.rule_problem(value)
             if why is not None:

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 GEN    := src/gatehouse/v1/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
-.PHONY: serve test pytest lint gen bench clean test-grpc-range
+.PHONY: serve test pytest lint gen bench clean test-grpc-range fuzz
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ test: lint pytest
 # grpcio stack (tools/grpc-range/), each running the transport and e2e tests.
 test-grpc-range:
 	$(PYTHON) tools/grpc_range.py $(ARGS)
+
+# Not part of `test`: the fuzzers (gRPC edge, loaders, policies) with many more
+# examples than `make test` runs; see docs/reliability/fuzzing.md.
+FUZZ_EXAMPLES ?= 500
+fuzz: $(GEN)
+	GATEHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -rA tests/fuzz \
+		tests/policy/test_hostile_input.py $(ARGS)
 
 bench: $(GEN)
 	$(BIN)/python bench/check_inprocess.py $(ARGS)

@@ -360,6 +360,13 @@ class TestEveryRpc:
         case()
         settled(edge, method)
 
+    def test_empty_request(self, edge: Edge, method: Method) -> None:
+        """The empty message (every field at its default, zero bytes on the wire) gets a
+        documented status — for most methods INVALID_ARGUMENT naming the first required
+        field — and writes nothing."""
+        exercise(edge, method, b"", method.request())
+        settled(edge, method)
+
     @pytest.mark.parametrize("count", [0, 2, 3])
     def test_zero_or_several_request_messages(self, edge: Edge, method: Method,
                                               count: int) -> None:

@@ -45,9 +45,9 @@ from tests.fuzz.messages import METHODS, Method, Seeds, messages, raw_requests
 EXAMPLES = int(os.environ.get("GATEHOUSE_FUZZ_EXAMPLES", "0"))
 # (store, transport, examples per RPC for generated requests, for raw bytes)
 PASSES = {
-    "memory-core": ("memory", "core", 30, 10),
-    "memory-aio": ("memory", "aio", 12, 5),
-    "redis-core": ("redis", "core", 5, 3),
+    "memory-core": ("memory", "core", 25, 8),
+    "memory-aio": ("memory", "aio", 10, 4),
+    "redis-core": ("redis", "core", 4, 2),
 }
 CALL_SECONDS = 20.0
 """Every call's deadline: generous, so that a DEADLINE_EXCEEDED means the server hung."""

@@ -43,9 +43,9 @@ from tests.policy.test_hostile_input import _edits, mutate
 from tests.redis_server import RedisServer
 
 EXAMPLES = int(os.environ.get("GATEHOUSE_FUZZ_EXAMPLES", "0"))
-FUZZ = settings(max_examples=EXAMPLES or 100, deadline=None, derandomize=EXAMPLES == 0,
+FUZZ = settings(max_examples=EXAMPLES or 75, deadline=None, derandomize=EXAMPLES == 0,
                 database=None, suppress_health_check=list(HealthCheck))
-FEW = settings(FUZZ, max_examples=(EXAMPLES // 5) or 25)
+FEW = settings(FUZZ, max_examples=(EXAMPLES // 5) or 20)
 BOUND_SECONDS = 120.0
 """A loader still running after this long has hung (a bounded wait, not a timing)."""
 MESSAGE_CHARS = 600
@@ -161,7 +161,7 @@ class TestDataFiles:
     def test_what_loads_is_written_whole_to_redis(self, redis_server: RedisServer,
                                                   tmp_path: Path) -> None:
         """The same on Redis, where attributes travel as JSON: fewer examples."""
-        @settings(FEW, max_examples=(EXAMPLES // 20) or 12)
+        @settings(FEW, max_examples=(EXAMPLES // 20) or 10)
         @given(st.sampled_from(sorted(DATA_TREES)), _edits)
         def case(name: str, edits: list[tuple[int, str, Any]]) -> None:
             text = mutate(DATA_TREES[name], edits)

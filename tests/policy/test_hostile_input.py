@@ -43,6 +43,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SUITE_FUZZ = settings(FUZZ, max_examples=EXAMPLES or 40)
+TEXT_FUZZ = settings(FUZZ, max_examples=EXAMPLES or 100)
 
 # Scalars written into the YAML text as they are, unquoted, so the YAML reader
 # sees what an author would have typed: loose YAML 1.1 numbers, digits that are
@@ -203,7 +204,7 @@ class TestDamagedText:
     mutations above always dump well-formed YAML): punctuation, tabs, tags, anchors and
     aliases, spans cut or repeated, lines swapped or re-indented."""
 
-    @FUZZ
+    @TEXT_FUZZ
     @given(st.sampled_from(SETS).flatmap(
         lambda name: st.tuples(st.just(name), mutated_text(POLICY_TEXT[name]))))
     def test_damaged_policy_text_compiles_or_reports_positions(
@@ -216,7 +217,7 @@ class TestDamagedText:
         except PolicyError as exc:
             assert_positioned(exc)
 
-    @FUZZ
+    @TEXT_FUZZ
     @given(random_yaml(("types", "permissions", "constraints", "metrics", "plans", "tenancy",
                         "name", "description", "roles", "actions", "parent", "owned",
                         "attributes", "relations", "when", "deny")))

@@ -11,7 +11,7 @@ CLIENT := clients/python
 CLIENT_GEN := $(CLIENT)/src/gatehouse_client/_pb/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
-.PHONY: serve test pytest lint gen bench clean test-grpc-range
+.PHONY: serve test pytest lint gen bench clean test-grpc-range fuzz
 
 # The server and the Python client (clients/python), both editable.
 $(STAMP): pyproject.toml setup.py $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
@@ -47,7 +47,16 @@ test: lint pytest
 test-grpc-range:
 	$(PYTHON) tools/grpc_range.py $(ARGS)
 
-fuzz: $(GEN) ; GATEHOUSE_DIFF_EXAMPLES=$${GATEHOUSE_DIFF_EXAMPLES:-5000} $(BIN)/python -m pytest -q tests/differential $(ARGS)
+# Not part of `test`: the fuzzers (gRPC edge, loaders, policies) and the differential
+# tests against a naive evaluator, with many more examples than `make test` runs; see
+# docs/reliability/fuzzing.md and docs/reliability/differential.md.
+FUZZ_EXAMPLES ?= 500
+fuzz: $(GEN)
+	GATEHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -rA tests/fuzz \
+		tests/policy/test_hostile_input.py $(ARGS)
+	GATEHOUSE_DIFF_EXAMPLES=$${GATEHOUSE_DIFF_EXAMPLES:-5000} $(BIN)/python -m pytest -q \
+		tests/differential $(ARGS)
+
 bench: $(GEN)
 	$(BIN)/python bench/check_inprocess.py $(ARGS)
 

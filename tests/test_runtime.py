@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gatehouse.errors import Unavailable
+from gatehouse.errors import FailedPrecondition
 from gatehouse.graph.changes import Change, DeleteRelationship, TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import Relationship, Snapshot
@@ -55,20 +55,26 @@ class TestFollowing:
 
         assert asyncio.run(scenario()) == (False, True, True)
 
-    def test_a_revision_never_reached_fails_even_without_a_deadline(self) -> None:
-        """No deadline does not mean waiting forever: UNAVAILABLE after freshness_wait."""
-        async def scenario() -> str:
-            runtime = await Runtime.start(POLICY, MemoryGraphStore(), freshness_wait=0.2)
+    def test_a_revision_the_store_never_issued_is_refused_at_once(self) -> None:
+        """A revision beyond the store's head is refused FAILED_PRECONDITION naming the
+        field, without waiting (with or without a deadline): no wait would bring it."""
+        async def scenario() -> tuple[str, str]:
+            runtime = await Runtime.start(POLICY, MemoryGraphStore(), freshness_wait=30)
             try:
-                await asyncio.wait_for(
-                    runtime.follower.ensure(Consistency.at_least(999_999), None), 5)
-            except Unavailable as exc:
-                return str(exc)
+                out = []
+                for timeout in (None, 20.0):
+                    try:
+                        await asyncio.wait_for(runtime.follower.ensure(
+                            Consistency.at_least(999_999, "cursor"), timeout), 5)
+                    except FailedPrecondition as exc:
+                        out.append(str(exc))
+                return out[0], out[1]
             finally:
                 await runtime.close()
-            return "answered"
 
-        assert "not yet at 999999" in asyncio.run(scenario())
+        first, second = asyncio.run(scenario())
+        assert first == second
+        assert first.startswith("cursor: revision 999999 is ahead of the store (at 0)")
 
     def test_fully_consistent_waits_for_the_store_head(self) -> None:
         """A fully consistent read answers at or after the store's newest revision."""

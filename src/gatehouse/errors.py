@@ -37,6 +37,15 @@ def quote(value: object, limit: int = LIMITS.quote_chars) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
+def shown(value: object, limit: int = LIMITS.quote_chars) -> str:
+    """``repr`` of a (possibly hostile) value of any type, cut to a short prefix: what
+    ``quote`` is for strings, for the numbers, lists and mappings of files and Structs."""
+    text = repr(value)
+    if len(text) <= limit + 2:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 class GatehouseError(Exception):
     """Base class of every error gatehouse raises on purpose."""
 

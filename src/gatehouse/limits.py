@@ -92,6 +92,10 @@ class Limits:
     policy_rules: int = 10_000
     """Permission rules in one policy set (each action's table holds its rules)."""
 
+    # -- bootstrap data ---------------------------------------------------
+    data_file_bytes: int = 64 << 20
+    """Largest bootstrap data file (``--data``); a device or FIFO is refused unread."""
+
     # -- callers ----------------------------------------------------------
     api_keys_file_bytes: int = 1 << 20
     """Largest API keys file (``--api-keys``)."""

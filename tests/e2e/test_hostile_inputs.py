@@ -114,11 +114,13 @@ class TestRevisions:
 
     def test_the_largest_uint64_is_a_revision(self,
                                               authz: apb_grpc.AuthorizationServiceStub) -> None:
-        """2^64-1 parses (and, never reached, fails UNAVAILABLE at the deadline, not earlier)."""
+        """2^64-1 parses, and (never issued) is refused at once: FAILED_PRECONDITION."""
         req = check_req()
         req.consistency.at_least_as_fresh = str(2**64 - 1)
         err = refused(authz.Check, req)
-        assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert err.details().startswith("consistency.at_least_as_fresh: revision "
+                                        f"{2**64 - 1} is ahead of the store")
 
 
 class TestContext:

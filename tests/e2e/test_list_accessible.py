@@ -71,7 +71,8 @@ class TestListAccessible:
         ("change", "field"),
         [
             ({"action": "fly"}, "action"),
-            ({"resource_type": "spaceship"}, "resource_type"),
+            ({"resource_type": "spaceship"}, "resource_type:"),
+            ({"resource_type": ""}, "resource_type:"),  # was "resource.type", no such field
             ({"within": ref("data_flow:acme-ads-daily"), "resource_type": "workspace"},
              "within.type"),
             ({"page_size": 20000}, "page_size"),

@@ -5,8 +5,9 @@ The reload watcher and ``gatehouse policy validate`` rely on one contract:
 and refuses oversized input before parsing it. The fuzz tests mutate the
 shipped policy sets node by node (replace, delete, duplicate, retype; hostile
 scalars such as ``.nan``, ``1:30``, fullwidth digits, 10**30) and check that
-contract. ``make test`` runs a fixed, derandomized set of examples; set
-``GATEHOUSE_FUZZ_EXAMPLES`` (e.g. 20000) for a longer search.
+contract. ``TestDamagedText`` damages the text itself (tests.fuzz.yamltext). ``make test``
+runs a fixed, derandomized set of examples; set ``GATEHOUSE_FUZZ_EXAMPLES`` (e.g.
+20000; ``make fuzz``) for a longer search.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gatehouse.policy.loader import INTERNAL_ERROR, compile_sources, load_policy
 from gatehouse.policy.model import CompiledPolicy
 from gatehouse.policytest import SuiteResults, run
 from tests.conftest import GATEHOUSE, ROOT
+from tests.fuzz.yamltext import billion_laughs, mutated_text, random_yaml
 
 POLICIES = ROOT / "policies"
 SETS = ("coupler", "agency", "gumloop")
@@ -41,6 +43,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 SUITE_FUZZ = settings(FUZZ, max_examples=EXAMPLES or 40)
+TEXT_FUZZ = settings(FUZZ, max_examples=EXAMPLES or 100)
 
 # Scalars written into the YAML text as they are, unquoted, so the YAML reader
 # sees what an author would have typed: loose YAML 1.1 numbers, digits that are
@@ -127,6 +130,8 @@ def _tree(path: Path) -> Any:
 
 
 POLICY_TREES = {name: _tree(POLICIES / name / "policy.yaml") for name in SETS}
+POLICY_TEXT = {name: (POLICIES / name / "policy.yaml").read_text(encoding="utf-8")
+               for name in SETS}
 SUITES = [(name, p.relative_to(POLICIES / name)) for name in SETS
           for p in sorted((POLICIES / name).rglob("*_test.yaml"))]
 
@@ -192,6 +197,43 @@ class TestMutatedPoliciesNeverCrash:
             compile_sources([("policy.yaml", text)], "coupler")
         assert any("'.nan' is not a plain decimal number" in p.message
                    for p in info.value.problems)
+
+
+class TestDamagedText:
+    """The text of a policy damaged the way a hand edit or a broken deploy does (the tree
+    mutations above always dump well-formed YAML): punctuation, tabs, tags, anchors and
+    aliases, spans cut or repeated, lines swapped or re-indented."""
+
+    @TEXT_FUZZ
+    @given(st.sampled_from(SETS).flatmap(
+        lambda name: st.tuples(st.just(name), mutated_text(POLICY_TEXT[name]))))
+    def test_damaged_policy_text_compiles_or_reports_positions(
+        self, case: tuple[str, str]
+    ) -> None:
+        """A shipped policy with its text damaged compiles, or every problem is positioned."""
+        name, text = case
+        try:
+            compile_sources([("policy.yaml", text)], name)
+        except PolicyError as exc:
+            assert_positioned(exc)
+
+    @TEXT_FUZZ
+    @given(random_yaml(("types", "permissions", "constraints", "metrics", "plans", "tenancy",
+                        "name", "description", "roles", "actions", "parent", "owned",
+                        "attributes", "relations", "when", "deny")))
+    def test_random_documents_compile_or_report_positions(self, text: str) -> None:
+        """Random small documents of the policy language's own words compile or are
+        reported with positions."""
+        try:
+            compile_sources([("policy.yaml", text)], "random")
+        except PolicyError as exc:
+            assert_positioned(exc)
+
+    def test_alias_bomb_is_refused_by_the_value_cap(self) -> None:
+        """Aliases expanding to a billion values are refused without expanding them."""
+        with pytest.raises(PolicyError) as info:
+            compile_sources([("policy.yaml", billion_laughs(9))], "bomb")
+        assert_positioned(info.value)
 
 
 class TestInternalErrors:

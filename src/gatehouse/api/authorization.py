@@ -131,7 +131,7 @@ class AuthorizationServicer(pb_grpc.AuthorizationServiceServicer):  # type: igno
         if request.cursor:
             revision, (after,) = cursor.decode(request.cursor, tag, 1)
             if consistency.mode is Mode.MINIMIZE_LATENCY:
-                consistency = Consistency.at_least(revision)
+                consistency = Consistency.at_least(revision, "cursor")
         await self.follower.ensure(consistency, context.time_remaining())
         budget = LIMITS.list_time_budget_seconds
         remaining = context.time_remaining()

@@ -78,7 +78,9 @@ def _value(v: Value, field: str, depth: int) -> Any:
 
 
 def _key(key: str) -> str:
-    if key.isidentifier() and len(key) <= LIMITS.quote_chars:
+    """A Struct key as a path segment: bare when an ASCII identifier, else quoted (so a
+    look-alike or invisible character in a key is visible in the message)."""
+    if key.isascii() and key.isidentifier() and len(key) <= LIMITS.quote_chars:
         return key
     return f"[{quote(key)}]"
 

@@ -242,7 +242,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
             revision, position = cursor.decode(request.cursor, tag, 3)
             after = (position[0], position[1], position[2])
             if consistency.mode is Mode.MINIMIZE_LATENCY:
-                consistency = Consistency.at_least(revision)
+                consistency = Consistency.at_least(revision, "cursor")
         await self.follower.ensure(consistency, context.time_remaining())
         guard = self._guard(context)
         if guard is not None:

@@ -23,6 +23,7 @@ and a file with any problem loads nothing (``KeysFileError``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping
@@ -46,6 +47,8 @@ SUBJECT_CHARS = 1024
 _TOP_FIELDS = ("keys",)
 _KEY_FIELDS = ("name", "sha256", "scopes", "organizations", "rate", "client_certificates")
 _RATE_FIELDS = ("requests_per_second", "burst", "in_flight")
+_SHA256_WANTED = ("must be 64 lowercase hex digits, the sha256 of the key (`gatehouse keys "
+                  "hash` prints it)")
 _STRICT = Strictness(max_values=LIMITS.api_keys * 64, plain_numbers=True)
 
 
@@ -189,8 +192,7 @@ class _Reader:
             # Never quoted: a key pasted here by mistake must not reach a log.
             got = f"{len(digest)} characters" if isinstance(digest, str) \
                 else f"a value of type {type(digest).__name__}"
-            self.problem((*path, "sha256"), "must be 64 lowercase hex digits, the sha256 of the "
-                         f"key (`gatehouse keys hash` prints it); got {got}")
+            self.problem((*path, "sha256"), f"{_SHA256_WANTED}; got {got}")
         scopes: set[str] = set()
         if "scopes" in entry:
             for where, scope in self.strings(entry["scopes"], (*path, "scopes"), "scopes"):
@@ -216,9 +218,11 @@ class _Reader:
                     self.problem(where, f"a certificate subject must be 1-{SUBJECT_CHARS} "
                                  "characters")
             subjects = tuple(s for _, s in found)
-        if len(self.problems) > before:
+        # A value the parser refused (a `.nan` name, a hash YAML reads as a number) is
+        # None here and already a problem, with no second one counted above.
+        if len(self.problems) > before or not isinstance(name, str) \
+                or not isinstance(digest, str):
             return None
-        assert isinstance(name, str) and isinstance(digest, str)
         caller = Caller(name, frozenset(scopes), organizations)
         return ApiKey(name, bytes.fromhex(digest), caller, rate, subjects)
 
@@ -261,9 +265,18 @@ class _Reader:
         return KeyTable.of(file, tuple(keys))
 
 
+def _unquoted(problem: Problem) -> Problem:
+    """A parser problem at a hash says so without quoting the value: a hash YAML reads
+    as a number may be a key pasted by mistake, which must not reach a log."""
+    if problem.path.endswith(".sha256"):
+        return dataclasses.replace(problem, message=_SHA256_WANTED + "; got a number")
+    return problem
+
+
 def parse_keys(text: str, file: str) -> KeyTable:
     """The key table written in ``text``; KeysFileError with every problem otherwise."""
     doc, smap, problems = load(text, file, _STRICT)
+    problems = [_unquoted(p) for p in problems]
     if doc is None and problems:  # a syntax error or a bound: nothing to check
         raise KeysFileError(problems)
     reader = _Reader(smap, problems)

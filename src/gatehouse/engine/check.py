@@ -28,13 +28,13 @@ def validate_request(
     resource_type: str,
     resource_id: str,
     prefix: str = "",
-    type_field: str = "resource.type",
+    resource_type_field: str = "resource.type",
 ) -> tuple[str, str]:
     """Check a request's names against the policy; return (subject key, resource key).
 
     Raises InvalidArgument naming the field (``subject.type``, ``action``, ...);
-    ``type_field`` names the resource type's field where it is not ``resource.type``
-    (ListAccessible's ``resource_type``).
+    ``resource_type_field`` is what the request calls the resource type
+    (ListAccessible's is ``resource_type``).
     """
     # Names the policy declares are valid by construction: only unknown ones need
     # the syntax check (which gives the more precise message).
@@ -48,9 +48,9 @@ def validate_request(
     validate_id(subject_id, prefix + "subject.id")
     tdef = policy.types.get(resource_type)
     if tdef is None:
-        validate_type(resource_type, prefix + type_field)
+        validate_type(resource_type, prefix + resource_type_field)
         raise InvalidArgument(
-            prefix + type_field,
+            prefix + resource_type_field,
             f"unknown type {resource_type!r} (declared: {', '.join(sorted(policy.types))})",
         )
     validate_id(resource_id, prefix + "resource.id")

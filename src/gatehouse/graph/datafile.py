@@ -15,13 +15,15 @@ problem rejects the whole file, with the line of each problem.
 
 from __future__ import annotations
 
+import stat
 from pathlib import Path
 from typing import Any
 
-from gatehouse.errors import DataFileError, InvalidArgument, Problem
+from gatehouse.errors import DataFileError, InvalidArgument, Problem, shown
 from gatehouse.graph.changes import Operation, PutObject, TouchRelationship
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.schema import object_problems, relationship_problem
+from gatehouse.limits import LIMITS
 from gatehouse.policy.model import PARENT, CompiledPolicy
 from gatehouse.sourcemap import SourceMap, load
 
@@ -39,7 +41,7 @@ def parse_data(
     if not isinstance(value, dict):
         return ops, [smap.problem(base, "data must be a mapping with objects and relationships")]
     for key in sorted(set(value) - KEYS):
-        problems.append(smap.problem((*base, key), f"unknown key {key!r} (known: objects, "
+        problems.append(smap.problem((*base, key), f"unknown key {shown(key)} (known: objects, "
                                      "relationships)", at_key=True))
     objects = value.get("objects") or {}
     if not isinstance(objects, dict):
@@ -100,11 +102,30 @@ def load_data_text(text: str, file: str, policy: CompiledPolicy) -> list[Operati
     return ops
 
 
+def read_data_text(path: Path) -> str:
+    """The text of a data file, refused unread when it is not a regular file (a device
+    or FIFO would block or never end) or past ``LIMITS.data_file_bytes``."""
+    cap = LIMITS.data_file_bytes
+
+    def cannot(why: str) -> DataFileError:
+        return DataFileError([Problem(str(path), 0, 0, "", f"cannot read: {why}")])
+
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise cannot("not a regular file")
+        with path.open("rb") as f:
+            raw = f.read(cap + 1)  # at most one byte past the cap, even if it grew
+    except OSError as exc:
+        raise cannot(str(exc)) from None
+    if len(raw) > cap:
+        raise cannot(f"larger than {cap:,} bytes (the limit of one data file)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise cannot(f"not UTF-8 text (byte {exc.start})") from None
+
+
 def load_data_file(path: str | Path, policy: CompiledPolicy) -> list[Operation]:
     """Read and check a data file. Raises DataFileError; never half-loads."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataFileError([Problem(str(p), 0, 0, "", f"cannot read: {exc}")]) from None
-    return load_data_text(text, str(p), policy)
+    return load_data_text(read_data_text(p), str(p), policy)

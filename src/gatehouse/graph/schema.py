@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gatehouse.errors import quote
+from gatehouse.errors import quote, shown
 from gatehouse.graph.model import ObjectRef, Relationship
-from gatehouse.limits import LIMITS
 from gatehouse.policy.model import CompiledPolicy
 
 
@@ -31,23 +30,16 @@ def object_problems(policy: CompiledPolicy, ref: ObjectRef, attributes: Any) -> 
     for name, value in attributes.items():
         attr = tdef.attributes.get(name)
         if attr is None:
-            out.append(f"type {ref.type!r} has no attribute {quote(name)} "
+            out.append(f"type {ref.type!r} has no attribute {shown(name)} "
                        f"(declared: {_known(tdef.attributes)})")
         elif not attr.accepts(value):
-            out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, not {_shown(value)}")
+            out.append(f"attribute {name!r} of {ref.type!r} is a {attr.type}, "
+                       f"not {shown(value)}")
         elif isinstance(value, str):
             why = attr.rule_problem(value)
             if why is not None:
                 out.append(f"attribute {name!r} of {ref.type!r}: {quote(value)} {why}")
     return out
-
-
-def _shown(value: object) -> str:
-    """``repr`` of an attribute value, cut to a short prefix (a value may be 64 KiB)."""
-    text = repr(value)
-    if len(text) <= LIMITS.quote_chars:
-        return text
-    return f"{text[:LIMITS.quote_chars]}... ({len(text)} characters)"
 
 
 def relationship_problem(policy: CompiledPolicy, rel: Relationship) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gatehouse.errors import InvalidArgument, quote
 
@@ -39,18 +39,21 @@ class Mode(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Consistency:
-    """A read's freshness requirement."""
+    """A read's freshness requirement; ``source`` names the request field the revision
+    came from, for the refusal of one the store never issued."""
 
     mode: Mode = Mode.MINIMIZE_LATENCY
     revision: int = 0
+    source: str = field(default="consistency.at_least_as_fresh", compare=False)
 
     @classmethod
-    def at_least(cls, revision: int) -> Consistency:
-        return cls(Mode.AT_LEAST_AS_FRESH, revision)
+    def at_least(cls, revision: int, source: str = "consistency.at_least_as_fresh"
+                 ) -> Consistency:
+        return cls(Mode.AT_LEAST_AS_FRESH, revision, source)
 
     @classmethod
     def parse_at_least(cls, text: str, field: str) -> Consistency:
-        return cls(Mode.AT_LEAST_AS_FRESH, parse_revision(text, field))
+        return cls(Mode.AT_LEAST_AS_FRESH, parse_revision(text, field), field)
 
 
 MINIMIZE_LATENCY = Consistency()

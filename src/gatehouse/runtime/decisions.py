@@ -156,7 +156,7 @@ class Decisions:
         policy, index = view.policy, view.index
         subject, _ = engine.validate_request(
             policy, req.subject_type, req.subject_id, req.action, req.resource_type, "x",
-            type_field="resource_type")
+            resource_type_field="resource_type")
         guard = tenants.guard(organizations, policy, index)
         if guard is not None:
             guard.require(subject, "subject")

@@ -238,6 +238,20 @@ class IndexFollower:
             return False
         return self._reached(consistency.revision)
 
+    async def require_issued(self, revision: int, field: str) -> None:
+        """Refuse at once a revision the store has not reached (FAILED_PRECONDITION naming
+        ``field``): no wait would bring it, so waiting would only hold the call until its
+        deadline. Costs one read of the store's head, and only when the index is behind.
+        """
+        if revision <= self._index.revision:
+            return
+        head = await self.store.head_revision()
+        if revision > head:
+            raise FailedPrecondition(
+                field, f"revision {revision} is ahead of the store (at {head}): not a token "
+                "this store issued (another deployment's, or one from before the store lost "
+                "its data)")
+
     async def ensure(self, consistency: Consistency, timeout: float | None) -> None:
         """Bring the index to the freshness asked for, within ``timeout`` seconds.
 
@@ -253,6 +267,7 @@ class IndexFollower:
             target = await self.store.head_revision()
         else:
             target = consistency.revision
+            await self.require_issued(target, consistency.source)
         if not await self.wait_for(target, timeout):
             raise Unavailable(
                 f"index is at revision {self._index.revision}, not yet at {target}; "
@@ -290,6 +305,7 @@ class IndexFollower:
             epoch = self._epoch
             last = start if after is None else after
             if last > start:
+                await self.require_issued(last, "after_revision")
                 if not await self.wait_for(last, self.freshness_wait):
                     raise FailedPrecondition(
                         "after_revision", f"revision {last} is ahead of the store "

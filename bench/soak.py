@@ -103,6 +103,7 @@ class SoakConfig:
     concurrency: int = 48       # calls in flight per client process
     compare_sample: int = 3000  # Checks compared with a fresh server at the end
     max_growth_mib_per_min: float = 1.0
+    rate: float = 0.0           # calls/s to drive without calibrating (0: calibrate)
     seed: int = 12
 
 
@@ -492,14 +493,19 @@ class Client:
         return out
 
 
-async def _client_main(spec: dict[str, Any], queue: Any) -> None:
+async def _client_main(spec: dict[str, Any], queue: Any, go: Any) -> None:
     orgs = [Org(**o) for o in spec["orgs"]]
     own = [o for i, o in enumerate(orgs) if i % spec["clients"] == spec["index"]]
     client = Client(spec["index"], spec["address"], spec["key"], orgs, own, spec["seed"],
                     spec["phase"])
     rate: float | None = spec["rate"]
-    start, end, interval = spec["start"], spec["end"], spec["interval"]
-    next_slot = max(time.time(), start)
+    interval = spec["interval"]
+    await asyncio.wait_for(client.channel.channel_ready(), 30)
+    queue.put(("ready", spec["index"]))
+    # Every client starts at the same moment, so their intervals line up.
+    start, end = await asyncio.get_running_loop().run_in_executor(None, go.get)
+    await asyncio.sleep(max(0.0, start - time.time()))
+    next_slot = start
     late = 0
     cpu0 = time.process_time()
 
@@ -531,7 +537,6 @@ async def _client_main(spec: dict[str, Any], queue: Any) -> None:
             queue.put(("interval", spec["index"], k - 1, client.take_stats()))
 
     async with client.channel:
-        await asyncio.wait_for(client.channel.channel_ready(), 30)
         rep = asyncio.create_task(reporter())
         await asyncio.gather(*(worker() for _ in range(spec["concurrency"])))
         await rep
@@ -546,9 +551,9 @@ async def _client_main(spec: dict[str, Any], queue: Any) -> None:
         "soak_flows": list(ledger.present)}))
 
 
-def _client_entry(spec: dict[str, Any], queue: Any) -> None:
+def _client_entry(spec: dict[str, Any], queue: Any, go: Any) -> None:
     try:
-        asyncio.run(_client_main(spec, queue))
+        asyncio.run(_client_main(spec, queue, go))
     except BaseException as exc:  # the parent reports it; a silent child would hang it
         queue.put(("failed", spec["index"], f"{type(exc).__name__}: {exc}"))
         raise
@@ -741,18 +746,27 @@ def run_clients(ctx: Any, rig: Rig, address: str, orgs: Sequence[Org], cfg: Soak
                 ) -> tuple[dict[int, dict[str, KindStats]], list[dict[str, Any]]]:
     """Run the client processes for ``seconds``; per-interval stats and their final reports."""
     queue = ctx.Queue()
-    start = time.time() + 3.0   # time for the children to start and connect
-    end = start + seconds
     interval = cfg.interval_s if on_interval else seconds
     procs = []
     for i in range(cfg.clients):
         spec = {"index": i, "clients": cfg.clients, "address": address, "key": rig.app_key,
                 "orgs": _org_dicts(orgs), "seed": cfg.seed, "concurrency": cfg.concurrency,
-                "rate": None if rate is None else rate / cfg.clients, "start": start,
-                "end": end, "interval": interval, "phase": "s" if on_interval else "c"}
-        p = ctx.Process(target=_client_entry, args=(spec, queue), daemon=True)
+                "rate": None if rate is None else rate / cfg.clients,
+                "interval": interval, "phase": "s" if on_interval else "c"}
+        go = ctx.Queue()
+        p = ctx.Process(target=_client_entry, args=(spec, queue, go), daemon=True)
         p.start()
-        procs.append(p)
+        procs.append((p, go))
+    ready = 0
+    while ready < cfg.clients:
+        what, index, *rest = queue.get(timeout=120)
+        if what == "failed":
+            raise RuntimeError(f"client {index} failed: {rest[0]}")
+        ready += what == "ready"
+    start = time.time() + 0.2
+    end = start + seconds
+    for _, go in procs:
+        go.put((start, end))
     intervals: dict[int, dict[str, KindStats]] = {}
     seen: Counter[int] = Counter()
     finals: list[dict[str, Any]] = []
@@ -763,7 +777,8 @@ def run_clients(ctx: Any, rig: Rig, address: str, orgs: Sequence[Org], cfg: Soak
                 msg = queue.get(timeout=0.5)
             except Exception:  # queue.Empty
                 msg = None
-                if any(p.exitcode not in (None, 0) for p in procs) and time.time() > end + 60:
+                if any(p.exitcode not in (None, 0) for p, _ in procs) and \
+                        time.time() > end + 60:
                     raise RuntimeError("a client process died") from None
             now = time.time()
             if tick is not None and now >= next_tick and now < end:
@@ -785,7 +800,7 @@ def run_clients(ctx: Any, rig: Rig, address: str, orgs: Sequence[Org], cfg: Soak
             else:
                 finals.append(rest[0])
     finally:
-        for p in procs:
+        for p, _ in procs:
             p.join(30)
             if p.is_alive():
                 p.kill()
@@ -916,10 +931,13 @@ def run_soak(cfg: SoakConfig, workdir: Path, log: Callable[[str], None] = print
         log(f"server pid {proc.pid} on {address}; Redis on {rig.redis.port} (AOF always)")
         orgs = asyncio.run(seed(address, rig.app_key, cfg.orgs, random.Random(cfg.seed)))
         log(f"seeded {len(orgs)} organizations; calibrating for {cfg.calibrate_s:g} s")
-        cal, cal_finals = run_clients(ctx, rig, address, orgs, cfg, None, cfg.calibrate_s)
-        cal_calls = sum(s.calls for b in cal.values() for s in b.values())
-        peak = cal_calls / cfg.calibrate_s
-        rate = peak * cfg.load
+        if cfg.rate:
+            peak, rate, cal_finals = float("nan"), cfg.rate, []
+        else:
+            cal, cal_finals = run_clients(ctx, rig, address, orgs, cfg, None, cfg.calibrate_s)
+            cal_calls = sum(s.calls for b in cal.values() for s in b.values())
+            peak = cal_calls / cfg.calibrate_s
+            rate = peak * cfg.load
         log(f"peak {peak:,.0f} calls/s with the mix; soaking at {rate:,.0f} calls/s "
             f"for {cfg.minutes:g} min")
 

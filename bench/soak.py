@@ -76,6 +76,9 @@ MIX = (("Check", 0.72), ("CheckBulk", 0.15), ("WriteRelationships", 0.06),
        ("RecordUsage", 0.04), ("ListAccessible", 0.02), ("Tenancy", 0.01))
 TENANCY_STEPS = ("CreateWorkspace", "InviteMember", "AcceptInvitation", "SetRole",
                  "RemoveMember", "DeleteWorkspace")
+SERVER_COMMAND = (os.environ.get("GATEHOUSE_SOAK_SERVER", "").split()
+                  or [sys.executable, "-m", "gatehouse.cli"])
+"""How to start the server; the variable lets an investigation wrap it (e.g. tracemalloc)."""
 BULK_ITEMS = 20
 MEMBERS = 8          # seeded workspace members per organization
 POOL = 3             # people per organization the tenancy cycle invites in turn
@@ -506,11 +509,11 @@ async def _client_main(spec: dict[str, Any], queue: Any, go: Any) -> None:
     start, end = await asyncio.get_running_loop().run_in_executor(None, go.get)
     await asyncio.sleep(max(0.0, start - time.time()))
     next_slot = start
-    late = 0
+    missed_slots = 0
     cpu0 = time.process_time()
 
     async def worker() -> None:
-        nonlocal next_slot, late
+        nonlocal next_slot, missed_slots
         while True:
             now = time.time()
             if now >= end:
@@ -520,8 +523,12 @@ async def _client_main(spec: dict[str, Any], queue: Any, go: Any) -> None:
                 next_slot += 1 / rate
                 if slot > now:
                     await asyncio.sleep(slot - now)
-                elif now - slot > 0.1:
-                    late += 1
+                elif now - slot > 1.0:
+                    # More than a second behind: drop the missed slots rather than
+                    # burst to catch up (they are counted, not sent).
+                    missed = int((now - slot) * rate)
+                    missed_slots += missed
+                    next_slot = max(next_slot, now)
                 if slot >= end:
                     return
             await client.one()
@@ -542,7 +549,7 @@ async def _client_main(spec: dict[str, Any], queue: Any, go: Any) -> None:
         await rep
     ledger = client.ledger
     queue.put(("done", spec["index"], {
-        "rest": client.take_stats(), "late_starts": late,
+        "rest": client.take_stats(), "missed_slots": missed_slots,
         "client_cpu_s": time.process_time() - cpu0,
         "present": ledger.present, "deleted": ledger.deleted,
         "unknown": sorted(ledger.unknown), "usage": ledger.usage,
@@ -580,7 +587,7 @@ class Rig:
         address = f"127.0.0.1:{free_port()}"
         metrics = f"127.0.0.1:{free_port()}"
         log = self.dir / f"{name}.log"
-        args = [sys.executable, "-m", "gatehouse.cli", "serve", "--listen", address,
+        args = [*SERVER_COMMAND, "serve", "--listen", address,
                 "--policy", str(self.policy), "--redis-url", self.redis.url,
                 "--redis-prefix", self.prefix, "--api-keys", str(self.keys_file),
                 "--metrics-listen", metrics, "--log-level", "warning"]
@@ -666,7 +673,14 @@ class Admin:
 
     def status(self) -> Any:
         return self.stub.GetPolicyStatus(self.pb.GetPolicyStatusRequest(), metadata=self.md,
-                                         timeout=10)
+                                         timeout=30)
+
+    def revision(self) -> str:
+        """The index revision, or the status code when the server did not answer."""
+        try:
+            return str(self.status().index_revision)
+        except grpc.RpcError as exc:
+            return f"error {exc.code().name}"  # type: ignore[attr-defined]
 
 
 GOOD_MARK = "description: Organization owner plus workspace admin / user / guest roles."
@@ -949,7 +963,12 @@ def run_soak(cfg: SoakConfig, workdir: Path, log: Callable[[str], None] = print
         def tick(t: float) -> None:
             nonlocal next_reload
             if t >= next_reload:
-                r = editor.edit(t)
+                try:
+                    r = editor.edit(t)
+                except grpc.RpcError as exc:  # the report shows it; the load goes on
+                    r = {"t_s": round(t, 1), "edit": "status call failed", "ok": False,
+                         "error": exc.code().name}  # type: ignore[attr-defined]
+                    editor.results.append(r)
                 log(f"  reload at {t:.0f} s: {r['edit']} edit -> "
                     f"{'as expected' if r['ok'] else 'NOT AS EXPECTED'}")
                 next_reload += cfg.reload_every_s
@@ -966,8 +985,10 @@ def run_soak(cfg: SoakConfig, workdir: Path, log: Callable[[str], None] = print
             row["calls_per_s"] = sum(s.calls for s in bucket.values()) / interval
             row["rss_mib"] = rss_mib(proc.pid)
             row["redis_used_mib"] = int(redis_client.info("memory")["used_memory"]) / 2**20
-            row["index_revision"] = admin.status().index_revision
+            row["index_revision"] = admin.revision()
             row["metric_series"] = metric_series(metrics)
+            with open("/proc/loadavg") as f:
+                row["load1"] = float(f.read().split()[0])
             rows.append(row)
             chk = row["kinds"].get("Check", {})
             log(f"  t={row['t_s']:>6.0f}s {row['calls_per_s']:>7,.0f} calls/s  Check p50 "
@@ -1045,7 +1066,7 @@ def summarize(cfg: SoakConfig, peak: float, rate: float, rows: list[dict[str, An
         "rss_start_mib": rss0,
         "rss_slope_mib_per_min": rss_slope, "redis_slope_mib_per_min": redis_slope,
         "metric_series_growth": series_growth,
-        "late_starts": sum(f["late_starts"] for f in finals),
+        "missed_slots": sum(f["missed_slots"] for f in finals),
         "client_cpu_s": [round(f["client_cpu_s"], 1) for f in finals],
         "calibration_client_cpu_s": [round(f["client_cpu_s"], 1) for f in cal_finals],
         "server_cpu_share": server_cpu_share,
@@ -1070,7 +1091,8 @@ def render(report: dict[str, Any]) -> str:
         f"{report['target_calls_per_s']:,.0f} calls/s; achieved "
         f"{report['achieved_calls_per_s']:,.0f} calls/s over {cfg['minutes']:g} min "
         f"({report['calls']:,} calls; server CPU {report['server_cpu_share']:.0%} of one core; "
-        f"client CPU {report['client_cpu_s']} s).",
+        f"client CPU {report['client_cpu_s']} s; {report['missed_slots']:,} paced slots "
+        f"dropped when more than 1 s behind).",
         "",
         f"Errors: unexpected {report['error_rate_unexpected']:.4%}, overload/transport "
         f"{report['error_rate_overload']:.4%}, expected refusals {report['expected_refusals']}"
@@ -1082,8 +1104,8 @@ def render(report: dict[str, Any]) -> str:
         "",
         "| t (s) | calls/s | Check p50/p99/max ms | CheckBulk p50/p99 ms | writes/s | "
         "write p99 ms | usage/s | tenancy/s | errors | RSS MiB | Redis MiB | index rev | "
-        "series |",
-        "|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "series | load |",
+        "|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in report["intervals"]:
         k = r["kinds"]
@@ -1102,7 +1124,7 @@ def render(report: dict[str, Any]) -> str:
             f"{w['calls_per_s']:.0f} | {_f(w['p99_ms'])} | {u['calls_per_s']:.0f} | "
             f"{ten:.1f} | {', '.join(f'{e} {n}' for e, n in errs.items()) or '0'} | "
             f"{r['rss_mib']:.1f} | {r['redis_used_mib']:.1f} | {r['index_revision']} | "
-            f"{r['metric_series']} |")
+            f"{r['metric_series']} | {r.get('load1', 0):.1f} |")
     lines += ["", "| kind | calls | errors | p50 ms (first → last interval) | p99 ms | max ms |",
               "|---|---:|---:|---|---|---:|"]
     rows = report["intervals"]
@@ -1161,6 +1183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=d.minutes)
     p.add_argument("--load", type=float, default=d.load, help="share of the measured peak")
     p.add_argument("--calibrate", type=float, default=d.calibrate_s, help="seconds")
+    p.add_argument("--rate", type=float, default=d.rate,
+                   help="drive this many calls/s instead of calibrating")
     p.add_argument("--interval", type=float, default=d.interval_s, help="seconds per row")
     p.add_argument("--clients", type=int, default=d.clients, help="client processes")
     p.add_argument("--orgs", type=int, default=d.orgs)
@@ -1172,7 +1196,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     cfg = replace(d, minutes=args.minutes, load=args.load, calibrate_s=args.calibrate,
                   interval_s=args.interval, clients=args.clients, orgs=args.orgs,
-                  reload_every_s=args.reload_every, max_growth_mib_per_min=args.max_growth)
+                  reload_every_s=args.reload_every, max_growth_mib_per_min=args.max_growth,
+                  rate=args.rate)
     with _workdir(args.workdir) as wd:
         report = run_soak(cfg, wd, log=lambda s: print(s, file=sys.stderr, flush=True))
     print(render(report))

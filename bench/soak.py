@@ -299,17 +299,19 @@ class Client:
     # each call: returns the kind it was recorded under
 
     async def timed(self, kind: str, call: Callable[[], Awaitable[Any]]) -> Any:
-        stats = self.stats.setdefault(kind, KindStats())
         t0 = time.perf_counter_ns()
         try:
             result = await call()
         except grpc.aio.AioRpcError as exc:
+            # Looked up after the call: an interval may have ended while it ran.
+            stats = self.stats.setdefault(kind, KindStats())
             stats.calls += 1
             code = exc.code().name
             stats.errors[code] += 1
             if len(stats.first_errors) < 3:
                 stats.first_errors.append(f"{code}: {(exc.details() or '')[:160]}")
             raise
+        stats = self.stats.setdefault(kind, KindStats())
         stats.calls += 1
         stats.latency_us.append(min((time.perf_counter_ns() - t0) // 1000, 2**32 - 1))
         return result
@@ -442,6 +444,12 @@ class Client:
         self.busy.add(org.id)
         try:
             await self._tenancy(org)
+        except grpc.aio.AioRpcError:
+            # The step's outcome is unknown (a deadline may have passed after it
+            # committed): leave this workspace as it is and start the next cycle.
+            self.cycle[org.id] += -self.cycle[org.id] % len(TENANCY_STEPS) or len(
+                TENANCY_STEPS)
+            raise
         finally:
             self.busy.discard(org.id)
 

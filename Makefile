@@ -11,7 +11,7 @@ CLIENT := clients/python
 CLIENT_GEN := $(CLIENT)/src/gatehouse_client/_pb/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
-.PHONY: serve test pytest lint gen bench clean test-grpc-range fuzz
+.PHONY: serve test pytest lint gen bench soak clean test-grpc-range fuzz
 
 # The server and the Python client (clients/python), both editable.
 $(STAMP): pyproject.toml setup.py $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
@@ -59,6 +59,12 @@ fuzz: $(GEN)
 
 bench: $(GEN)
 	$(BIN)/python bench/check_inprocess.py $(ARGS)
+
+# Not part of `test`: 10 minutes of mixed traffic at 70 % of measured peak
+# against a real server on a private Redis (bench/soak.py; docs/reliability/soak.md).
+# Shorter: make soak ARGS="--minutes 2"
+soak: $(GEN)
+	$(BIN)/python bench/soak.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) src/gatehouse/v1 build *.egg-info src/*.egg-info \

@@ -259,3 +259,45 @@ class TestRevisions:
         assert from_snapshot.held == replayed.held
         assert {k: from_snapshot.chain(k) for k in from_snapshot.up} == \
             {k: replayed.chain(k) for k in replayed.up}
+
+
+class TestChurn:
+    """A long-running server sees objects come and go; the index must not keep the gone."""
+
+    def test_deleted_objects_leave_no_version_entries(self) -> None:
+        """Regression (found by the soak, bench/soak.py): every object ever deleted kept
+        its entry in ``versions``, so a server whose flows come and go grew without bound
+        (about 1 MiB a minute at a hundred writes a second)."""
+        index = index_with(*ORG_TREE)
+        baseline = len(index.versions)
+        rev = 1
+        for i in range(2000):
+            flow = f"data_flow:churn{i}"
+            rev += 1
+            index.apply([Change(rev, tuple(touch(f"{flow}#parent@workspace:acme",
+                                                 f"{flow}#owner@user:ben")))])
+            assert index.version(flow) == rev
+            rev += 1
+            index.apply([Change(rev, tuple(delete(f"{flow}#parent@workspace:acme",
+                                                  f"{flow}#owner@user:ben")))])
+            assert index.version(flow) == 0, "a gone object reports no version"
+        index.apply([Change(rev + 1, (put("user:temp", email="t@example.com"),)),
+                     Change(rev + 2, (DeleteObject(ObjectRef.parse("user:temp")),))])
+        assert len(index.versions) <= baseline + 2  # the ancestors, bumped; no gone keys
+        assert "user:temp" not in index.versions
+
+    def test_ancestors_still_see_the_churn_and_a_returning_object_gets_a_new_version(
+            self) -> None:
+        """Caches stamped with a version stay correct: each change below a workspace moves
+        its version, and an object deleted and written again comes back with a revision
+        it never had before."""
+        index = index_with(*ORG_TREE)
+        index.apply([Change(2, tuple(touch("data_flow:f9#parent@workspace:acme")))])
+        assert index.version("workspace:acme") == 2
+        assert index.version("organization:northwind") == 2
+        index.apply([Change(3, tuple(delete("data_flow:f9#parent@workspace:acme")))])
+        assert index.version("workspace:acme") == 3
+        assert index.version("organization:northwind") == 3
+        index.apply([Change(4, tuple(touch("data_flow:f9#parent@workspace:acme")))])
+        assert index.version("data_flow:f9") == 4
+        assert index.version("workspace:acme") == 4

@@ -125,7 +125,8 @@ class GraphIndex:
         return self._parent.get(key)
 
     def version(self, key: str) -> int:
-        """The revision at which ``key``'s subtree last changed (0 if never since start)."""
+        """The revision at which ``key``'s subtree last changed (0 if never since start,
+        or if it is not in the graph)."""
         return self.versions.get(key, 0)
 
     def subjects(self, obj: str, relation: str) -> frozenset[str]:
@@ -197,7 +198,13 @@ class GraphIndex:
 
     def _bump(self, key: str, rev: int) -> None:
         versions = self.versions
-        versions[key] = rev
+        if key in self.up:
+            versions[key] = rev
+        else:
+            # Gone (or not there yet): no entry is kept for it, or every object ever
+            # deleted would stay here for the life of the process. If it comes back,
+            # the write that brings it sets a new, larger revision.
+            versions.pop(key, None)
         for anc in self.up.get(key, _EMPTY).values():
             versions[anc] = rev
 
@@ -255,6 +262,7 @@ class GraphIndex:
         self.up.pop(key, None)
         self._lineage.pop(key, None)
         self._parent.pop(key, None)
+        self.versions.pop(key, None)
 
     def _lineage_of(self, parent: str) -> Mapping[str, str]:
         """The shared ``up`` mapping for children of ``parent``."""

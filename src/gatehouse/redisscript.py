@@ -1,17 +1,60 @@
-"""Run a Lua script on Redis with automatic pipelining.
+"""Run a Lua script on Redis with group commit.
 
-Calls made during one event-loop turn are sent as one pipeline: one round
-trip, one AOF fsync for the lot, while Redis still runs each script
-atomically and in order. A missing script (after a Redis restart) is loaded
-and the affected calls retried.
+``BatchedScript``: the calls made during one event-loop turn become ONE
+script call carrying all their items (up to ``max_items``): one round trip,
+one AOF fsync, one script start and one reply to parse for the lot. The
+script handles its items in order, each on its own (a failing item gets its
+own error and does not fail its neighbours), and answers one reply per
+item. Each caller is answered only after Redis has answered the whole call,
+so nothing is acknowledged before it is in Redis (and, with ``appendfsync
+always``, in the AOF).
+
+A missing script (after a Redis restart or a SCRIPT FLUSH) is loaded and
+the call retried. A connection error fails every caller of the group: none
+of them is acknowledged, and each is told its write may or may not have been
+applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
+
+MAX_ITEMS = 256
+"""Items per script call; a larger group is sent as several calls in one pipeline, so
+one call never holds Redis (single-threaded) for long."""
+
+ITEM_OK = "ok"
+ITEM_ERROR = "err"
+"""Each item's reply is ``{"ok", value...}`` or ``{"err", message}``."""
+
+LUA_RUN_ITEMS = """
+-- One reply per item: {"ok", values...} or {"err", message}; an item that
+-- raises (a failed check or a Redis error) fails alone.
+local function run_items(first, one)
+  local out = {}
+  for i = first, #ARGV do
+    local ok, r = pcall(one, ARGV[i])
+    if not ok then
+      if type(r) == "table" and r.err then r = r.err end
+      out[#out + 1] = {"err", tostring(r)}
+    elseif type(r) == "table" and r.err then
+      out[#out + 1] = {"err", r.err}
+    elseif type(r) == "table" then
+      local reply = {"ok"}
+      for _, v in ipairs(r) do reply[#reply + 1] = v end
+      out[#out + 1] = reply
+    else
+      out[#out + 1] = {"ok", r}
+    end
+  end
+  return out
+end
+"""
+"""Prepended to every batched script: ``return run_items(first_item_argv, one)``."""
 
 
 def _noscript(result: Any) -> bool:
@@ -19,49 +62,88 @@ def _noscript(result: Any) -> bool:
         isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"))
 
 
-class PipelinedScript:
-    def __init__(self, client: Any, lua: str) -> None:
-        self.client = client
-        self._script = client.register_script(lua)
-        self._queue: list[tuple[list[str], asyncio.Future[Any]]] = []
-        self._flush_scheduled = False
+class BatchedScript:
+    """Group commit of one Lua script's items.
 
-    async def __call__(self, args: list[str]) -> Any:
-        """The script's reply; raises the script's error (a ResponseError) or a
-        connection error."""
+    ``head()`` gives the leading arguments of each script call (the same for
+    every item of a group: a key prefix, say); each ``await script(item)``
+    adds one argument after them and returns that item's reply values (a
+    list), or raises ``ResponseError`` with the item's own error message.
+    """
+
+    def __init__(self, client: Any, lua: str, head: Callable[[], list[str]],
+                 max_items: int = MAX_ITEMS) -> None:
+        self.client = client
+        self._script = client.register_script(LUA_RUN_ITEMS + lua)
+        self._head = head
+        self._max = max_items
+        self._queue: list[tuple[str, asyncio.Future[list[Any]]]] = []
+        self._flush_scheduled = False
+        self.calls = 0
+        """Script calls sent so far (each carries one or more items); for tests and stats."""
+
+    @property
+    def lua(self) -> str:
+        return str(self._script.script)
+
+    async def __call__(self, item: str) -> list[Any]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, fut))
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((item, fut))
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            loop.call_soon(lambda: loop.create_task(self._flush()))
+            loop.call_soon(self._start_flush, loop)
         return await fut
 
-    async def _flush(self) -> None:
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         queue, self._queue = self._queue, []
         self._flush_scheduled = False
+        loop.create_task(self._flush(queue))
+
+    async def _flush(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
+        groups = [queue[i:i + self._max] for i in range(0, len(queue), self._max)]
         try:
-            results = await self._pipeline(queue)
-            if any(_noscript(r) for r in results):
+            replies = await self._send(groups)
+            if any(_noscript(r) for r in replies):
                 await self.client.script_load(self._script.script)
-                retry = [item for item, r in zip(queue, results, strict=True) if _noscript(r)]
-                again = iter(await self._pipeline(retry))
-                results = [next(again) if _noscript(r) else r for r in results]
+                retry = [g for g, r in zip(groups, replies, strict=True) if _noscript(r)]
+                again = iter(await self._send(retry))
+                replies = [next(again) if _noscript(r) else r for r in replies]
         except BaseException as exc:
             for _, fut in queue:
                 if not fut.done():
                     fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        for (_, fut), result in zip(queue, results, strict=True):
-            if fut.done():
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, BaseException):
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(reply)
                 continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+            for (_, fut), answer in zip(group, reply, strict=False):
+                if fut.done():
+                    continue
+                if answer[0] == ITEM_OK:
+                    fut.set_result(answer[1:])
+                else:
+                    fut.set_exception(ResponseError(answer[1]))
+            for _, fut in group:  # fewer replies than items: never leave a caller waiting
+                if not fut.done():
+                    fut.set_exception(ResponseError("the script gave no reply for this item"))
 
-    async def _pipeline(self, items: list[tuple[list[str], asyncio.Future[Any]]]) -> list[Any]:
+    async def _send(self, groups: list[list[tuple[str, asyncio.Future[list[Any]]]]]
+                    ) -> list[Any]:
+        head = self._head()
+        self.calls += len(groups)
+        if len(groups) == 1:
+            try:
+                return [await self.client.evalsha(self._script.sha, 0, *head,
+                                                  *(item for item, _ in groups[0]))]
+            except ResponseError as exc:
+                return [exc]
         pipe = self.client.pipeline(transaction=False)
-        for args, _ in items:
-            pipe.evalsha(self._script.sha, 0, *args)
+        for group in groups:
+            pipe.evalsha(self._script.sha, 0, *head, *(item for item, _ in group))
         return list(await pipe.execute(raise_on_error=False))

@@ -1,8 +1,11 @@
 """The Redis store: the production source of truth.
 
-Every write is one Lua script (``lua/write.lua``) that checks preconditions,
-tenancy and policy constraints, applies the batch, bumps the revision and
-appends the effective operations to the changelog stream — atomically.
+Every write batch is one atomic step of a Lua script (``lua/write.lua``) that
+checks preconditions, tenancy and policy constraints, applies the batch, bumps
+the revision and appends the effective operations to the changelog stream.
+Batches written in the same event-loop turn share one script call (group
+commit, ``gatehouse.redisscript.BatchedScript``); each is committed or refused
+on its own.
 Key names carry the tenant as a hash tag so one organization's keys share a
 slot; the schema is documented in docs/storage.md.
 
@@ -51,7 +54,7 @@ from gatehouse.policy.rules import (
     Unique,
     WriteRules,
 )
-from gatehouse.redisscript import PipelinedScript
+from gatehouse.redisscript import BatchedScript
 
 CHANGELOG_MAXLEN = 1_000_000
 _NO_RULES = WriteRules({})
@@ -150,7 +153,12 @@ class RedisGraphStore:
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
         )
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
-        self._call = PipelinedScript(self.client, lua)
+        # Group commit: the batches written in one event-loop turn share one script
+        # call; each is still its own atomic step with its own revision. The epoch
+        # argument becomes the epoch only if Redis has none (a new or wiped data
+        # set), so it is fresh for every call.
+        self._call = BatchedScript(self.client, lua,
+                                   lambda: [self.prefix, os.urandom(12).hex()])
         self._rules_json: dict[int, tuple[WriteRules, str]] = {}
 
     @property
@@ -208,9 +216,7 @@ class RedisGraphStore:
         payload = (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'
                    f'"maxlen":{self.maxlen}}}')
         try:
-            # The last argument becomes the epoch only if Redis has none (a new or
-            # wiped data set), so it must be fresh every time.
-            rev, changed = await self._call([self.prefix, payload, os.urandom(12).hex()])
+            rev, changed = await self._call(payload)
         except ResponseError as exc:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:

@@ -1,4 +1,8 @@
-"""Recorded usage in Redis: one atomic script per event (dedup + fold).
+"""Recorded usage in Redis: one atomic script step per event (dedup + fold).
+
+Events recorded in the same event-loop turn (concurrent RecordUsage calls)
+share one script call (``BatchedScript``: group commit); each still gets its
+own answer or error.
 
 Keys, per organization (hash tag = the organization key, like the graph's):
 
@@ -22,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Unavailable
 from gatehouse.limits import LIMITS
-from gatehouse.redisscript import PipelinedScript
+from gatehouse.redisscript import BatchedScript
 from gatehouse.usage.events import Counters, UsageEvent, period_of
 
 SEP = "\x1f"
@@ -39,7 +43,7 @@ class RedisUsageStore:
         self.client: Any = aioredis.from_url(url, decode_responses=True, socket_timeout=10,
                                              socket_connect_timeout=5, health_check_interval=15)
         lua = resources.files("gatehouse.usage").joinpath("lua/record.lua").read_text()
-        self._record = PipelinedScript(self.client, lua)
+        self._record = BatchedScript(self.client, lua, lambda: [prefix])
 
     async def record(self, event: UsageEvent, window_seconds: int) -> bool:
         m = event.metric
@@ -48,7 +52,7 @@ class RedisUsageStore:
                   _num(event.amount), event.dimension, _num(event.event_time),
                   _num(LIMITS.counter_max)]
         try:
-            return bool(await self._record([self.prefix, json.dumps(fields)]))
+            return bool((await self._record(json.dumps(fields)))[0])
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 

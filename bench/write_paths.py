@@ -15,7 +15,8 @@ sends bytes and takes bytes (as ``load.py`` does), so the client's share of
 the two cores is as small as it can be. For each phase it prints the median
 over the rounds of calls/s, p50 and p99 latency, and the CPU time per call
 of the server, of Redis and of this client (utime + stime; on a busy shared
-machine CPU per call moves less than calls/s does).
+machine CPU per call moves less than calls/s does), and how many calls one
+EVALSHA carried on average (Redis's commandstats).
 
 ``--baseline SRC`` also serves the same load from another checkout's
 ``src`` folder (for example the commit before a change), on its own Redis
@@ -106,8 +107,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def script_calls(redis_url: str) -> int:
+    """EVALSHA calls Redis has run so far (each carries one or more items)."""
+    import redis as redis_sync
+
+    client = redis_sync.Redis.from_url(redis_url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
+
+
 async def drive(address: str, method: str, requests: list[bytes], seconds: float,
-                inflight: int, warmup: float, pid: int, redis_pid: int) -> dict[str, float]:
+                inflight: int, warmup: float, pid: int, redis_pid: int,
+                redis_url: str) -> dict[str, float]:
     """``inflight`` callers for warmup + seconds; figures from the window after warm-up."""
     async with grpc.aio.insecure_channel(address) as ch:
         call = ch.unary_unary(method)
@@ -139,9 +153,11 @@ async def drive(address: str, method: str, requests: list[bytes], seconds: float
             await asyncio.sleep(max(0.0, t_open - time.perf_counter()))
             cpu["open"], cpu["redis_open"] = cpu_seconds(pid), cpu_seconds(redis_pid)
             cpu["client_open"] = sum(os.times()[:2])
+            cpu["scripts_open"] = script_calls(redis_url)
             await asyncio.sleep(max(0.0, t_close - time.perf_counter()))
             cpu["close"], cpu["redis_close"] = cpu_seconds(pid), cpu_seconds(redis_pid)
             cpu["client_close"] = sum(os.times()[:2])
+            cpu["scripts_close"] = script_calls(redis_url)
 
         await asyncio.gather(stamps(), *(worker() for _ in range(inflight)))
     if errors:
@@ -153,7 +169,8 @@ async def drive(address: str, method: str, requests: list[bytes], seconds: float
             "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
             "server_us_per_call": (cpu["close"] - cpu["open"]) / max(done, 1) * 1e6,
             "redis_us_per_call": (cpu["redis_close"] - cpu["redis_open"]) / max(done, 1) * 1e6,
-            "client_us_per_call": (cpu["client_close"] - cpu["client_open"]) / max(done, 1) * 1e6}
+            "client_us_per_call": (cpu["client_close"] - cpu["client_open"]) / max(done, 1) * 1e6,
+            "calls_per_script": done / max(cpu["scripts_close"] - cpu["scripts_open"], 1)}
 
 
 class Server:
@@ -175,13 +192,15 @@ class Server:
         self.proc.wait(20)
 
 
-def profiled(out: Path | None, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+def profiled(out: Path | None, pid: int, seconds: float, gil: bool
+             ) -> subprocess.Popen[bytes] | None:
     if out is None:
         return None
-    return subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--duration",
-                             str(int(seconds)), "--rate", "200", "--format", "raw", "--output",
-                             str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    spy = str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                             "--rate", "200", "--format", "raw", "--output", str(out),
+                             "--nonblocking", *(["--gil"] if gil else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main() -> None:
@@ -199,6 +218,8 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, help="another checkout's src folder to compare")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--profile", type=Path, metavar="DIR")
+    ap.add_argument("--profile-gil", action="store_true",
+                    help="profile only the thread holding the GIL (where Python time goes)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.seconds, args.warmup = 1, 3, 1
@@ -226,10 +247,11 @@ def main() -> None:
                         requests = builders[phase](n, args.workspaces)
                         spy = profiled(args.profile / f"{server.name}-{phase}.txt"
                                        if args.profile and r == 0 else None,
-                                       server.proc.pid, args.warmup + args.seconds)
+                                       server.proc.pid, args.warmup + args.seconds,
+                                       args.profile_gil)
                         figures = asyncio.run(drive(server.address, method, requests,
                                                     args.seconds, args.inflight, args.warmup,
-                                                    server.proc.pid, redis_pid))
+                                                    server.proc.pid, redis_pid, redis.url))
                         if spy is not None:
                             spy.wait(30)
                         rows.append({"round": r + 1, "server": server.name, "phase": phase,
@@ -239,7 +261,8 @@ def main() -> None:
                               f"{figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
                               f"CPU µs/call: server {figures['server_us_per_call']:3.0f}, redis "
                               f"{figures['redis_us_per_call']:3.0f}, client "
-                              f"{figures['client_us_per_call']:3.0f}",
+                              f"{figures['client_us_per_call']:3.0f}; "
+                              f"{figures['calls_per_script']:.1f} calls per script call",
                               file=sys.stderr)
         finally:
             for server in servers:
@@ -253,7 +276,8 @@ def main() -> None:
                 summary[f"{server}-{phase}"] = {
                     key: statistics.median(row[key] for row in mine)
                     for key in ("calls_per_s", "p50_ms", "p99_ms", "server_us_per_call",
-                                "redis_us_per_call", "client_us_per_call")}
+                                "redis_us_per_call", "client_us_per_call",
+                                "calls_per_script")}
     if args.json:
         print(json.dumps({"rounds": rows, "medians": summary, "inflight": args.inflight,
                           "seconds": args.seconds}, indent=2))
@@ -262,12 +286,13 @@ def main() -> None:
              "write": "WriteRelationships, 1 relationship per call"}
     print(f"{args.inflight} in flight, {args.rounds} rounds x {args.seconds:g} s, medians")
     print(f"{'server':<7} {'call':<44} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
-          f"{'CPU µs/call: server':>20} {'redis':>6} {'client':>7}")
+          f"{'CPU µs/call: server':>20} {'redis':>6} {'client':>7} {'calls/script':>13}")
     for key, fig in summary.items():
         server, phase = key.split("-", 1)
         print(f"{server:<7} {names[phase]:<44} {fig['calls_per_s']:>8,.0f} "
               f"{fig['p50_ms']:>7.2f} {fig['p99_ms']:>7.2f} {fig['server_us_per_call']:>20.0f} "
-              f"{fig['redis_us_per_call']:>6.0f} {fig['client_us_per_call']:>7.0f}")
+              f"{fig['redis_us_per_call']:>6.0f} {fig['client_us_per_call']:>7.0f} "
+              f"{fig['calls_per_script']:>13.1f}")
 
 
 if __name__ == "__main__":

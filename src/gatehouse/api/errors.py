@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from gatehouse.errors import (
@@ -28,7 +29,7 @@ from gatehouse.errors import (
     Unavailable,
 )
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.transport import Abort, ServicerContext
+from gatehouse.transport import Abort, CallInfo, ServicerContext
 from gatehouse.transport.notes import note_request, note_response
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
@@ -74,6 +75,27 @@ def inline_abort(exc: GatehouseError) -> Abort:
 
 def undecodable() -> Abort:
     return Abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid protobuf message")
+
+
+async def answer_later(info: CallInfo | None, message: Any, raw: bytes,
+                       run: Callable[[Any], Awaitable[Any]]) -> bytes:
+    """Decode ``raw`` as ``message``, run it and encode the response, with the statuses
+    and hook notes ``translate_errors`` gives a servicer method: the body of a
+    ``Later`` (a call answered through the transport's short path)."""
+    try:
+        request = message.FromString(raw)
+    except DecodeError:
+        raise undecodable() from None
+    note_request(info, request)
+    try:
+        response = await run(request)
+    except (GatehouseError, ChangelogGap) as exc:
+        err = _domain(exc)
+        assert err is not None
+        raise inline_abort(err) from None
+    note_response(info, response)
+    out: bytes = response.SerializeToString()
+    return out
 
 
 def _domain(exc: Exception) -> GatehouseError | None:
@@ -133,5 +155,5 @@ def translate_errors(
     return call
 
 
-__all__ = ["details", "inline_abort", "status_code", "to_rpc_status", "translate_errors",
-           "undecodable"]
+__all__ = ["answer_later", "details", "inline_abort", "status_code", "to_rpc_status",
+           "translate_errors", "undecodable"]

@@ -22,6 +22,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Unavailable
@@ -53,6 +54,10 @@ class RedisUsageStore:
                   _num(LIMITS.counter_max)]
         try:
             return bool((await self._record(json.dumps(fields)))[0])
+        except ResponseError as exc:
+            # This event only (its neighbours in the group are answered on their own);
+            # nothing of it was recorded, and its id is not marked seen.
+            raise Unavailable(f"redis refused the event: {exc}") from None
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 

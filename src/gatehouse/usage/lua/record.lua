@@ -8,15 +8,9 @@
 local P = ARGV[1]
 local sep = "\31"
 
-local function record(arg)
-  local a = cjson.decode(arg)
-  local org, id, window, period = a[1], a[2], a[3], a[4]
-  local ws, metric, agg, amount, dim, t = a[5], a[6], a[7], a[8], a[9], a[10]
+local function fold(tag, a)
+  local period, ws, metric, agg, amount, dim, t = a[4], a[5], a[6], a[7], a[8], a[9], a[10]
   local cap = tonumber(a[11])
-  local tag = P .. ":{" .. org .. "}:"
-  if not redis.call("SET", tag .. "ev:" .. id, "1", "NX", "EX", window) then
-    return 1
-  end
   local h = tag .. "u:" .. period
   local vf = "v" .. sep .. ws .. sep .. metric
   if agg == "count" then
@@ -35,10 +29,24 @@ local function record(arg)
     local cur = redis.call("HGET", h, lf)
     if cur then
       local seen = tonumber(string.match(cur, "^(%S+)"))
-      if tonumber(t) <= seen then return 0 end
+      if tonumber(t) <= seen then return end
     end
     redis.call("HSET", h, lf, t .. " " .. amount)
   end
+end
+
+local function record(arg)
+  local a = cjson.decode(arg)
+  local org, id, window = a[1], a[2], a[3]
+  local tag = P .. ":{" .. org .. "}:"
+  local seen = tag .. "ev:" .. id
+  if redis.call("EXISTS", seen) == 1 then
+    return 1
+  end
+  -- The id is marked seen only after the fold succeeded: an event whose fold
+  -- failed (a Redis error) is not acknowledged, and its retry must count.
+  fold(tag, a)
+  redis.call("SET", seen, "1", "EX", window)
   return 0
 end
 

@@ -1,8 +1,11 @@
 """Run a Lua script on Redis with group commit.
 
-``BatchedScript``: the calls made during one event-loop turn become ONE
-script call carrying all their items (up to ``max_items``): one round trip,
-one AOF fsync, one script start and one reply to parse for the lot. The
+``BatchedScript``: the calls made while the previous script call is on its
+way (or, when none is, during one event-loop turn) become ONE script call
+carrying all their items: one round trip, one AOF fsync, one script start
+and one reply to parse for the lot. One call at a time is in flight, so the
+busier the server, the larger the groups (Redis runs scripts one after the
+other anyway). The
 script handles its items in order, each on its own (a failing item gets its
 own error and does not fail its neighbours), and answers one reply per
 item. Each caller is answered only after Redis has answered the whole call,
@@ -79,6 +82,7 @@ class BatchedScript:
         self._max = max_items
         self._queue: list[tuple[str, asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
+        self._sending = False
         self.calls = 0
         """Script calls sent so far (each carries one or more items); for tests and stats."""
 
@@ -90,17 +94,30 @@ class BatchedScript:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._queue.append((item, fut))
-        if not self._flush_scheduled:
+        if not self._flush_scheduled and not self._sending:
             self._flush_scheduled = True
             loop.call_soon(self._start_flush, loop)
         return await fut
 
     def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        queue, self._queue = self._queue, []
         self._flush_scheduled = False
+        if self._sending or not self._queue:
+            return
+        queue, self._queue = self._queue, []
+        self._sending = True
         loop.create_task(self._flush(queue))
 
     async def _flush(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
+        try:
+            await self._flush_group(queue)
+        finally:
+            self._sending = False
+            if self._queue and not self._flush_scheduled:  # what queued up meanwhile
+                self._flush_scheduled = True
+                loop = asyncio.get_running_loop()
+                loop.call_soon(self._start_flush, loop)
+
+    async def _flush_group(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
         groups = [queue[i:i + self._max] for i in range(0, len(queue), self._max)]
         try:
             replies = await self._send(groups)

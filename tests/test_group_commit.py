@@ -313,3 +313,58 @@ class TestOverGrpc:
                  if m.HasField("relationship")}
         assert {s for s in found if s.startswith(run)} == {
             f"{run}{i}" for i in range(30) if i != 7}
+
+
+# -- the batching itself ---------------------------------------------------------------
+
+DOUBLE = """
+local function one(arg)
+  if arg == "raise" then error("boom") end
+  if arg == "wrongtype" then return redis.call("INCR", ARGV[1]) end
+  return {tonumber(arg) * 2, ARGV[1]}
+end
+return run_items(2, one)
+"""
+
+
+class TestBatchedScript:
+    def test_items_answer_alone_and_groups_split_by_count_and_size(
+            self, redis_server: RedisServer) -> None:
+        """Twelve items at once, two of which fail (a Lua error, a Redis error): those two
+        get their own error, the ten others their own reply; the group goes out as
+        calls of at most 4 items and 20 bytes, one pipeline."""
+        import redis.asyncio as aioredis
+        from redis.exceptions import ResponseError
+
+        from gatehouse.redisscript import BatchedScript
+
+        async def run() -> None:
+            client = aioredis.from_url(redis_server.url, decode_responses=True)
+            hash_key = f"g{uuid.uuid4().hex[:8]}"
+            await client.hset(hash_key, "f", "v")
+            script = BatchedScript(client, DOUBLE, lambda: [hash_key], max_items=4,
+                                   max_bytes=20)
+            try:
+                await client.script_load(script.lua)  # else every first call is retried
+                items = [str(i) for i in range(10)]
+                items[3:3] = ["raise"]
+                items[8:8] = ["wrongtype"]
+                answers = await asyncio.gather(*(script(item) for item in items),
+                                               return_exceptions=True)
+                for item, answer in zip(items, answers, strict=True):
+                    if item == "raise":
+                        assert isinstance(answer, ResponseError) and "boom" in str(answer)
+                    elif item == "wrongtype":
+                        assert isinstance(answer, ResponseError)
+                        assert "WRONGTYPE" in str(answer)
+                    else:
+                        assert answer == [int(item) * 2, hash_key]
+                assert script.calls == 3
+                big = "0" * 29 + "7"  # larger than max_bytes: goes alone, still answered
+                assert await asyncio.gather(script(big), script("2")) == [
+                    [14, hash_key], [4, hash_key]]
+                assert script.calls == 5
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())

@@ -27,8 +27,11 @@ from typing import Any
 from redis.exceptions import NoScriptError, ResponseError
 
 MAX_ITEMS = 256
-"""Items per script call; a larger group is sent as several calls in one pipeline, so
-one call never holds Redis (single-threaded) for long."""
+MAX_BYTES = 128 << 10
+"""Items, and bytes of items, per script call (an item larger than that goes alone); a
+larger group is sent as several calls in one pipeline, so that one call never holds
+Redis (single-threaded: every other client waits meanwhile) much longer than the
+separate calls would have one after the other."""
 
 ITEM_OK = "ok"
 ITEM_ERROR = "err"
@@ -75,11 +78,12 @@ class BatchedScript:
     """
 
     def __init__(self, client: Any, lua: str, head: Callable[[], list[str]],
-                 max_items: int = MAX_ITEMS) -> None:
+                 max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES) -> None:
         self.client = client
         self._script = client.register_script(LUA_RUN_ITEMS + lua)
         self._head = head
         self._max = max_items
+        self._max_bytes = max_bytes
         self._queue: list[tuple[str, asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._sending = False
@@ -118,7 +122,7 @@ class BatchedScript:
                 loop.call_soon(self._start_flush, loop)
 
     async def _flush_group(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
-        groups = [queue[i:i + self._max] for i in range(0, len(queue), self._max)]
+        groups = self._split(queue)
         try:
             replies = await self._send(groups)
             if any(_noscript(r) for r in replies):
@@ -149,6 +153,19 @@ class BatchedScript:
             for _, fut in group:  # fewer replies than items: never leave a caller waiting
                 if not fut.done():
                     fut.set_exception(ResponseError("the script gave no reply for this item"))
+
+    def _split(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]
+               ) -> list[list[tuple[str, asyncio.Future[list[Any]]]]]:
+        groups: list[list[tuple[str, asyncio.Future[list[Any]]]]] = [[]]
+        size = 0
+        for entry in queue:
+            if groups[-1] and (len(groups[-1]) >= self._max
+                               or size + len(entry[0]) > self._max_bytes):
+                groups.append([])
+                size = 0
+            groups[-1].append(entry)
+            size += len(entry[0])
+        return groups
 
     async def _send(self, groups: list[list[tuple[str, asyncio.Future[list[Any]]]]]
                     ) -> list[Any]:

@@ -18,12 +18,15 @@ of the server, of Redis and of this client (utime + stime; on a busy shared
 machine CPU per call moves less than calls/s does), and how many calls one
 EVALSHA carried on average (Redis's commandstats).
 
-``--baseline SRC`` also serves the same load from another checkout's
-``src`` folder (for example the commit before a change), on its own Redis
-prefix of the same Redis, and interleaves its rounds with ours: before and
-after measured in one run. ``--server-env NAME=VALUE`` passes an environment
-variable to our server only. ``--profile DIR`` records a py-spy flame graph
-(py-spy's collapsed stacks) of every server during each phase of the first round.
+``--baseline [NAME=]SRC`` (repeatable) also serves the same load from another
+checkout's ``src`` folder (for example the commit before a change), on its
+own Redis prefix of the same Redis, and interleaves its rounds with ours:
+before and after measured in one run. (``git archive <commit> src | tar -x
+-C DIR`` and a copy of the generated ``src/gatehouse/v1`` make such a folder.)
+``--server-env NAME=VALUE`` passes an environment variable to our server
+only. ``--profile DIR`` records py-spy's collapsed stacks of every server
+during each phase of the first round (``--profile-gil``: of the thread
+holding the GIL only, which shows where the Python time goes).
 
     .venv/bin/python bench/write_paths.py [--quick] [--json] [--baseline /path/to/src]
 """
@@ -215,7 +218,9 @@ def main() -> None:
     ap.add_argument("--workspaces", type=int, default=100)
     ap.add_argument("--max-rate", type=int, default=15000,
                     help="requests prepared per second of a phase (default 15,000)")
-    ap.add_argument("--baseline", type=Path, help="another checkout's src folder to compare")
+    ap.add_argument("--baseline", action="append", default=[], metavar="[NAME=]SRC",
+                    help="another checkout's src folder to compare (repeatable; NAME "
+                         "defaults to before)")
     ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE")
     ap.add_argument("--profile", type=Path, metavar="DIR")
     ap.add_argument("--profile-gil", action="store_true",
@@ -234,9 +239,11 @@ def main() -> None:
         assert redis.proc is not None
         redis_pid = redis.proc.pid
         try:
-            targets = [("after", ROOT / "src", "wa", env)]
-            if args.baseline is not None:
-                targets.insert(0, ("before", args.baseline.resolve(), "wb", {}))
+            targets: list[tuple[str, Path, str, dict[str, str]]] = []
+            for k, spec in enumerate(args.baseline):
+                name, _, src = spec.rpartition("=")
+                targets.append((name or "before", Path(src).resolve(), f"wb{k}", {}))
+            targets.append(("after", ROOT / "src", "wa", env))
             for name, src, prefix, extra in targets:
                 asyncio.run(seed(redis.url, prefix, args.workspaces))
                 servers.append(Server(name, src, redis.url, prefix, tmp, extra))
@@ -256,7 +263,7 @@ def main() -> None:
                             spy.wait(30)
                         rows.append({"round": r + 1, "server": server.name, "phase": phase,
                                      **figures})
-                        print(f"round {r + 1} {server.name:<6} {phase:<6} "
+                        print(f"round {r + 1} {server.name:<8} {phase:<6} "
                               f"{figures['calls_per_s']:8,.0f} calls/s  p50 "
                               f"{figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
                               f"CPU µs/call: server {figures['server_us_per_call']:3.0f}, redis "
@@ -269,7 +276,7 @@ def main() -> None:
                 server.stop()
             redis.stop()
     summary: dict[str, dict[str, float]] = {}
-    for server in ("before", "after"):
+    for server in dict.fromkeys(row["server"] for row in rows):
         for phase in PHASES:
             mine = [row for row in rows if row["server"] == server and row["phase"] == phase]
             if mine:
@@ -285,11 +292,11 @@ def main() -> None:
     names = {"record": "RecordUsage, 1 event per call",
              "write": "WriteRelationships, 1 relationship per call"}
     print(f"{args.inflight} in flight, {args.rounds} rounds x {args.seconds:g} s, medians")
-    print(f"{'server':<7} {'call':<44} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+    print(f"{'server':<9} {'call':<44} {'calls/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'CPU µs/call: server':>20} {'redis':>6} {'client':>7} {'calls/script':>13}")
     for key, fig in summary.items():
         server, phase = key.split("-", 1)
-        print(f"{server:<7} {names[phase]:<44} {fig['calls_per_s']:>8,.0f} "
+        print(f"{server:<9} {names[phase]:<44} {fig['calls_per_s']:>8,.0f} "
               f"{fig['p50_ms']:>7.2f} {fig['p99_ms']:>7.2f} {fig['server_us_per_call']:>20.0f} "
               f"{fig['redis_us_per_call']:>6.0f} {fig['client_us_per_call']:>7.0f} "
               f"{fig['calls_per_script']:>13.1f}")

@@ -271,6 +271,21 @@ class TestOverGrpc:
         assert info.value.details().startswith("events[0].workspace_id")
         assert _credits(stub) == before + 31
 
+    def test_the_events_of_one_call_answer_in_order(self, server: ServerProcess) -> None:
+        """One call of 100 events naming one id twice: the answers come in the request's
+        order, the second copy is the duplicate, and the credits grow by 99."""
+        stub = upb_grpc.UsageServiceStub(server.channel())
+        run = uuid.uuid4().hex[:8]
+        ids = [f"{run}-{i}" for i in range(99)]
+        ids.insert(60, ids[10])
+        before = _credits(stub)
+        resp = stub.RecordUsage(upb.RecordUsageRequest(organization_id="northwind", events=[
+            upb.UsageEvent(event_id=i, workspace_id="acme", metric="llm_credits", amount=1.0)
+            for i in ids]), timeout=30)
+        assert [r.event_id for r in resp.results] == ids
+        assert [i for i, r in enumerate(resp.results) if r.duplicate] == [60]
+        assert _credits(stub) == before + 99
+
     def test_concurrent_single_writes_commit_or_fail_alone(self, server: ServerProcess) -> None:
         """30 WriteRelationships at once, one with a precondition that does not hold and
         one that is not a protobuf message: those two fail with their own status, the

@@ -87,6 +87,7 @@ class BatchedScript:
         self._queue: list[tuple[str, asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
         self._sending = False
+        self._task: asyncio.Task[None] | None = None
         self.calls = 0
         """Script calls sent so far (each carries one or more items); for tests and stats."""
 
@@ -109,7 +110,7 @@ class BatchedScript:
             return
         queue, self._queue = self._queue, []
         self._sending = True
-        loop.create_task(self._flush(queue))
+        self._task = loop.create_task(self._flush(queue))  # held: a task is weakly referenced
 
     async def _flush(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
         try:

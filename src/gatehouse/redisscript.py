@@ -112,7 +112,7 @@ def _item_error(message: str) -> ResponseError:
     read-only replica or a missing ACL permission reads as such: ``unreachable``)."""
     if message.startswith("READONLY"):
         return ReadOnlyError(message)
-    if message.startswith("NOPERM"):
+    if message.startswith("NOPERM") or "ACL failure" in message:  # a denied command in a script
         return NoPermissionError(message)
     return ResponseError(message)
 

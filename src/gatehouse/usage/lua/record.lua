@@ -40,7 +40,8 @@ local function record(arg)
   local org, id, window = a[1], a[2], a[3]
   local tag = P .. ":{" .. org .. "}:"
   local seen = tag .. "ev:" .. id
-  if redis.call("EXISTS", seen) == 1 then
+  -- GET, not EXISTS: the documented ACL (docs/redis-production.md) grants +get.
+  if redis.call("GET", seen) then
     return 1
   end
   -- The id is marked seen only after the fold succeeded: an event whose fold

@@ -10,7 +10,7 @@ import pytest
 
 from gatehouse.errors import InvalidArgument, Unavailable
 from gatehouse.redisconn import RedisOptions, RedisTarget, open_client, parse_url, redact
-from gatehouse.redisscript import PipelinedScript
+from gatehouse.redisscript import BatchedScript
 from tests.redis_server import RedisServer
 
 SECRET = "pa55-Secret"
@@ -158,13 +158,14 @@ class TestWaitReplicas:
             target = parse_url(redis_server.url)
             client = open_client(target, RedisOptions(pool_size=2))
             try:
-                lua = "return redis.call('INCR', ARGV[1])"
+                lua = "return run_items(1, function(key) return redis.call('INCR', key) end)"
                 key = "waittest:counter"
-                waiting = PipelinedScript(client, lua, wait_replicas=1, wait_timeout=0.05)
+                waiting = BatchedScript(client, lua, lambda: [], wait_replicas=1,
+                                        wait_timeout=0.05)
                 with pytest.raises(Unavailable, match="only 0 of 1 replica"):
-                    await waiting([key])
+                    await waiting(key)
                 assert int(await client.get(key)) == 1  # applied on the primary
-                assert await PipelinedScript(client, lua)([key]) == 2
+                assert await BatchedScript(client, lua, lambda: [])(key) == [2]
                 await client.delete(key)
             finally:
                 await client.aclose()

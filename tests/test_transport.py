@@ -30,6 +30,7 @@ from gatehouse.transport import (
     CallInfo,
     CallOutcome,
     Defer,
+    Later,
     ServicerContext,
     Transport,
     open_transport,
@@ -62,9 +63,24 @@ class Toy:
             raise RuntimeError("bug")
         if raw == b"not-bytes":
             return "a str"  # type: ignore[return-value]
+        if raw.startswith(b"later"):
+            return Later(lambda remaining: self.later(raw, info, remaining))
         if len(raw) > 64:
             return b"inline:%d bytes" % len(raw)
         return b"inline:" + raw
+
+    async def later(self, raw: bytes, info: CallInfo | None,
+                    remaining: Callable[[], float | None]) -> bytes:
+        """The loop half of an inline answer (a write waiting for its store, say)."""
+        await asyncio.sleep(0.01)
+        if raw == b"later-abort":
+            raise Abort(grpc.StatusCode.ABORTED, "raced")
+        if raw == b"later-boom":
+            raise RuntimeError("bug")
+        left = remaining()
+        caller = info.notes.get("caller") if info else None
+        return b"later:%s:%s:%s" % (raw, str(caller).encode(),
+                                    b"none" if left is None else b"some")
 
     async def unary(self, request: bytes, context: ServicerContext) -> bytes:
         self.reached.append(request[:16])
@@ -275,6 +291,31 @@ class TestInline:
                    for i in range(500)]
         assert [f.result() for f in futures] == [b"inline:%d" % i for i in range(500)]
 
+    def test_later_is_answered_from_the_loop(self, served: Served,
+                                             channel: grpc.Channel) -> None:
+        """A Later's bytes are the answer; it sees the deadline the call has (or none)."""
+        assert call(channel, "Inline", b"later") == b"later:later:None:some"
+        no_deadline = channel.unary_unary(f"/{SERVICE}/Inline")(b"later")
+        assert no_deadline == b"later:later:None:none"
+        assert served.toy.reached == [b"later", b"later"]
+
+    def test_later_abort_and_failure(self, served: Served, channel: grpc.Channel) -> None:
+        """Abort from a Later is the status; a bug in one is INTERNAL, counted, and the
+        server goes on."""
+        assert code_of(lambda: call(channel, "Inline", b"later-abort")) == (
+            grpc.StatusCode.ABORTED, "raced")
+        code, details = code_of(lambda: call(channel, "Inline", b"later-boom"))
+        assert code == grpc.StatusCode.INTERNAL and "RuntimeError" in details
+        assert served.server.stats.handler_failures == 1
+        assert call(channel, "Inline", b"later") == b"later:later:None:some"
+
+    def test_many_concurrent_laters(self, channel: grpc.Channel) -> None:
+        """Three hundred Laters in flight at once each get their own answer."""
+        futures = [channel.unary_unary(f"/{SERVICE}/Inline").future(b"later%d" % i, timeout=20)
+                   for i in range(300)]
+        assert [f.result() for f in futures] == [
+            b"later:later%d:None:some" % i for i in range(300)]
+
     def test_inline_must_name_a_registered_unary_method(self, served: Served) -> None:
         """add_inline refuses a method that is not registered, or not unary."""
         with pytest.raises(ValueError, match="registered unary"):
@@ -429,6 +470,17 @@ class TestHooks:
         first = next(i for i, _ in hooked.hooks.ended if i.method == f"/{SERVICE}/Inline")
         assert ("x-tag", "h") in first.metadata
         assert "127.0.0.1" in first.peer
+
+    def test_hooks_see_laters_like_any_call(self, hooked: Served) -> None:
+        """A Later reads the notes of the pre-call hook, and the post-call hook gets its
+        final status."""
+        with grpc.insecure_channel(hooked.address) as ch:
+            assert call(ch, "Inline", b"later", metadata=(("x-caller", "k1"),)) == \
+                b"later:later:k1:some"
+            code_of(lambda: call(ch, "Inline", b"later-abort"))
+        ended = hooked.hooks.wait_ended(f"/{SERVICE}/Inline", 2)
+        assert [(o.code, o.details) for o in ended] == [(grpc.StatusCode.OK, ""),
+                                                        (grpc.StatusCode.ABORTED, "raced")]
 
     def test_before_hook_refuses_unauthenticated_before_any_handler(
             self, hooked: Served) -> None:

@@ -1,19 +1,35 @@
-"""Run a Lua script on Redis with automatic pipelining.
+"""Run a Lua script on Redis with group commit.
 
-Calls made during one event-loop turn are sent as one pipeline: one round
-trip, one AOF fsync for the lot, while Redis still runs each script
-atomically and in order. A missing script (after a Redis restart) is loaded
-and the affected calls retried.
+``BatchedScript``: the calls made while the previous script call is on its
+way (or, when none is, during one event-loop turn) become ONE script call
+carrying all their items: one round trip, one AOF fsync, one script start
+and one reply to parse for the lot. One call at a time is in flight, so the
+busier the server, the larger the groups (Redis runs scripts one after the
+other anyway). The
+script handles its items in order, each on its own (a failing item gets its
+own error and does not fail its neighbours), and answers one reply per
+item. Each caller is answered only after Redis has answered the whole call,
+so nothing is acknowledged before it is in Redis (and, with ``appendfsync
+always``, in the AOF).
 
-With ``wait_replicas`` the pipeline ends with ``WAIT n timeout``: Redis answers
-it once that many replicas have received every write before it on the
-connection, so a write is acknowledged only when it would survive the
-primary's loss (a failover promotes one of those replicas).
+A missing script (after a Redis restart or a SCRIPT FLUSH) is loaded and
+the call retried. A connection error fails every caller of the group: none
+of them is acknowledged, and each is told its write may or may not have been
+applied.
+
+With ``wait_replicas`` the group's script call(s) are followed, in the same
+pipeline, by ``WAIT n timeout``: Redis answers it once that many replicas have
+received every write before it on the connection, so an item is acknowledged
+only when it would survive the primary's loss (a failover promotes one of those
+replicas). When fewer replicas confirm in time, every item the script applied
+is answered ``Unavailable`` saying so (it is on the primary, but not yet safe);
+an item the script refused keeps its own error.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import (
@@ -49,71 +65,190 @@ def unreachable(exc: BaseException) -> Unavailable:
                            "may be under way")
     return Unavailable(f"redis unreachable: {exc}")
 
+MAX_ITEMS = 256
+MAX_BYTES = 128 << 10
+"""Items, and bytes of items, per script call (an item larger than that goes alone); a
+larger group is sent as several calls in one pipeline, so that one call never holds
+Redis (single-threaded: every other client waits meanwhile) much longer than the
+separate calls would have one after the other."""
+
+ITEM_OK = "ok"
+ITEM_ERROR = "err"
+"""Each item's reply is ``{"ok", value...}`` or ``{"err", message}``."""
+
+LUA_RUN_ITEMS = """
+-- One reply per item: {"ok", values...} or {"err", message}; an item that
+-- raises (a failed check or a Redis error) fails alone.
+local function run_items(first, one)
+  local out = {}
+  for i = first, #ARGV do
+    local ok, r = pcall(one, ARGV[i])
+    if not ok then
+      if type(r) == "table" and r.err then r = r.err end
+      out[#out + 1] = {"err", tostring(r)}
+    elseif type(r) == "table" and r.err then
+      out[#out + 1] = {"err", r.err}
+    elseif type(r) == "table" then
+      local reply = {"ok"}
+      for _, v in ipairs(r) do reply[#reply + 1] = v end
+      out[#out + 1] = reply
+    else
+      out[#out + 1] = {"ok", r}
+    end
+  end
+  return out
+end
+"""
+"""Prepended to every batched script: ``return run_items(first_item_argv, one)``."""
+
 
 def _noscript(result: Any) -> bool:
     return isinstance(result, NoScriptError) or (
         isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"))
 
 
-class PipelinedScript:
-    def __init__(self, client: Any, lua: str, wait_replicas: int = 0,
-                 wait_timeout: float = 1.0) -> None:
+def _item_error(message: str) -> ResponseError:
+    """An item's error as the exception redis-py raises for that reply (so that a
+    read-only replica or a missing ACL permission reads as such: ``unreachable``)."""
+    if message.startswith("READONLY"):
+        return ReadOnlyError(message)
+    if message.startswith("NOPERM") or "ACL failure" in message:  # a denied command in a script
+        return NoPermissionError(message)
+    return ResponseError(message)
+
+
+class BatchedScript:
+    """Group commit of one Lua script's items.
+
+    ``head()`` gives the leading arguments of each script call (the same for
+    every item of a group: a key prefix, say); each ``await script(item)``
+    adds one argument after them and returns that item's reply values (a
+    list), or raises ``ResponseError`` with the item's own error message.
+    """
+
+    def __init__(self, client: Any, lua: str, head: Callable[[], list[str]],
+                 max_items: int = MAX_ITEMS, max_bytes: int = MAX_BYTES,
+                 wait_replicas: int = 0, wait_timeout: float = 1.0) -> None:
         self.client = client
         self.wait_replicas = wait_replicas
         self.wait_ms = max(1, int(wait_timeout * 1000))
-        self._script = client.register_script(lua)
-        self._queue: list[tuple[list[str], asyncio.Future[Any]]] = []
+        self._script = client.register_script(LUA_RUN_ITEMS + lua)
+        self._head = head
+        self._max = max_items
+        self._max_bytes = max_bytes
+        self._queue: list[tuple[str, asyncio.Future[list[Any]]]] = []
         self._flush_scheduled = False
+        self._sending = False
+        self._task: asyncio.Task[None] | None = None
+        self.calls = 0
+        """Script calls sent so far (each carries one or more items); for tests and stats."""
 
-    async def __call__(self, args: list[str]) -> Any:
-        """The script's reply; raises the script's error (a ResponseError) or a
-        connection error."""
+    @property
+    def lua(self) -> str:
+        return str(self._script.script)
+
+    async def __call__(self, item: str) -> list[Any]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((args, fut))
-        if not self._flush_scheduled:
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((item, fut))
+        if not self._flush_scheduled and not self._sending:
             self._flush_scheduled = True
-            loop.call_soon(lambda: loop.create_task(self._flush()))
+            loop.call_soon(self._start_flush, loop)
         return await fut
 
-    async def _flush(self) -> None:
-        queue, self._queue = self._queue, []
+    def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_scheduled = False
+        if self._sending or not self._queue:
+            return
+        queue, self._queue = self._queue, []
+        self._sending = True
+        self._task = loop.create_task(self._flush(queue))  # held: a task is weakly referenced
+
+    async def _flush(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
         try:
-            results = await self._pipeline(queue)
-            if any(_noscript(r) for r in results):
+            await self._flush_group(queue)
+        finally:
+            self._sending = False
+            if self._queue and not self._flush_scheduled:  # what queued up meanwhile
+                self._flush_scheduled = True
+                loop = asyncio.get_running_loop()
+                loop.call_soon(self._start_flush, loop)
+
+    async def _flush_group(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
+        groups = self._split(queue)
+        try:
+            replies = await self._send(groups)
+            if any(_noscript(r) for r in replies):
                 await self.client.script_load(self._script.script)
-                retry = [item for item, r in zip(queue, results, strict=True) if _noscript(r)]
-                again = iter(await self._pipeline(retry))
-                results = [next(again) if _noscript(r) else r for r in results]
+                retry = [g for g, r in zip(groups, replies, strict=True) if _noscript(r)]
+                again = iter(await self._send(retry))
+                replies = [next(again) if _noscript(r) else r for r in replies]
         except BaseException as exc:
             for _, fut in queue:
                 if not fut.done():
                     fut.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
-        for (_, fut), result in zip(queue, results, strict=True):
-            if fut.done():
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, BaseException):
+                for _, fut in group:
+                    if not fut.done():
+                        fut.set_exception(reply)
                 continue
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
+            for (_, fut), answer in zip(group, reply, strict=False):
+                if fut.done():
+                    continue
+                if isinstance(answer, BaseException):  # applied, but too few replicas confirmed
+                    fut.set_exception(answer)
+                elif answer[0] == ITEM_OK:
+                    fut.set_result(answer[1:])
+                else:
+                    fut.set_exception(_item_error(answer[1]))
+            for _, fut in group:  # fewer replies than items: never leave a caller waiting
+                if not fut.done():
+                    fut.set_exception(ResponseError("the script gave no reply for this item"))
 
-    async def _pipeline(self, items: list[tuple[list[str], asyncio.Future[Any]]]) -> list[Any]:
+    def _split(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]
+               ) -> list[list[tuple[str, asyncio.Future[list[Any]]]]]:
+        groups: list[list[tuple[str, asyncio.Future[list[Any]]]]] = [[]]
+        size = 0
+        for entry in queue:
+            if groups[-1] and (len(groups[-1]) >= self._max
+                               or size + len(entry[0]) > self._max_bytes):
+                groups.append([])
+                size = 0
+            groups[-1].append(entry)
+            size += len(entry[0])
+        return groups
+
+    async def _send(self, groups: list[list[tuple[str, asyncio.Future[list[Any]]]]]
+                    ) -> list[Any]:
+        head = self._head()
+        self.calls += len(groups)
+        if len(groups) == 1 and not self.wait_replicas:
+            try:
+                return [await self.client.evalsha(self._script.sha, 0, *head,
+                                                  *(item for item, _ in groups[0]))]
+            except ResponseError as exc:
+                return [exc]
         pipe = self.client.pipeline(transaction=False)
-        for args, _ in items:
-            pipe.evalsha(self._script.sha, 0, *args)
+        for group in groups:
+            pipe.evalsha(self._script.sha, 0, *head, *(item for item, _ in group))
         if not self.wait_replicas:
             return list(await pipe.execute(raise_on_error=False))
         pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)
-        *results, acked = await pipe.execute(raise_on_error=False)
+        *replies, acked = await pipe.execute(raise_on_error=False)
         if isinstance(acked, BaseException):
             raise acked
-        if int(acked) < self.wait_replicas:
-            short = (
-                f"the write was applied on the redis primary but only {acked} of "
-                f"{self.wait_replicas} replica(s) confirmed it within {self.wait_ms} ms; it "
-                "may be lost if the primary fails now (check the replicas)")
-            results = [r if isinstance(r, BaseException) or _noscript(r) else Unavailable(short)
-                       for r in results]
-        return list(results)
+        if int(acked) >= self.wait_replicas:
+            return list(replies)
+        short = (
+            f"the write was applied on the redis primary but only {acked} of "
+            f"{self.wait_replicas} replica(s) confirmed it within {self.wait_ms} ms; it "
+            "may be lost if the primary fails now (check the replicas)")
+        # An applied item is not yet safe: its caller is told so; a refused item
+        # changed nothing and keeps its own error.
+        return [r if isinstance(r, BaseException)
+                else [Unavailable(short) if a[0] == ITEM_OK else a for a in r]
+                for r in replies]

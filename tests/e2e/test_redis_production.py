@@ -124,6 +124,33 @@ class TestAclUser:
         asyncio.run(usage_conformance.run_scenario(_AclUsageBackend(user_url(acl_redis)),
                                                    item))
 
+    def test_a_command_the_acl_denies_in_a_script_names_the_acl(
+        self, acl_redis: RedisServer
+    ) -> None:
+        """A grouped script item whose command the user may not run is refused alone (its
+        neighbour is answered), as UNAVAILABLE pointing at the documented ACL rules,
+        not as a failure of the item's own data."""
+        from gatehouse.redisconn import RedisOptions, open_client, parse_url
+        from gatehouse.redisscript import BatchedScript, unreachable
+
+        lua = ("return run_items(1, function(arg) if arg == 'deny' then "
+               "return redis.call('KEYS', 'gh:*') end "
+               "return redis.call('INCR', 'gh:acl-test') end)")
+
+        async def run() -> None:
+            client = open_client(parse_url(user_url(acl_redis)), RedisOptions())
+            try:
+                script = BatchedScript(client, lua, lambda: [])
+                denied, fine = await asyncio.gather(script("deny"), script("ok"),
+                                                    return_exceptions=True)
+                assert fine == [1]
+                assert isinstance(denied, Exception)
+                assert "docs/redis-production.md" in str(unreachable(denied))
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
+
     def test_server_serves_as_the_documented_user(
         self, tmp_path: Path, acl_redis: RedisServer
     ) -> None:

@@ -431,6 +431,12 @@ class TestRedis:
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             wait_serving(address, proc, log)
+            # One worker answering does not mean both have started (on a busy machine the
+            # second may still be loading): wait, bounded, until each opened its file.
+            deadline = time.monotonic() + 60
+            while (len([p for p in tmp_path.iterdir() if p.name.startswith("audit.log")]) < 2
+                   and time.monotonic() < deadline):
+                time.sleep(0.1)
             with grpc.insecure_channel(address) as channel:
                 graph = gpb_grpc.GraphServiceStub(channel)
                 graph.WriteObjects(gpb.WriteObjectsRequest(updates=[gpb.ObjectUpdate(

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 
 from gatehouse.errors import (
@@ -29,7 +30,7 @@ from gatehouse.errors import (
     Unavailable,
 )
 from gatehouse.graph.store import ChangelogGap
-from gatehouse.transport import ACTIVATE, Abort, ServicerContext
+from gatehouse.transport import ACTIVATE, Abort, CallInfo, ServicerContext
 from gatehouse.transport.notes import note_request, note_response
 
 _CODES: tuple[tuple[type[GatehouseError], grpc.StatusCode], ...] = (
@@ -78,6 +79,28 @@ def undecodable() -> Abort:
     return Abort(grpc.StatusCode.INVALID_ARGUMENT, "request: not a valid protobuf message")
 
 
+async def answer_later(info: CallInfo | None, message: Any, raw: bytes,
+                       run: Callable[[Any], Awaitable[Any]]) -> bytes:
+    """Decode ``raw`` as ``message``, run it and encode the response, with the statuses
+    and hook notes ``translate_errors`` gives a servicer method: the body of a
+    ``Later`` (a call answered through the transport's short path)."""
+    try:
+        request = message.FromString(raw)
+    except DecodeError:
+        raise undecodable() from None
+    note_request(info, request)
+    _activate(info)
+    try:
+        response = await run(request)
+    except (GatehouseError, ChangelogGap) as exc:
+        err = _domain(exc)
+        assert err is not None
+        raise inline_abort(err) from None
+    note_response(info, response)
+    out: bytes = response.SerializeToString()
+    return out
+
+
 def _domain(exc: Exception) -> GatehouseError | None:
     if isinstance(exc, GatehouseError):
         return exc
@@ -88,9 +111,8 @@ def _domain(exc: Exception) -> GatehouseError | None:
     return None
 
 
-def _activate(context: ServicerContext) -> None:
+def _activate(info: CallInfo | None) -> None:
     """Make what the hooks prepared for this call current in its task (``ACTIVATE``)."""
-    info = context.call_info()
     if info is not None:
         activate = info.notes.get(ACTIVATE)
         if activate is not None:
@@ -116,7 +138,7 @@ def translate_errors(
                          context: ServicerContext) -> AsyncIterator[Any]:
             info = context.call_info()
             note_request(info, request)
-            _activate(context)
+            _activate(info)
             try:
                 async for item in gen(self, request, context):
                     note_response(info, item)
@@ -134,7 +156,7 @@ def translate_errors(
     async def call(self: Self, request: Req, context: ServicerContext) -> Any:
         info = context.call_info()
         note_request(info, request)
-        _activate(context)
+        _activate(info)
         try:
             response = await unary(self, request, context)
             note_response(info, response)
@@ -147,5 +169,5 @@ def translate_errors(
     return call
 
 
-__all__ = ["details", "inline_abort", "status_code", "to_rpc_status", "translate_errors",
-           "undecodable"]
+__all__ = ["answer_later", "details", "inline_abort", "status_code", "to_rpc_status",
+           "translate_errors", "undecodable"]

@@ -8,7 +8,7 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 
 from gatehouse.api import convert, cursor
-from gatehouse.api.errors import translate_errors
+from gatehouse.api.errors import answer_later, translate_errors
 from gatehouse.auth import tenants
 from gatehouse.auth.tenants import organizations_of
 from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
@@ -33,7 +33,7 @@ from gatehouse.runtime import (
     Mode,
     parse_revision,
 )
-from gatehouse.transport import ServicerContext
+from gatehouse.transport import CallInfo, Later, ServicerContext, TimeRemaining
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
@@ -158,25 +158,35 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
         self.follower = follower
 
     def _guard(self, context: Context) -> tenants.TenantGuard | None:
+        return self._guard_of(context.call_info())
+
+    def _guard_of(self, info: CallInfo | None) -> tenants.TenantGuard | None:
+        organizations = organizations_of(info)
+        if organizations is None:
+            return None
         view = self.follower.view()
-        return tenants.guard(organizations_of(context.call_info()), view.policy, view.index)
+        return tenants.guard(organizations, view.policy, view.index)
 
     async def _require(self, context: Context,
                        check: Callable[[tenants.TenantGuard], None]) -> frozenset[str] | None:
+        return await self._require_of(context.call_info(), context.time_remaining, check)
+
+    async def _require_of(self, info: CallInfo | None, remaining: TimeRemaining,
+                          check: Callable[[tenants.TenantGuard], None]) -> frozenset[str] | None:
         """Run a write's tenant ``check`` for a bound caller (None: unbound, nothing to do).
 
         An object this process's index does not know yet (written a moment ago
         through another process) counts as outside; before refusing, the index
         catches up with the store and the check runs once more.
         """
-        guard = self._guard(context)
+        guard = self._guard_of(info)
         if guard is None:
             return None
         try:
             check(guard)
         except tenants.OutsideTenants:
-            await self.follower.ensure(FULLY_CONSISTENT, context.time_remaining())
-            guard = self._guard(context)
+            await self.follower.ensure(FULLY_CONSISTENT, remaining())
+            guard = self._guard_of(info)
             assert guard is not None
             check(guard)
         return guard.organizations
@@ -184,6 +194,17 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
     @translate_errors
     async def WriteRelationships(self, request: pb.WriteRelationshipsRequest,
                                  context: Context) -> pb.WriteRelationshipsResponse:
+        return await self._write(request, context.call_info(), context.time_remaining)
+
+    def write_inline(self, raw: bytes, info: CallInfo | None) -> Later:
+        """WriteRelationships through the transport's short path (a write always needs the
+        loop, for the store); the same checks, answers and statuses."""
+        return Later(lambda remaining: answer_later(
+            info, pb.WriteRelationshipsRequest, raw,
+            lambda req: self._write(req, info, remaining)))
+
+    async def _write(self, request: pb.WriteRelationshipsRequest, info: CallInfo | None,
+                     remaining: TimeRemaining) -> pb.WriteRelationshipsResponse:
         if not request.updates:
             raise InvalidArgument("updates", "give at least one update")
         if len(request.updates) > LIMITS.write_batch:
@@ -208,7 +229,7 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
             _require_preconditions(guard, given)
             guard.require_operations(ops, (f"updates[{i}]" for i in range(len(ops))))
 
-        bound = await self._require(context, inside)
+        bound = await self._require_of(info, remaining, inside)
         try:
             revision = await self.ops.write(ops, pres)
         except FailedPrecondition as exc:

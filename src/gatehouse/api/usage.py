@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gatehouse.api import convert
-from gatehouse.api.errors import translate_errors
+from gatehouse.api.errors import answer_later, translate_errors
 from gatehouse.auth import tenants
 from gatehouse.errors import InvalidArgument
 from gatehouse.runtime import EventInput, IndexFollower, UsageOperations
-from gatehouse.transport import ServicerContext
+from gatehouse.transport import CallInfo, Later, ServicerContext
 from gatehouse.usage.compute import MetricUsage
 from gatehouse.usage.limits import (
     AddMember,
@@ -71,17 +71,19 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
         self.usage = usage
         self.follower = follower
 
-    def _require_organization(self, context: Context, org_id: str) -> None:
+    def _require_organization(self, info: CallInfo | None, org_id: str) -> None:
+        organizations = tenants.organizations_of(info)
+        if organizations is None:
+            return
         view = self.follower.view()
-        guard = tenants.guard(tenants.organizations_of(context.call_info()), view.policy,
-                              view.index)
+        guard = tenants.guard(organizations, view.policy, view.index)
         if guard is not None:
             guard.require_organization(org_id, "organization_id")
 
     @translate_errors
     async def ComputeUsage(self, request: pb.ComputeUsageRequest,
                            context: Context) -> pb.ComputeUsageResponse:
-        self._require_organization(context, request.organization_id)
+        self._require_organization(context.call_info(), request.organization_id)
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
         report = await self.usage.compute_usage(
@@ -99,7 +101,17 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
     @translate_errors
     async def RecordUsage(self, request: pb.RecordUsageRequest,
                           context: Context) -> pb.RecordUsageResponse:
-        self._require_organization(context, request.organization_id)
+        return await self._record(request, context.call_info())
+
+    def record_inline(self, raw: bytes, info: CallInfo | None) -> Later:
+        """RecordUsage through the transport's short path (a write: it always needs the
+        loop, for the usage store); the same checks, answers and statuses."""
+        return Later(lambda _remaining: answer_later(
+            info, pb.RecordUsageRequest, raw, lambda req: self._record(req, info)))
+
+    async def _record(self, request: pb.RecordUsageRequest,
+                      info: CallInfo | None) -> pb.RecordUsageResponse:
+        self._require_organization(info, request.organization_id)
         events = [
             EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
                        convert.timestamp(e.event_time, f"events[{i}].event_time")
@@ -107,16 +119,15 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
             for i, e in enumerate(request.events)
         ]
         duplicates = await self.usage.record_usage(request.organization_id, events)
-        resp = pb.RecordUsageResponse()
-        for e, dup in zip(request.events, duplicates, strict=True):
-            resp.results.add(event_id=e.event_id, duplicate=dup)
-        return resp
+        return pb.RecordUsageResponse(results=[
+            pb.RecordUsageResult(event_id=e.event_id, duplicate=dup)
+            for e, dup in zip(events, duplicates, strict=True)])
 
     @translate_errors
     async def CheckLimit(self, request: pb.CheckLimitRequest,
                          context: Context) -> pb.CheckLimitResponse:
         proposal = _proposal(request)
-        self._require_organization(context, request.organization_id)
+        self._require_organization(context.call_info(), request.organization_id)
         await self.follower.ensure(convert.consistency(request.consistency),
                                    context.time_remaining())
         decision, plan, revision = await self.usage.check_limit(

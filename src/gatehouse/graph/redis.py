@@ -1,8 +1,11 @@
 """The Redis store: the production source of truth.
 
-Every write is one Lua script (``lua/write.lua``) that checks preconditions,
-tenancy and policy constraints, applies the batch, bumps the revision and
-appends the effective operations to the changelog stream — atomically.
+Every write batch is one atomic step of a Lua script (``lua/write.lua``) that
+checks preconditions, tenancy and policy constraints, applies the batch, bumps
+the revision and appends the effective operations to the changelog stream.
+Batches written in the same event-loop turn share one script call (group
+commit, ``gatehouse.redisscript.BatchedScript``); each is committed or refused
+on its own.
 Key names carry the tenant as a hash tag so one organization's keys share a
 slot; the schema is documented in docs/storage.md.
 
@@ -48,7 +51,7 @@ from gatehouse.policy.rules import (
     WriteRules,
 )
 from gatehouse.redisconn import RedisOptions, open_client, parse_url, redact
-from gatehouse.redisscript import UNREACHABLE, PipelinedScript, unreachable
+from gatehouse.redisscript import UNREACHABLE, BatchedScript, unreachable
 
 CHANGELOG_MAXLEN = 1_000_000
 _NO_RULES = WriteRules({})
@@ -139,8 +142,14 @@ class RedisGraphStore:
         # A separate connection pool for blocking XREADs so they never hold up writes.
         self._tail: Any = open_client(target, options, blocking_reads=True)
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
-        self._call = PipelinedScript(self.client, lua, options.wait_replicas,
-                                     options.wait_timeout)
+        # Group commit: the batches written in one event-loop turn share one script
+        # call; each is still its own atomic step with its own revision. The epoch
+        # argument becomes the epoch only if Redis has none (a new or wiped data
+        # set), so it is fresh for every call.
+        self._call = BatchedScript(self.client, lua,
+                                   lambda: [self.prefix, os.urandom(12).hex()],
+                                   wait_replicas=options.wait_replicas,
+                                   wait_timeout=options.wait_timeout)
         self._rules_json: dict[int, tuple[WriteRules, str]] = {}
         # revision -> the id ("n") of the changelog entry at that revision, as this
         # store read it (from a snapshot or a follow). A later follow from one of
@@ -201,12 +210,12 @@ class RedisGraphStore:
                      p.relationship.relation, p.relationship.subject.key]
                for p in preconditions]
         pre_json = dumps(pre, separators=(",", ":")) if pre else "{}"
+        # "n": this batch's changelog entry id, random so that another history (a
+        # promoted replica that missed writes) never repeats it.
         payload = (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'
-                   f'"maxlen":{self.maxlen}}}')
+                   f'"maxlen":{self.maxlen},"n":"{os.urandom(12).hex()}"}}')
         try:
-            # The last argument becomes the epoch only if Redis has none (a new or
-            # wiped data set), so it must be fresh every time.
-            rev, changed = await self._call([self.prefix, payload, os.urandom(12).hex()])
+            rev, changed = await self._call(payload)
         except ResponseError as exc:
             raise _script_error(exc) from None
         except _UNREACHABLE as exc:

@@ -1,6 +1,6 @@
 """gatehouse's gRPC transports: one protocol (``base``), two servers (``core``, ``aio``).
 
-The api layer imports ``Abort``, ``Defer`` and ``ServicerContext`` from here
+The api layer imports ``Abort``, ``Defer``, ``Later`` and ``ServicerContext`` from here
 and never learns which transport serves it. ``open_transport`` picks one
 (``auto``: core where it is known to work, aio otherwise). The core module,
 the only one importing grpc's private layer, is imported only when chosen.
@@ -15,8 +15,10 @@ from gatehouse.transport.base import (
     CallOutcome,
     Defer,
     InlineHandler,
+    Later,
     Metadata,
     ServicerContext,
+    TimeRemaining,
     Transport,
     TransportStats,
 )
@@ -34,8 +36,10 @@ __all__ = [
     "Choice",
     "Defer",
     "InlineHandler",
+    "Later",
     "Metadata",
     "ServicerContext",
+    "TimeRemaining",
     "Transport",
     "TransportStats",
     "core_supports",

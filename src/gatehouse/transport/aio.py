@@ -5,8 +5,9 @@ only, so it is where ``auto`` falls back when the core transport is not
 known to work. It is slower per call than ``core`` (a task and several loop
 turns per unary call) but behaves the same to a client:
 
-- inline methods (Check, CheckBulk) call the same byte handler first; on
-  ``Defer`` the servicer coroutine runs; ``Abort`` becomes the status;
+- inline methods (Check, CheckBulk, RecordUsage, WriteRelationships) call the
+  same byte handler first; on ``Defer`` the servicer coroutine runs; a
+  ``Later`` is awaited in the call's task; ``Abort`` becomes the status;
 - every method is registered with grpc as *request-streaming* and raw bytes
   in, so a unary method can count its request messages (none, or more than
   one, is INVALID_ARGUMENT as on core) and an undecodable request is
@@ -38,6 +39,7 @@ from gatehouse.transport.base import (
     Defer,
     HookFailed,
     InlineHandler,
+    Later,
     Metadata,
     MethodHandler,
     TransportStats,
@@ -257,9 +259,13 @@ class AioServer:
                     raw = await _exactly_one(requests)
                     if inline is not None:
                         try:
-                            return _inline(inline, raw, info, self._counters, method)
+                            answer = _inline(inline, raw, info, self._counters, method)
                         except Defer:
                             pass
+                        else:
+                            if isinstance(answer, Later):
+                                return await _later(answer, context, self._counters, method)
+                            return answer
                     request = _decode(deserialize, raw)
                 else:
                     request = _decoded(requests, deserialize)
@@ -319,11 +325,11 @@ class AioServer:
 
 
 def _inline(fn: InlineHandler, raw: bytes, info: CallInfo, counters: Counters,
-            method: str) -> bytes:
+            method: str) -> bytes | Later:
     """Run an inline handler; a failure other than Abort/Defer is INTERNAL, as on core."""
     try:
         out = fn(raw, info)
-        if not isinstance(out, bytes):
+        if not isinstance(out, bytes | Later):
             raise TypeError(f"an inline handler returned {type(out).__name__}, not bytes")
         return out
     except (Abort, Defer):
@@ -339,6 +345,18 @@ async def _unimplemented(requests: AsyncIterator[Any], context: Any) -> NoReturn
 
 
 _UNIMPLEMENTED: MethodHandler = grpc.stream_unary_rpc_method_handler(_unimplemented)
+
+
+async def _later(later: Later, context: _AioContext, counters: Counters, method: str) -> bytes:
+    """Await a ``Later``; a failure other than Abort is INTERNAL, as on core."""
+    try:
+        return await later.answer(context.time_remaining)
+    except Abort:
+        raise
+    except Exception as exc:
+        log.exception("handler failed", extra={"method": method})
+        counters.handler_failed()
+        raise Abort(grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}") from None
 
 
 class _Router(grpc.GenericRpcHandler):

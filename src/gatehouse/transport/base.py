@@ -10,7 +10,7 @@ layer only sees the names defined here, so either serves it unchanged.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
@@ -26,9 +26,9 @@ else:
 Metadata = tuple[tuple[str, Any], ...]
 """Invocation or trailing metadata: (key, value) pairs, values str (or bytes for -bin keys)."""
 
-InlineHandler = Callable[[bytes, "CallInfo | None"], bytes]
+InlineHandler = Callable[[bytes, "CallInfo | None"], "bytes | Later"]
 """Request bytes (and the call, when hooks are registered) in, response bytes out,
-without waiting; may raise Abort or Defer."""
+without waiting (or a ``Later`` whose work needs the loop); may raise Abort or Defer."""
 
 UNARY_MESSAGE_COUNT = "request: a unary method takes exactly one request message"
 """The INVALID_ARGUMENT details for a unary call that sent none, or more than one."""
@@ -47,6 +47,26 @@ class Abort(Exception):
 
 class Defer(Exception):
     """An inline handler cannot answer without waiting: run the async handler instead."""
+
+
+TimeRemaining = Callable[[], "float | None"]
+"""Seconds left before the call's deadline (None: it has none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Later:
+    """An inline handler's answer that needs the event loop (one store round trip, say).
+
+    The transport runs ``answer(time_remaining)`` on the loop as one task and
+    sends the bytes it returns; an ``Abort`` it raises becomes the status, as
+    from an inline handler. This is the short path of a write: no servicer
+    context and, on the core transport, no separate batch watching for the
+    client to go away (which costs an async call about a third of its server
+    time). So a client that leaves meanwhile does not cancel the work: use it
+    for short, bounded work whose outcome does not depend on the client staying.
+    """
+
+    answer: Callable[[TimeRemaining], Awaitable[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +288,7 @@ __all__ = [
     "Defer",
     "HookFailed",
     "InlineHandler",
+    "Later",
     "Metadata",
     "MethodHandler",
     "ServicerContext",

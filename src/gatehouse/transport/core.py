@@ -52,6 +52,7 @@ from gatehouse.transport.base import (
     Defer,
     HookFailed,
     InlineHandler,
+    Later,
     Metadata,
     MethodHandler,
     TransportStats,
@@ -221,7 +222,7 @@ class CoreServer:
         self._credentials: list[grpc.ServerCredentials] = []  # grpc core calls into them
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
         self._stopping = False
         self._shutdown_done: asyncio.Future[None] | None = None
         self._started = False
@@ -479,7 +480,47 @@ class CoreServer:
             code, details = grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}"
             ops = _status_ops(_core_code(code), details, True)
         else:
+            if isinstance(out, Later):
+                self._handoff(self._later, request_ev, track, out)
+                return
             ops = _status_ops(_OK, "", True, out)
+        request_ev.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)),
+                                           (_FINISHED,))
+        if track is not None:
+            self._ended(track, code, details)
+
+    # -- Later: an inline call finished on the loop ----------------------------
+
+    def _later(self, request_ev: Any, track: _Track | None, later: Later) -> None:
+        deadline = float(request_ev.call_details.deadline)
+        if not math.isfinite(deadline) or deadline >= _NO_DEADLINE:
+            remaining: Callable[[], float | None] = _no_deadline
+        else:
+            def remaining() -> float | None:
+                return max(0.0, deadline - time.time())
+        task = asyncio.ensure_future(later.answer(remaining))
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._later_done(request_ev, track, done))
+
+    def _later_done(self, request_ev: Any, track: _Track | None,
+                    task: asyncio.Future[bytes]) -> None:
+        """Send what a ``Later`` answered: its bytes, or the status it ended with."""
+        self._tasks.discard(task)
+        code, details = grpc.StatusCode.OK, ""
+        trailing: tuple[tuple[str, Any], ...] = ()
+        message: bytes | None = None
+        if task.cancelled():  # the server is stopping
+            code, details = grpc.StatusCode.CANCELLED, "the server is stopping"
+        elif (exc := task.exception()) is None:
+            message = task.result()
+        elif isinstance(exc, Abort):
+            code, details, trailing = exc.code, exc.details, exc.trailing_metadata
+        else:
+            log.error("handler failed", exc_info=exc, extra={
+                "method": request_ev.call_details.method.decode(errors="replace")})
+            self._counters.handler_failed()
+            code, details = grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}"
+        ops = _status_ops(_core_code(code), details, True, message, trailing)
         request_ev.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)),
                                            (_FINISHED,))
         if track is not None:
@@ -604,6 +645,10 @@ class CoreServer:
         else:  # a coroutine that sends with context.write
             await result
         self._finish(call, ctx, _core_code(ctx._code), ctx._details)
+
+
+def _no_deadline() -> float | None:
+    return None
 
 
 def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -1,4 +1,8 @@
-"""Recorded usage in Redis: one atomic script per event (dedup + fold).
+"""Recorded usage in Redis: one atomic script step per event (dedup + fold).
+
+Events recorded in the same event-loop turn (concurrent RecordUsage calls)
+share one script call (``BatchedScript``: group commit); each still gets its
+own answer or error.
 
 Keys, per organization (hash tag = the organization key, like the graph's):
 
@@ -16,9 +20,12 @@ from collections.abc import Mapping
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import NoPermissionError, ReadOnlyError, ResponseError
+
+from gatehouse.errors import Unavailable
 from gatehouse.limits import LIMITS
 from gatehouse.redisconn import RedisOptions, open_client, parse_url
-from gatehouse.redisscript import UNREACHABLE, PipelinedScript, unreachable
+from gatehouse.redisscript import UNREACHABLE, BatchedScript, unreachable
 from gatehouse.usage.events import Counters, UsageEvent, period_of
 
 SEP = "\x1f"
@@ -37,8 +44,9 @@ class RedisUsageStore:
         self.prefix = prefix
         self.client: Any = open_client(parse_url(url), options)
         lua = resources.files("gatehouse.usage").joinpath("lua/record.lua").read_text()
-        self._record = PipelinedScript(self.client, lua, options.wait_replicas,
-                                       options.wait_timeout)
+        self._record = BatchedScript(self.client, lua, lambda: [prefix],
+                                     wait_replicas=options.wait_replicas,
+                                     wait_timeout=options.wait_timeout)
 
     async def record(self, event: UsageEvent, window_seconds: int) -> bool:
         m = event.metric
@@ -47,7 +55,13 @@ class RedisUsageStore:
                   _num(event.amount), event.dimension, _num(event.event_time),
                   _num(LIMITS.counter_max)]
         try:
-            return bool(await self._record([self.prefix, json.dumps(fields)]))
+            return bool((await self._record(json.dumps(fields)))[0])
+        except (ReadOnlyError, NoPermissionError) as exc:  # the server's state, not the event's
+            raise unreachable(exc) from None
+        except ResponseError as exc:
+            # This event only (its neighbours in the group are answered on their own);
+            # nothing of it was recorded, and its id is not marked seen.
+            raise Unavailable(f"redis refused the event: {exc}") from None
         except _UNREACHABLE as exc:
             raise unreachable(exc) from exc
 

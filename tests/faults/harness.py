@@ -315,14 +315,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30,
     return time.monotonic() - started
 
 
-def recovered(stubs: Stubs, tenant: Tenant) -> Callable[[], bool]:
+def recovered(stubs: Stubs) -> Callable[[], bool]:
     """Health SERVING and a write acknowledged: the server is back without a restart."""
     def probe() -> bool:
         if stubs.health_of() != health_pb2.HealthCheckResponse.SERVING:
             return False
         try:
-            stubs.graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[update(
-                f"workspace:{tenant.workspace}#guest@user:probe")]), timeout=2)
+            stubs.graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[
+                update("workspace:probe#parent@organization:probe"),
+                update("workspace:probe#guest@user:probe")]), timeout=2)
         except grpc.RpcError:
             return False
         return True

@@ -52,7 +52,7 @@ def test_redis_sigkill_and_restart_from_aof(tmp_path: Path) -> None:
         redis.kill()
         time.sleep(LOAD_SECONDS)
         redis.start()
-        recovery = wait_until(recovered(stubs, tenant), what="recovery after restart")
+        recovery = wait_until(recovered(stubs), what="recovery after restart")
         time.sleep(LOAD_SECONDS / 2)
         load.stop()
         report("sigkill", ledger, recovery, verify(ledger, stubs, tenant))
@@ -75,7 +75,7 @@ def test_redis_sigstop_longer_than_the_deadlines(tmp_path: Path) -> None:
         redis.pause()
         time.sleep(CALL_TIMEOUT + 1.5)
         redis.resume()
-        recovery = wait_until(recovered(stubs, tenant), what="recovery after SIGCONT")
+        recovery = wait_until(recovered(stubs), what="recovery after SIGCONT")
         time.sleep(LOAD_SECONDS / 2)
         load.stop()
         report("sigstop", ledger, recovery, verify(ledger, stubs, tenant))
@@ -125,13 +125,14 @@ def test_redis_restarted_empty_serves_no_stale_allow(tmp_path: Path) -> None:
             if not token:
                 try:
                     token = stubs.graph.WriteRelationships(gpb.WriteRelationshipsRequest(
-                        updates=[update("workspace:other#guest@user:new-epoch")]),
+                        updates=[update("workspace:fresh#parent@organization:neworg"),
+                                 update("workspace:fresh#guest@user:new-epoch")]),
                         timeout=CALL_TIMEOUT).revision
                 except grpc.RpcError as exc:
                     seen[f"write {code_of(exc).name}"] += 1
         assert set(seen) <= {"DENY", "UNAVAILABLE", "DEADLINE_EXCEEDED",
                              "write UNAVAILABLE"}, seen
-        recovery = wait_until(recovered(stubs, old), what="recovery on the empty store")
+        recovery = wait_until(recovered(stubs), what="recovery on the empty store")
         assert "rebuilding the index" in server.logs()
         # A new tenant on the new data set, under load, loses nothing acknowledged.
         tenant = make_tenant(stubs)

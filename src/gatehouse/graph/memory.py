@@ -43,6 +43,9 @@ class MemoryGraphStore:
     async def head_revision(self) -> int:
         return self._revision
 
+    async def head(self) -> tuple[str, int]:
+        return self._epoch, self._revision
+
     async def snapshot(self) -> Snapshot:
         st = self._state
         edges = tuple(

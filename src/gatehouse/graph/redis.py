@@ -183,6 +183,16 @@ class RedisGraphStore:
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
 
+    async def head(self) -> tuple[str, int]:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hget(self._k("meta"), "epoch")
+            pipe.get(self._k("rev"))
+            epoch, rev = await pipe.execute()
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+        return str(epoch or ""), int(rev or 0)
+
     async def write(
         self,
         ops: Sequence[Operation],

@@ -41,6 +41,12 @@ class GraphStore(Protocol):
         """The revision of the newest committed write (0 when empty)."""
         ...
 
+    async def head(self) -> tuple[str, int]:
+        """The epoch and the newest revision, read together ("" when the store holds
+        no epoch yet, as after a wipe). A revision means something only within its
+        epoch: a fully consistent read compares both."""
+        ...
+
     async def snapshot(self) -> Snapshot:
         """Objects and relationships from revision ``snapshot.revision`` on.
 

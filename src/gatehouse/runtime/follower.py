@@ -145,6 +145,7 @@ class IndexFollower:
     def _set_health(self, healthy: bool) -> None:
         if healthy != self._healthy:
             self._healthy = healthy
+            self._advance()
             log.warning("store %s", "reachable again" if healthy else "unreachable",
                         extra={"store": self.store.description})
             for listener in self._listeners:
@@ -158,7 +159,16 @@ class IndexFollower:
         backoff = 0.05
         while True:
             try:
-                await self.store.head_revision()  # raises Unavailable when unreachable
+                # On every (re)connection, before serving as fresh again: the store must
+                # still hold the data set the index was built from (same epoch) and be
+                # at least where the index is (a Redis restarted from a shorter AOF, or
+                # a replica promoted behind it, rewinds the revision).
+                epoch, head = await self.store.head()  # raises Unavailable when unreachable
+                if epoch != self._epoch:
+                    raise ChangelogGap("the store lost or replaced its data (epoch changed)")
+                if head < self._index.revision:
+                    raise ChangelogGap(f"the store is at revision {head}, behind the index "
+                                       f"at {self._index.revision}")
                 self._set_health(True)
                 backoff = 0.05
                 async for change in self.store.follow(self._index.revision, self._epoch):
@@ -180,6 +190,7 @@ class IndexFollower:
                     continue
                 with self.lock:
                     self._index, self._epoch = index, epoch
+                self._set_health(True)
                 self._publish(_GAP)
                 self._advance()
             except Unavailable as exc:
@@ -214,7 +225,7 @@ class IndexFollower:
         mode = consistency.mode
         if mode is Mode.MINIMIZE_LATENCY:
             return True
-        if mode is Mode.FULLY_CONSISTENT:
+        if mode is Mode.FULLY_CONSISTENT or not self._healthy:
             return False
         return self._index.revision >= consistency.revision
 
@@ -230,14 +241,43 @@ class IndexFollower:
         if timeout is None:
             timeout = self.freshness_wait
         if consistency.mode is Mode.FULLY_CONSISTENT:
-            target = await self.store.head_revision()
-        else:
-            target = consistency.revision
+            await self._ensure_head(timeout)
+            return
+        if not self._healthy:
+            # The store went away: until the follower has seen it again (same data set,
+            # not rewound) the index cannot prove any revision, for revisions count
+            # within one data set only. minimize_latency still answers meanwhile.
+            raise Unavailable("the store is unreachable; the index cannot prove it is at "
+                              f"revision {consistency.revision} of the store's data; retry")
+        target = consistency.revision
         if not await self.wait_for(target, timeout):
             raise Unavailable(
                 f"index is at revision {self._index.revision}, not yet at {target}; "
                 "retry, or ask with a longer deadline"
             )
+
+    async def _ensure_head(self, timeout: float) -> None:
+        """Wait until the index holds the store's newest revision of the store's current
+        data set: after a wipe the store's revisions start again from 0, and an old
+        index past them must rebuild before it answers as fully consistent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            epoch, target = await self.store.head()
+            if epoch == self._epoch:
+                if await self.wait_for(target, deadline - loop.time()):
+                    return
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:  # the follower rebuilds when it notices; it advances when done
+                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+            except TimeoutError:
+                pass
+        raise Unavailable(
+            f"index is at revision {self._index.revision}, not yet at the store's newest "
+            "revision of its current data; retry, or ask with a longer deadline")
 
     # -- watching -------------------------------------------------------------
 

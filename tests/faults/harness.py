@@ -23,6 +23,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -392,13 +393,13 @@ def verify(ledger: Ledger, stubs: Stubs, tenant: Tenant, *, lost_after: int | No
     # counter is exactly the number of distinct events.
     for event_id, acked in list(ledger.events.items()):
         if not acked:
-            stubs.usage.RecordUsage(upb.RecordUsageRequest(
+            retried(lambda event_id=event_id: stubs.usage.RecordUsage(upb.RecordUsageRequest(
                 organization_id=tenant.organization, events=[upb.UsageEvent(
                     event_id=event_id, workspace_id=tenant.workspace, metric=METRIC,
-                    amount=1)]), timeout=10)
-    usage = stubs.usage.ComputeUsage(upb.ComputeUsageRequest(
+                    amount=1)]), timeout=10))
+    usage = retried(lambda: stubs.usage.ComputeUsage(upb.ComputeUsageRequest(
         organization_id=tenant.organization, metrics=[METRIC],
-        consistency=apb.Consistency(fully_consistent=True)), timeout=10)
+        consistency=apb.Consistency(fully_consistent=True)), timeout=10))
     counted = {m.name: m.value for m in usage.metrics}[METRIC]
     if lost_after is None:
         assert counted == len(ledger.events), (counted, len(ledger.events))
@@ -413,6 +414,19 @@ def verify(ledger: Ledger, stubs: Stubs, tenant: Tenant, *, lost_after: int | No
             assert ws not in children, f"deleted workspace {ws} is back"
     return {"checks": len(ledger.checks), "writes": len(ledger.rels),
             "events": len(ledger.events), "workspaces": len(ledger.workspaces)}
+
+
+def retried(call: Callable[[], Any]) -> Any:
+    """``call``, again after UNAVAILABLE for a few seconds: the usage store's pooled
+    connections that outlived a Redis restart each fail one call (docs/reliability/faults.md)."""
+    for _ in range(20):
+        try:
+            return call()
+        except grpc.RpcError as exc:
+            if code_of(exc) != grpc.StatusCode.UNAVAILABLE:
+                raise
+            time.sleep(0.1)  # poll interval of a bounded wait
+    return call()
 
 
 def children_of(stubs: Stubs, organization: str) -> set[str]:

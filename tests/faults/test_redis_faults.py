@@ -8,6 +8,7 @@ docs/reliability/faults.md, never asserted.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,6 +18,7 @@ import grpc
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as gpb
 from tests.e2e.test_graph_service import ref, update
+from tests.redis_server import RedisServer
 from tests.faults.harness import (
     CALL_TIMEOUT,
     Ledger,
@@ -27,7 +29,9 @@ from tests.faults.harness import (
     make_tenant,
     new_prefix,
     recovered,
+    redis_relationships,
     serve,
+    stored_relationships,
     verify,
     wait_until,
 )
@@ -156,3 +160,69 @@ def fresh_requests(grant: str, token: str) -> list[apb.CheckRequest]:
         out.append(apb.CheckRequest(subject=ref(subj), action="view", resource=ref(res),
                                     consistency=apb.Consistency(at_least_as_fresh=token)))
     return out
+
+
+def truncate_aof(redis: RedisServer, drop: int) -> None:
+    """Cut the AOF of a stopped Redis inside its ``drop``-th last transaction, as a crash
+    that tore the file would (Redis logs each script's effects as MULTI ... EXEC)."""
+    files = sorted((redis.dir / "appendonlydir").glob("*.incr.aof"))
+    path = files[-1]
+    data = path.read_bytes()
+    marker = b"*1\r\n$5\r\nMULTI\r\n"
+    starts = [i for i in range(len(data)) if data.startswith(marker, i)]
+    assert len(starts) > drop, "too few transactions in the AOF"
+    cut = starts[-drop] + len(marker) + 7  # a torn command inside the transaction
+    path.write_bytes(data[:cut])
+
+
+def test_redis_restarted_from_a_truncated_aof(tmp_path: Path) -> None:
+    """Redis loads an AOF whose tail was torn off: the revision goes back. A second server
+    paused across the restart, whose index is ahead of the store and whose revision the
+    store then reaches again with other changes, must rebuild rather than mix the two
+    histories; both servers end with exactly what Redis holds."""
+    redis = fault_redis(tmp_path)
+    prefix = new_prefix()
+    a = serve(tmp_path, redis, prefix)
+    c = serve(tmp_path, redis, prefix)
+    try:
+        sa, sc = Stubs(a.channel()), Stubs(c.channel())
+        tenant = make_tenant(sa)
+        ledger = Ledger()
+        load = Load([a, c], tenant, ledger).start()
+        time.sleep(LOAD_SECONDS)
+        load.stop()
+        ws = f"workspace:{tenant.workspace}"
+        kept = int(sa.graph.WriteRelationships(gpb.WriteRelationshipsRequest(
+            updates=[update(f"{ws}#guest@user:kept")]), timeout=5).revision)
+        lost = [f"{ws}#guest@user:lost{i}" for i in range(5)]
+        for text in lost:
+            rev = sa.graph.WriteRelationships(gpb.WriteRelationshipsRequest(
+                updates=[update(text)]), timeout=5).revision
+        wait_until(lambda: sc.authz.Check(apb.CheckRequest(
+            subject=ref("user:lost4"), action="view", resource=ref(ws),
+            consistency=apb.Consistency(at_least_as_fresh=rev)),
+            timeout=5).decision == apb.DECISION_ALLOW, what="c to apply the last write")
+        c.proc.send_signal(signal.SIGSTOP)
+        redis.kill()
+        truncate_aof(redis, len(lost))
+        redis.start()
+        wait_until(recovered(sa), what="a to recover")
+        # Other changes take the numbers the lost ones had, and more.
+        again = [f"{ws}#guest@user:again{i}" for i in range(len(lost) + 3)]
+        for text in again:
+            sa.graph.WriteRelationships(gpb.WriteRelationshipsRequest(
+                updates=[update(text)]), timeout=5)
+        c.proc.send_signal(signal.SIGCONT)
+        recovery = wait_until(recovered(sc), what="c to recover")
+        truth = {r for r in redis_relationships(redis, prefix) if r.startswith(f"{ws}#guest@")}
+        assert f"{ws}#guest@user:kept" in truth
+        assert not truth & set(lost)
+        for stubs in (sa, sc):
+            assert stored_relationships(stubs, ws, "guest") == truth
+        report("truncated aof", ledger, recovery, verify(ledger, sc, tenant, lost_after=kept))
+        assert "went back" in c.logs() or "behind the index" in c.logs()
+    finally:
+        c.proc.send_signal(signal.SIGCONT)
+        a.stop()
+        c.stop()
+        redis.stop()

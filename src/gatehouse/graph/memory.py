@@ -46,6 +46,9 @@ class MemoryGraphStore:
     async def head(self) -> tuple[str, int]:
         return self._epoch, self._revision
 
+    async def committed_at(self, revision: int) -> float | None:
+        return None  # a memory store never goes back
+
     async def snapshot(self) -> Snapshot:
         st = self._state
         edges = tuple(

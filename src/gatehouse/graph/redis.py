@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -145,12 +147,22 @@ class RedisGraphStore:
             url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
             health_check_interval=15,
         )
+        # Writes and the changelog tail get no transparent retries (redis-py retries by
+        # default): a write retried after its connection dropped may already have been
+        # applied, and a tenancy commit retried that way aborts and decides again,
+        # committing twice; a changelog read that reconnects by itself would hide a
+        # restart from the follower. Reads may retry: they are idempotent.
+        self._writer: Any = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+            health_check_interval=15, retry=Retry(NoBackoff(), 0),
+        )
         # A separate connection pool for blocking XREADs so they never hold up writes.
         self._tail: Any = aioredis.from_url(
             url, decode_responses=True, socket_connect_timeout=5, health_check_interval=15,
+            retry=Retry(NoBackoff(), 0),
         )
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
-        self._call = PipelinedScript(self.client, lua)
+        self._call = PipelinedScript(self._writer, lua)
         self._rules_json: dict[int, tuple[WriteRules, str]] = {}
 
     @property
@@ -165,6 +177,7 @@ class RedisGraphStore:
 
     async def close(self) -> None:
         await self.client.aclose()
+        await self._writer.aclose()
         await self._tail.aclose()
 
     async def epoch(self) -> str:
@@ -192,6 +205,16 @@ class RedisGraphStore:
         except _UNREACHABLE as exc:
             raise Unavailable(f"redis unreachable: {exc}") from exc
         return str(epoch or ""), int(rev or 0)
+
+    async def committed_at(self, revision: int) -> float | None:
+        try:
+            entries = await self.client.xrange(self._k("log"), f"{revision}-1",
+                                               f"{revision}-1")
+        except _UNREACHABLE as exc:
+            raise Unavailable(f"redis unreachable: {exc}") from exc
+        if not entries or "ts" not in entries[0][1]:
+            return None
+        return float(entries[0][1]["ts"])
 
     async def write(
         self,

@@ -47,6 +47,14 @@ class GraphStore(Protocol):
         epoch: a fully consistent read compares both."""
         ...
 
+    async def committed_at(self, revision: int) -> float | None:
+        """When the changelog says ``revision`` was committed; None when the store does
+        not record it or the changelog no longer holds it. A follower that applied
+        ``revision`` compares it after a reconnection: a different time means the
+        store went back (a shorter AOF, a promoted replica) and wrote a different
+        change under the same number."""
+        ...
+
     async def snapshot(self) -> Snapshot:
         """Objects and relationships from revision ``snapshot.revision`` on.
 

@@ -73,6 +73,8 @@ class IndexFollower:
         self._task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Change | _Gap]] = set()
         self._busy: frozenset[str] | None = None
+        # The revision and commit time of the last change applied (None after a snapshot).
+        self._last: tuple[int, float] | None = None
         # How long a read without a deadline may wait for the index to reach
         # the revision it asks for; the changelog normally follows in
         # milliseconds, so this only ends waits that would never end.
@@ -169,6 +171,12 @@ class IndexFollower:
                 if head < self._index.revision:
                     raise ChangelogGap(f"the store is at revision {head}, behind the index "
                                        f"at {self._index.revision}")
+                last = self._last
+                if last is not None and last[0] == self._index.revision and last[1]:
+                    now = await self.store.committed_at(last[0])
+                    if now is not None and now != last[1]:
+                        raise ChangelogGap(f"the store went back and wrote revision {last[0]} "
+                                           "again with a different change")
                 self._set_health(True)
                 backoff = 0.05
                 async for change in self.store.follow(self._index.revision, self._epoch):
@@ -178,6 +186,7 @@ class IndexFollower:
                             self._index.apply((change,))
                     finally:
                         self._busy = None
+                    self._last = (change.revision, change.committed_at)
                     self._publish(change)
                     self._advance()
             except ChangelogGap as exc:
@@ -189,7 +198,7 @@ class IndexFollower:
                     await asyncio.sleep(backoff)
                     continue
                 with self.lock:
-                    self._index, self._epoch = index, epoch
+                    self._index, self._epoch, self._last = index, epoch, None
                 self._set_health(True)
                 self._publish(_GAP)
                 self._advance()

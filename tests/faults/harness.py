@@ -23,9 +23,9 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
-from typing import Any
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -171,7 +171,7 @@ class Ledger:
         return {code for _, code in self.statuses}
 
     def summary(self) -> str:
-        return ", ".join(f"{op} {code}×{n}" for (op, code), n in sorted(self.statuses.items()))
+        return ", ".join(f"{op} {code} x{n}" for (op, code), n in sorted(self.statuses.items()))
 
 
 # -- the load -------------------------------------------------------------------

@@ -175,14 +175,14 @@ def inprocess_server(redis_url: str, prefix: str) -> Iterator[tuple[str, IndexFo
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
 
-    async def start() -> tuple[Server, object]:
+    async def start() -> Server:
         runtime = await build_runtime(config)
         transport = await open_transport(config.transport, transport_options(config))
         server = Server(config, runtime, transport)
         await server.start()
-        return server, runtime
+        return server
 
-    server, runtime = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    server = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
     try:
         yield address, server.runtime.follower
     finally:

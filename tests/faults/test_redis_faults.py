@@ -18,7 +18,6 @@ import grpc
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as gpb
 from tests.e2e.test_graph_service import ref, update
-from tests.redis_server import RedisServer
 from tests.faults.harness import (
     CALL_TIMEOUT,
     Ledger,
@@ -35,6 +34,7 @@ from tests.faults.harness import (
     verify,
     wait_until,
 )
+from tests.redis_server import RedisServer
 
 LOAD_SECONDS = 1.5
 

@@ -280,10 +280,9 @@ class IndexFollower:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
-            try:  # the follower rebuilds when it notices; it advances when done
+            # The follower rebuilds when it notices; it advances when done.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
-            except TimeoutError:
-                pass
         raise Unavailable(
             f"index is at revision {self._index.revision}, not yet at the store's newest "
             "revision of its current data; retry, or ask with a longer deadline")

@@ -263,7 +263,8 @@ class Load:
 
     def _tenancy(self, i: int) -> None:
         t = self.tenant
-        live = [w for w, s in self.ledger.workspaces.items() if s == "live"]
+        with self.ledger.lock:
+            live = [w for w in self._names if self.ledger.workspaces.get(w) == "live"]
         if live and i % 2:
             ws = live[0]
             resp = self._call("tenancy", lambda: self._pick().tenancy.DeleteWorkspace(

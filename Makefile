@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 GEN    := src/gatehouse/v1/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
-.PHONY: serve test pytest lint gen bench clean test-grpc-range
+.PHONY: serve test pytest lint gen bench clean test-grpc-range faults
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ pytest: $(GEN)
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint pytest
+
+# The fault suite alone (also part of `test`), printing what each scenario saw and
+# how long recovery took (docs/reliability/faults.md).
+faults: $(GEN)
+	$(BIN)/python -m pytest -s tests/faults $(ARGS)
 
 # Not part of `test`: throwaway venvs with the lowest and the highest allowed
 # grpcio stack (tools/grpc-range/), each running the transport and e2e tests.

@@ -25,7 +25,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -366,8 +365,8 @@ def redis_relationships(server: RedisServer, prefix: str) -> set[str]:
         client.close()
 
 
-def verify(ledger: Ledger, stubs: Stubs, tenant: Tenant, *, lost_after: int | None = None
-           ) -> dict[str, int]:
+def verify(ledger: Ledger, stubs: Stubs, tenant: Tenant, *, lost_after: int | None = None,
+           usage_before: float = 0.0) -> dict[str, int]:
     """The end-of-scenario checks; ``lost_after``: writes above this revision may be gone
     (a truncated AOF), everything else must be exactly as acknowledged."""
     assert ledger.codes() <= {c.name for c in DOCUMENTED}, ledger.summary()
@@ -394,14 +393,11 @@ def verify(ledger: Ledger, stubs: Stubs, tenant: Tenant, *, lost_after: int | No
     # counter is exactly the number of distinct events.
     for event_id, acked in list(ledger.events.items()):
         if not acked:
-            retried(lambda event_id=event_id: stubs.usage.RecordUsage(upb.RecordUsageRequest(
+            stubs.usage.RecordUsage(upb.RecordUsageRequest(
                 organization_id=tenant.organization, events=[upb.UsageEvent(
                     event_id=event_id, workspace_id=tenant.workspace, metric=METRIC,
-                    amount=1)]), timeout=10))
-    usage = retried(lambda: stubs.usage.ComputeUsage(upb.ComputeUsageRequest(
-        organization_id=tenant.organization, metrics=[METRIC],
-        consistency=apb.Consistency(fully_consistent=True)), timeout=10))
-    counted = {m.name: m.value for m in usage.metrics}[METRIC]
+                    amount=1)]), timeout=10)
+    counted = usage_count(stubs, tenant) - usage_before
     if lost_after is None:
         assert counted == len(ledger.events), (counted, len(ledger.events))
 
@@ -417,17 +413,11 @@ def verify(ledger: Ledger, stubs: Stubs, tenant: Tenant, *, lost_after: int | No
             "events": len(ledger.events), "workspaces": len(ledger.workspaces)}
 
 
-def retried(call: Callable[[], Any]) -> Any:
-    """``call``, again after UNAVAILABLE for a few seconds: the usage store's pooled
-    connections that outlived a Redis restart each fail one call (docs/reliability/faults.md)."""
-    for _ in range(20):
-        try:
-            return call()
-        except grpc.RpcError as exc:
-            if code_of(exc) != grpc.StatusCode.UNAVAILABLE:
-                raise
-            time.sleep(0.1)  # poll interval of a bounded wait
-    return call()
+def usage_count(stubs: Stubs, tenant: Tenant) -> float:
+    usage = stubs.usage.ComputeUsage(upb.ComputeUsageRequest(
+        organization_id=tenant.organization, metrics=[METRIC],
+        consistency=apb.Consistency(fully_consistent=True)), timeout=10)
+    return float({m.name: m.value for m in usage.metrics}[METRIC])
 
 
 def children_of(stubs: Stubs, organization: str) -> set[str]:
@@ -447,3 +437,17 @@ def children_of(stubs: Stubs, organization: str) -> set[str]:
 def relationship_texts(items: Iterable[str]) -> list[gpb.RelationshipUpdate]:
     return [gpb.RelationshipUpdate(operation=gpb.RelationshipUpdate.OPERATION_TOUCH,
                                    relationship=relationship(t)) for t in items]
+
+
+def steady(servers: list[ServerProcess], tenant: Tenant, seconds: float = 1.0) -> Ledger:
+    """After recovery: a second of load sees only OK (and ABORTED, the documented answer
+    to a tenancy operation whose organization kept changing), and checks out."""
+    ledger = Ledger()
+    stubs = Stubs(servers[0].channel())
+    before = usage_count(stubs, tenant)
+    load = Load(servers, tenant, ledger, tag=f"s{uuid.uuid4().hex[:5]}").start()
+    time.sleep(seconds)
+    load.stop()
+    assert ledger.codes() <= {"OK", "ABORTED"}, f"after recovery: {ledger.summary()}"
+    verify(ledger, stubs, tenant, usage_before=before)
+    return ledger

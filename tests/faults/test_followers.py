@@ -170,7 +170,7 @@ def inprocess_server(redis_url: str, prefix: str) -> Iterator[tuple[str, IndexFo
     into its follower."""
     address = f"127.0.0.1:{free_port()}"
     config = ServerConfig(listen=address, redis_url=redis_url, redis_prefix=prefix,
-                          watch_policy=False)
+                          watch_policy=False, grace_seconds=0.5)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -208,9 +208,12 @@ def test_new_enemy_positive_control(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         victim = f"{ws}#guest@user:enemy"
         sa.graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[update(victim)]),
                                     timeout=5)
-        with inprocess_server(redis.url, prefix) as (address, follower):
-            assert follower._task is not None
-            follower._task.get_loop().call_soon_threadsafe(follower._task.cancel)  # lagging
+
+        async def lagging(self: IndexFollower) -> None:  # B's index stays at its snapshot
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(IndexFollower, "_follow_loop", lagging)
+        with inprocess_server(redis.url, prefix) as (address, _follower):
             if not freshness_wait:
                 async def no_wait(self: IndexFollower, *_: object) -> None:
                     return None

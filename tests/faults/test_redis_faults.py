@@ -30,6 +30,7 @@ from tests.faults.harness import (
     recovered,
     redis_relationships,
     serve,
+    steady,
     stored_relationships,
     verify,
     wait_until,
@@ -60,6 +61,7 @@ def test_redis_sigkill_and_restart_from_aof(tmp_path: Path) -> None:
         time.sleep(LOAD_SECONDS / 2)
         load.stop()
         report("sigkill", ledger, recovery, verify(ledger, stubs, tenant))
+        steady([server], tenant)
     finally:
         server.stop()
         redis.stop()
@@ -83,6 +85,7 @@ def test_redis_sigstop_longer_than_the_deadlines(tmp_path: Path) -> None:
         time.sleep(LOAD_SECONDS / 2)
         load.stop()
         report("sigstop", ledger, recovery, verify(ledger, stubs, tenant))
+        steady([server], tenant)
         assert ledger.statuses[("write", "DEADLINE_EXCEEDED")] + \
             ledger.statuses[("write", "UNAVAILABLE")] > 0, ledger.summary()
     finally:
@@ -140,10 +143,7 @@ def test_redis_restarted_empty_serves_no_stale_allow(tmp_path: Path) -> None:
         assert "rebuilding the index" in server.logs()
         # A new tenant on the new data set, under load, loses nothing acknowledged.
         tenant = make_tenant(stubs)
-        ledger = Ledger()
-        load = Load([server], tenant, ledger).start()
-        time.sleep(LOAD_SECONDS)
-        load.stop()
+        ledger = steady([server], tenant, LOAD_SECONDS)
         report("restarted empty", ledger, recovery, verify(ledger, stubs, tenant))
         print(f"[faults] restarted empty: probes {dict(seen)}")
     finally:
@@ -220,6 +220,7 @@ def test_redis_restarted_from_a_truncated_aof(tmp_path: Path) -> None:
         for stubs in (sa, sc):
             assert stored_relationships(stubs, ws, "guest") == truth
         report("truncated aof", ledger, recovery, verify(ledger, sc, tenant, lost_after=kept))
+        steady([a, c], tenant)
         assert "went back" in c.logs() or "behind the index" in c.logs()
     finally:
         c.proc.send_signal(signal.SIGCONT)

@@ -180,6 +180,12 @@ class RedisGraphStore:
         await self._writer.aclose()
         await self._tail.aclose()
 
+    async def _drop_idle(self) -> None:
+        """Close the idle pooled connections: after Redis restarted, each of them would
+        fail its next command ("connection closed by server"); closed, they reconnect."""
+        for client in (self.client, self._writer):
+            await client.connection_pool.disconnect(inuse_connections=False)
+
     async def epoch(self) -> str:
         """The data set's epoch, created if Redis holds none yet."""
         try:
@@ -304,6 +310,8 @@ class RedisGraphStore:
                                      float(fields.get("ts", 0.0)))
                         after = rev
         except _UNREACHABLE as exc:
+            # The tail always hears of a restart first (its read is always pending).
+            await self._drop_idle()
             raise Unavailable(f"redis unreachable: {exc}") from exc
 
 

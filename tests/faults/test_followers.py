@@ -236,3 +236,43 @@ def test_new_enemy_positive_control(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     finally:
         a.stop()
         redis.stop()
+
+
+def test_fully_consistent_never_answers_from_an_index_of_lost_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis loses its data and counts again from 0 while a server's follower has not yet
+    noticed (held still here): a fully consistent Check must not answer from the old index,
+    whose revision is above the new head (regression: it allowed a grant Redis no longer
+    held)."""
+    redis = fault_redis(tmp_path)
+    prefix = new_prefix()
+    a = serve(tmp_path, redis, prefix)
+    try:
+        sa = Stubs(a.channel())
+        tenant = make_tenant(sa)
+        ws = f"workspace:{tenant.workspace}"
+        for i in range(5):
+            sa.graph.WriteRelationships(gpb.WriteRelationshipsRequest(
+                updates=[update(f"{ws}#guest@user:old{i}")]), timeout=5)
+
+        async def lagging(self: IndexFollower) -> None:
+            await asyncio.Event().wait()
+
+        monkeypatch.setattr(IndexFollower, "_follow_loop", lagging)
+        with inprocess_server(redis.url, prefix) as (address, _follower):
+            redis.flushall()
+            sa.graph.WriteRelationships(gpb.WriteRelationshipsRequest(updates=[
+                update("workspace:fresh#parent@organization:neworg")]), timeout=5)
+            with grpc.insecure_channel(address) as channel:
+                sb = Stubs(channel)
+                try:
+                    resp = sb.authz.Check(apb.CheckRequest(
+                        subject=ref("user:old0"), action="view", resource=ref(ws),
+                        consistency=apb.Consistency(fully_consistent=True)), timeout=2)
+                    answer = apb.Decision.Name(resp.decision)
+                except grpc.RpcError as exc:
+                    answer = code_of(exc).name
+        assert answer in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}, answer
+    finally:
+        a.stop()
+        redis.stop()

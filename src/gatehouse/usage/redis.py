@@ -12,7 +12,7 @@ Keys, per organization (hash tag = the organization key, like the graph's):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
@@ -46,20 +46,32 @@ class RedisUsageStore:
                   period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
                   _num(event.amount), event.dimension, _num(event.event_time),
                   _num(LIMITS.counter_max)]
+        return bool(await self._again(lambda: self._record([self.prefix, json.dumps(fields)])))
+
+    async def _again(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``, once more after a dropped connection: the pooled connections that
+        outlived a Redis restart each fail their next command, so they are closed (to
+        reconnect) and the call repeated. Both calls here are safe to repeat: counters
+        are read, and an event is recorded once per id (a repeat finds it recorded)."""
         try:
-            return bool(await self._record([self.prefix, json.dumps(fields)]))
+            return await call()
+        except _UNREACHABLE:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        try:
+            return await call()
         except _UNREACHABLE as exc:
             raise unreachable(exc) from exc
 
     async def counters(self, organization: str, periods: Mapping[str, str]) -> dict[str, Counters]:
         names = list(periods)
-        try:
+
+        async def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for period in names:
                 pipe.hgetall(f"{self.prefix}:{{{organization}}}:u:{period}")
-            results = await pipe.execute()
-        except _UNREACHABLE as exc:
-            raise unreachable(exc) from exc
+            return list(await pipe.execute())
+
+        results = await self._again(read)
         out: dict[str, Counters] = {}
         for period, fields in zip(names, results, strict=True):
             c = Counters()

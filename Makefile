@@ -11,7 +11,7 @@ CLIENT := clients/python
 CLIENT_GEN := $(CLIENT)/src/gatehouse_client/_pb/.generated-stamp
 PROTOS := $(wildcard protos/gatehouse/v1/*.proto)
 
-.PHONY: serve test pytest lint gen bench soak clean test-grpc-range fuzz
+.PHONY: serve test pytest lint gen bench soak clean test-grpc-range fuzz faults
 
 # The server and the Python client (clients/python), both editable.
 $(STAMP): pyproject.toml setup.py $(CLIENT)/pyproject.toml $(CLIENT)/setup.py
@@ -41,6 +41,11 @@ pytest: gen
 	$(BIN)/python -m pytest $(ARGS)
 
 test: lint pytest
+
+# The fault suite alone (also part of `test`), printing what each scenario saw and
+# how long recovery took (docs/reliability/faults.md).
+faults: $(GEN)
+	$(BIN)/python -m pytest -s tests/faults $(ARGS)
 
 # Not part of `test`: throwaway venvs with the lowest and the highest allowed
 # grpcio stack (tools/grpc-range/), each running the transport and e2e tests.

@@ -9,6 +9,7 @@ touches a server someone else started, nor port 6379.
 from __future__ import annotations
 
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -45,14 +46,16 @@ class RedisServer:
 
     ``config`` lines go into a config file read at start (ACL users, replication);
     ``admin`` is the (user, password) the fixture itself connects with when the
-    default user is disabled.
+    default user is disabled; ``extra_args`` go on the command line after the rest.
     """
 
     def __init__(self, directory: Path, port: int | None = None, *,
-                 config: Sequence[str] = (), admin: tuple[str, str] | None = None) -> None:
+                 config: Sequence[str] = (), admin: tuple[str, str] | None = None,
+                 extra_args: tuple[str, ...] = ()) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = port or _free_port()
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
         self.config = tuple(config)
         self.admin = admin
@@ -74,6 +77,7 @@ class RedisServer:
             server_binary(), str(conf), "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always",
             "--save", "", "--protected-mode", "yes", "--logfile", str(self.dir / "redis.log"),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 15
@@ -102,8 +106,25 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the process keeps its sockets open but answers nothing."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def wipe(self) -> None:
+        """Remove the data files of a stopped server, so it starts empty."""
+        assert self.proc is None, "stop the server first"
+        for path in self.dir.iterdir():
+            if path.name != "redis.log":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
     def stop(self) -> None:
         if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server would not hear SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(10)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gatehouse.errors import FailedPrecondition
+from gatehouse.errors import FailedPrecondition, Unavailable
 from gatehouse.graph.changes import Change, DeleteRelationship, TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import Relationship, Snapshot
@@ -149,6 +149,68 @@ class TestRebuildAfterAGap:
                 await runtime.close()
 
         assert asyncio.run(scenario()) == [True, False, False, True, True, True]
+
+
+class _FlakyStore(MemoryGraphStore):
+    """The reference store behind a connection that can drop (``cut``) and stay down
+    (``down``): what a Redis restart does to a follower."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.cut = asyncio.Event()
+
+    async def check_history(self, after: int, epoch: str) -> None:
+        if self.down:
+            raise Unavailable("the store is down")
+        await super().check_history(after, epoch)
+
+    async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
+        await self.check_history(after, epoch)
+        await self.cut.wait()
+        raise Unavailable("connection lost")
+        yield  # an async generator that yields nothing before the cut
+
+
+class TestStoreOutage:
+    def test_a_revision_is_vouched_for_only_after_the_store_is_seen_again(self) -> None:
+        """While the store is unreachable, a read at a revision the index holds fails
+        UNAVAILABLE at once (the store may come back with another history) while
+        minimize-latency reads still answer; once the follower has checked the store's
+        history again, the same read answers."""
+        async def scenario() -> list[object]:
+            store = _FlakyStore()
+            rev = (await store.write(touch("workspace:w#parent@organization:o"), (),
+                                     POLICY.write_rules)).revision
+            runtime = await Runtime.start(POLICY, store)
+            follower = runtime.follower
+            try:
+                await follower.ensure(Consistency.at_least(rev), 5)
+                store.down = True
+                store.cut.set()
+                for _ in range(500):
+                    if not follower.store_healthy:
+                        break
+                    await asyncio.sleep(0.01)
+                fresh_while_down = follower.fresh_enough(Consistency.at_least(rev))
+                try:
+                    await follower.ensure(Consistency.at_least(rev), 30)
+                    while_down = "answered"
+                except Unavailable as exc:
+                    while_down = "unreachable" in str(exc)
+                await follower.ensure(Consistency(), 5)  # minimize_latency: no wait
+                store.cut = asyncio.Event()
+                store.down = False
+                for _ in range(500):  # the follower retries with back-off
+                    if follower.store_healthy:
+                        break
+                    await asyncio.sleep(0.01)
+                await follower.ensure(Consistency.at_least(rev), 5)
+                return [fresh_while_down, while_down, follower.store_healthy]
+            finally:
+                await runtime.close()
+
+        assert asyncio.run(scenario()) == [False, True, True]
 
 
 class TestPolicyReloader:

@@ -120,6 +120,10 @@ class FaultyStore(MemoryGraphStore):
         self.faults.hit("store.head")
         return await super().head_revision()
 
+    async def head(self) -> tuple[str, int]:  # what a fully consistent read asks
+        self.faults.hit("store.head")
+        return await super().head()
+
 
 class FaultyUsage(MemoryUsageStore):
     def __init__(self, faults: Faults) -> None:

@@ -201,8 +201,8 @@ class TestSpans:
                     metadata=metadata, timeout=10)
         call = receiver[0].wait_for(server_span(CHECK, trace_id), "the consistent Check")
         head = receiver[0].wait_for(
-            lambda s: s.span.parent_span_id == call.span.span_id, "its head revision read")
-        assert head.span.name == "store head_revision"
+            lambda s: s.span.parent_span_id == call.span.span_id, "its head read")
+        assert head.span.name == "store head"
         stored = [s for s in receiver[0].spans if s.span.name.startswith("store ")]
         assert stored and all(s.span.parent_span_id for s in stored)
 

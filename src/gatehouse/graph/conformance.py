@@ -561,6 +561,24 @@ async def follow_detects_a_new_epoch(store: GraphStore, backend: Backend) -> Non
     raise AssertionError("following with a stale epoch did not raise ChangelogGap")
 
 
+@scenario()
+async def head_and_history_name_the_data_set(store: GraphStore, backend: Backend) -> None:
+    """head() pairs the epoch with the newest revision; check_history passes for the
+    history a snapshot handed out and fails (ChangelogGap) for another epoch or for a
+    revision the store has not reached (a store behind its reader went back)."""
+    await store.write(BASE, (), RULES)
+    snap = await store.snapshot()
+    epoch, revision = await store.head()
+    assert (epoch, revision) == (snap.epoch, snap.revision)
+    await store.check_history(snap.revision, snap.epoch)
+    for after, wrong_epoch in ((snap.revision, "not-the-epoch"), (snap.revision + 5, snap.epoch)):
+        try:
+            await store.check_history(after, wrong_epoch)
+        except ChangelogGap:
+            continue
+        raise AssertionError(f"check_history({after}, {wrong_epoch!r}) passed")
+
+
 # -- tenant revisions (TenantUnchanged) --------------------------------------------
 
 T = TENANCY_RULES

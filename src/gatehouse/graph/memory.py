@@ -43,6 +43,16 @@ class MemoryGraphStore:
     async def head_revision(self) -> int:
         return self._revision
 
+    async def head(self) -> tuple[str, int]:
+        return self._epoch, self._revision
+
+    async def check_history(self, after: int, epoch: str) -> None:
+        # A memory store never goes back; only another store (epoch) differs.
+        if epoch != self._epoch:
+            raise ChangelogGap("the store's epoch changed")
+        if after > self._revision:
+            raise ChangelogGap(f"the store is at revision {self._revision}, behind {after}")
+
     async def snapshot(self) -> Snapshot:
         st = self._state
         edges = tuple(
@@ -78,8 +88,7 @@ class MemoryGraphStore:
         return change
 
     async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
-        if epoch != self._epoch:
-            raise ChangelogGap("the store's epoch changed")
+        await self.check_history(after, epoch)
         while True:
             if after < self._revision:
                 if not self._log or self._log[0].revision > after + 1:

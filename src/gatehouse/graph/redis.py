@@ -140,6 +140,9 @@ class RedisGraphStore:
         # redis-py's response types depend on decode_responses; we always decode.
         self.client: Any = open_client(target, options)
         # A separate connection pool for blocking XREADs so they never hold up writes.
+        # Neither pool retries by itself (redisconn): a write script resent after a
+        # dropped connection may apply twice, and a changelog read that reconnected
+        # on its own would hide a restart from the follower.
         self._tail: Any = open_client(target, options, blocking_reads=True)
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
         # Group commit: the batches written in one event-loop turn share one script
@@ -172,6 +175,12 @@ class RedisGraphStore:
         await self.client.aclose()
         await self._tail.aclose()
 
+    async def _drop_idle(self) -> None:
+        """Close the idle connections of the command pool: after Redis restarted (or a
+        failover moved the primary) each of them would fail its next command, retries
+        being off; closed, they reconnect (through the Sentinels, to the new primary)."""
+        await self.client.connection_pool.disconnect(inuse_connections=False)
+
     async def epoch(self) -> str:
         """The data set's epoch, created if Redis holds none yet."""
         try:
@@ -187,6 +196,50 @@ class RedisGraphStore:
             return int(await self.client.get(self._k("rev")) or 0)
         except _UNREACHABLE as exc:
             raise unreachable(exc) from exc
+
+    async def head(self) -> tuple[str, int]:
+        # No MULTI (the documented ACL user needs none): the epoch is read last, so a
+        # wipe between the two reads shows as a changed epoch, never as the old
+        # epoch with the new data set's revision (see check_history).
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self._k("rev"))
+            pipe.hget(self._k("meta"), "epoch")
+            rev, epoch = await pipe.execute()
+        except _UNREACHABLE as exc:
+            raise unreachable(exc) from exc
+        return str(epoch or ""), int(rev or 0)
+
+    async def check_history(self, after: int, epoch: str) -> None:
+        """One round trip: the head, the id ("n") of the changelog entry at ``after``
+        (compared with the id this object read there, ``_seen``) and the epoch.
+
+        One pipeline, not a transaction (the documented ACL user has no MULTI): the
+        epoch is read last, so if Redis lost its data at any point during the three
+        reads the epoch differs and the check fails; if it still matches, the other
+        two reads came from the same data set."""
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self._k("rev"))
+            pipe.xrange(self._k("log"), f"{after}-1", f"{after}-1")
+            pipe.hget(self._k("meta"), "epoch")
+            head_text, found, current = await pipe.execute()
+        except _UNREACHABLE as exc:
+            await self._drop_idle()
+            raise unreachable(exc) from exc
+        if current != epoch:
+            raise ChangelogGap("redis lost or replaced its data (epoch changed)")
+        head = int(head_text or 0)
+        if head < after:
+            raise ChangelogGap(f"redis is at revision {head}, behind {after} (it went back: "
+                               "a restart from a shorter AOF, or a failover lost writes)")
+        previous = self._seen.get(after)
+        if previous is not None and (not found or found[0][1].get("n", previous) != previous):
+            raise ChangelogGap(
+                f"redis no longer holds revision {after} as this process read it (it went "
+                "back and wrote other changes under the same numbers: a restart from a "
+                "shorter AOF, a failover to a replica that missed the last writes, or a "
+                "restore from an older copy)")
 
     async def write(
         self,
@@ -269,27 +322,14 @@ class RedisGraphStore:
         this store handed out up to ``after`` (trimmed, wiped, or replaced by another
         history: a promoted replica that missed the last writes)."""
         log = self._k("log")
-        meta = self._k("meta")
-        previous = self._seen.get(after)
         try:
-            if await self.client.hget(meta, "epoch") != epoch:
-                raise ChangelogGap("redis lost or replaced its data (epoch changed)")
-            if previous is not None:
-                found = await self.client.xrange(log, f"{after}-1", f"{after}-1")
-                if not found or found[0][1].get("n", previous) != previous:
-                    raise ChangelogGap(
-                        f"redis no longer holds revision {after} as this process read it "
-                        "(a failover to a replica that missed the last writes, or a restore "
-                        "from an older copy)")
+            await self.check_history(after, epoch)
+            previous = self._seen.get(after)
             while True:
                 resp = await self._tail.xread({log: f"{after}-1"}, count=1000, block=1000)
                 if not resp:
-                    current = await self.client.hget(meta, "epoch")
-                    if current != epoch:
-                        raise ChangelogGap("redis lost or replaced its data (epoch changed)")
-                    head = int(await self.client.get(self._k("rev")) or 0)
-                    if head < after:
-                        raise ChangelogGap(f"redis is at revision {head}, behind {after}")
+                    # Idle: a wipe or a rewind needs no dropped connection to happen.
+                    await self.check_history(after, epoch)
                     continue
                 for _stream, entries in resp:
                     for entry_id, fields in entries:
@@ -313,6 +353,8 @@ class RedisGraphStore:
                                      float(fields.get("ts", 0.0)))
                         after = rev
         except _UNREACHABLE as exc:
+            # The tail hears of a restart or failover first (its read is always pending).
+            await self._drop_idle()
             raise unreachable(exc) from exc
 
 

@@ -41,6 +41,24 @@ class GraphStore(Protocol):
         """The revision of the newest committed write (0 when empty)."""
         ...
 
+    async def head(self) -> tuple[str, int]:
+        """The epoch and the newest revision, read together ("" when the store holds
+        no epoch yet, as after a wipe). A revision means something only within its
+        epoch: a fully consistent read compares both."""
+        ...
+
+    async def check_history(self, after: int, epoch: str) -> None:
+        """Raise ``ChangelogGap`` unless the store still holds the history this object
+        handed out (by ``snapshot`` or ``follow``) up to revision ``after`` of
+        ``epoch``: the same epoch, a head not behind ``after``, and — where the store
+        can tell — the same write at ``after``. A store that went back (restarted
+        from a shorter AOF, a failover to a replica that missed writes, a restore)
+        fails it even when it reused the revision numbers for other writes.
+        ``follow`` checks this before it reads; the follower calls it on every
+        (re)connection before its index vouches for a revision again. Raises
+        ``Unavailable`` when the store cannot be reached."""
+        ...
+
     async def snapshot(self) -> Snapshot:
         """Objects and relationships from revision ``snapshot.revision`` on.
 
@@ -73,8 +91,10 @@ class GraphStore(Protocol):
     def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
         """Every change above ``after``, in order, then new ones as they commit.
 
-        Raises ChangelogGap when it cannot continue from ``after`` or the
-        store's epoch is no longer ``epoch``; Unavailable when unreachable.
+        Raises ChangelogGap when it cannot continue from ``after`` (trimmed) or
+        ``check_history(after, epoch)`` fails — first, and again whenever the
+        store can tell its history changed while following; Unavailable when
+        unreachable.
         """
         ...
 

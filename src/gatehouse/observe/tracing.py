@@ -193,6 +193,14 @@ class TracedGraphStore:
         with _child(self._tracer, "head_revision", self._system):
             return await self.inner.head_revision()
 
+    async def head(self) -> tuple[str, int]:
+        with _child(self._tracer, "head", self._system):
+            return await self.inner.head()
+
+    async def check_history(self, after: int, epoch: str) -> None:
+        with _child(self._tracer, "check_history", self._system):
+            await self.inner.check_history(after, epoch)
+
     async def snapshot(self) -> Snapshot:
         with _child(self._tracer, "snapshot", self._system):
             return await self.inner.snapshot()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import Enum
 
 from gatehouse.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from gatehouse.graph.changes import Change, DeleteRelationship, TouchRelationship
@@ -43,6 +44,26 @@ class View:
     index: GraphIndex
 
 
+class IndexState(Enum):
+    """What the index can vouch for, the one state readers of the follower consult.
+
+    ``CURRENT``: the store is reachable and the index continues the store's history
+    (checked on every (re)connection): it vouches for every revision it has applied.
+    ``UNREACHABLE``: the store cannot be reached; the index answers minimize-latency
+    reads but vouches for no revision — revisions count within one history, and
+    until the follower has seen the store again it cannot tell whether the store
+    still holds the one the index was built from (a restart from a shorter AOF, a
+    failover that lost writes). ``REBUILDING``: the store is reachable but the index
+    no longer continues its history (trimmed, wiped, went back); the old index
+    answers minimize-latency reads while a new one is built, and reads that ask
+    for a revision wait for it.
+    """
+
+    CURRENT = "current"
+    UNREACHABLE = "unreachable"
+    REBUILDING = "rebuilding"
+
+
 class _Gap:
     """Sentinel queued to watchers when the follower had to rebuild from a snapshot."""
 
@@ -67,19 +88,12 @@ class IndexFollower:
         self._policy = policy
         self._index = index
         self._epoch = epoch
-        self._healthy = True
+        self._state = IndexState.CURRENT  # built from a snapshot just now
         self._listeners: list[Callable[[bool], None]] = []
         self._advanced = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Queue[Change | _Gap]] = set()
         self._busy: frozenset[str] | None = None
-        # Set while the index is being rebuilt after a ChangelogGap. The old index
-        # keeps answering minimize_latency reads (as while the store is down), but
-        # no longer vouches for any revision: after a failover that lost writes it
-        # may hold changes the store never kept, under revision numbers the store
-        # now gives to other writes. Reads that ask for a revision wait for the
-        # rebuilt index instead.
-        self._rebuilding = False
         # How long a read without a deadline may wait for the index to reach
         # the revision it asks for; the changelog normally follows in
         # milliseconds, so this only ends waits that would never end.
@@ -120,7 +134,12 @@ class IndexFollower:
 
     @property
     def store_healthy(self) -> bool:
-        return self._healthy
+        """Whether the store is reachable (rebuilding counts: it reads the store)."""
+        return self._state is not IndexState.UNREACHABLE
+
+    @property
+    def state(self) -> IndexState:
+        return self._state
 
     @property
     def watch_streams(self) -> int:
@@ -154,9 +173,14 @@ class IndexFollower:
         with self.lock:
             self._policy = policy
 
-    def _set_health(self, healthy: bool) -> None:
-        if healthy != self._healthy:
-            self._healthy = healthy
+    def _set_state(self, state: IndexState) -> None:
+        if state is self._state:
+            return
+        was_healthy = self.store_healthy
+        self._state = state
+        self._advance()  # waiters look again (and fail fast once the store is gone)
+        healthy = self.store_healthy
+        if healthy != was_healthy:
             log.warning("store %s", "reachable again" if healthy else "unreachable",
                         extra={"store": self.store.description})
             for listener in self._listeners:
@@ -170,11 +194,13 @@ class IndexFollower:
         backoff = 0.05
         while True:
             try:
-                await self.store.head_revision()  # raises Unavailable when unreachable
-                self._set_health(True)
+                # On every (re)connection, before the index vouches for a revision again:
+                # the store must still hold the history the index was built from (same
+                # epoch, not behind, the same write at the index's revision). Raises
+                # Unavailable while the store is unreachable.
+                await self.store.check_history(self._index.revision, self._epoch)
+                self._set_state(IndexState.CURRENT)
                 backoff = 0.05
-                if self._rebuilding:  # a rebuild failed half-way; the old index is suspect
-                    raise ChangelogGap("retrying the interrupted rebuild")
                 async for change in self.store.follow(self._index.revision, self._epoch):
                     self._busy = touched_rows(change) if len(change.ops) >= LARGE_CHANGE else None
                     try:
@@ -186,21 +212,9 @@ class IndexFollower:
                     self._advance()
             except ChangelogGap as exc:
                 log.warning("rebuilding the index from a snapshot", extra={"reason": str(exc)})
-                self._rebuilding = True
-                try:
-                    index, epoch = await _snapshot_index(self.store)
-                except Unavailable:
-                    self._set_health(False)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
-                    continue
-                with self.lock:
-                    self._index, self._epoch = index, epoch
-                self._rebuilding = False
-                self._publish(_GAP)
-                self._advance()
+                await self._rebuild()
             except Unavailable as exc:
-                self._set_health(False)
+                self._set_state(IndexState.UNREACHABLE)
                 log.debug("follower waiting for the store", extra={"error": str(exc)})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -210,10 +224,33 @@ class IndexFollower:
                 log.exception("index follower failed; retrying")
                 await asyncio.sleep(1.0)
 
+    async def _rebuild(self) -> None:
+        """Build a new index from a snapshot and swap it in whole; until then the old one
+        vouches for no revision (retrying, with back-off, while the store is away)."""
+        self._set_state(IndexState.REBUILDING)
+        backoff = 0.05
+        while True:
+            try:
+                index, epoch = await _snapshot_index(self.store)
+                break
+            except Unavailable as exc:
+                self._set_state(IndexState.UNREACHABLE)
+                log.debug("rebuild waiting for the store", extra={"error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            except Exception:
+                # Never back to following with the old index: it may hold another history.
+                log.exception("rebuilding the index failed; retrying")
+                await asyncio.sleep(1.0)
+        with self.lock:
+            self._index, self._epoch = index, epoch
+        self._publish(_GAP)
+        self._set_state(IndexState.CURRENT)
+
     # -- waiting for freshness ----------------------------------------------
 
     def _reached(self, revision: int) -> bool:
-        return not self._rebuilding and self._index.revision >= revision
+        return self._state is IndexState.CURRENT and self._index.revision >= revision
 
     async def wait_for(self, revision: int, timeout: float | None) -> bool:
         """Wait until the index has applied ``revision``; False on timeout."""
@@ -264,15 +301,43 @@ class IndexFollower:
         if timeout is None:
             timeout = self.freshness_wait
         if consistency.mode is Mode.FULLY_CONSISTENT:
-            target = await self.store.head_revision()
-        else:
-            target = consistency.revision
-            await self.require_issued(target, consistency.source)
+            await self._ensure_head(timeout)
+            return
+        if self._state is IndexState.UNREACHABLE:
+            # Fail now rather than at the deadline: the index cannot prove any revision
+            # until the follower has seen the store again (IndexState).
+            raise Unavailable("the store is unreachable; the index cannot prove it is at "
+                              f"revision {consistency.revision} of the store's data; retry")
+        target = consistency.revision
+        await self.require_issued(target, consistency.source)
         if not await self.wait_for(target, timeout):
             raise Unavailable(
                 f"index is at revision {self._index.revision}, not yet at {target}; "
                 "retry, or ask with a longer deadline"
             )
+
+    async def _ensure_head(self, timeout: float) -> None:
+        """Wait until the index holds the store's newest revision of the store's current
+        data set: after a wipe the store's revisions start again from 0, and an old
+        index past them must rebuild before it answers as fully consistent, even when
+        the follower has not noticed the wipe yet."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            epoch, target = await self.store.head()  # Unavailable when unreachable
+            if epoch == self._epoch:
+                if await self.wait_for(target, deadline - loop.time()):
+                    return
+                break
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # The follower rebuilds when it notices; it advances when done.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._advanced.wait(), min(remaining, 0.05))
+        raise Unavailable(
+            f"index is at revision {self._index.revision}, not yet at the store's newest "
+            "revision of its current data; retry, or ask with a longer deadline")
 
     # -- watching -------------------------------------------------------------
 

@@ -16,11 +16,13 @@ Keys, per organization (hash tag = the organization key, like the graph's):
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError, ReadOnlyError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gatehouse.errors import Unavailable
 from gatehouse.limits import LIMITS
@@ -30,6 +32,8 @@ from gatehouse.usage.events import Counters, UsageEvent, period_of
 
 SEP = "\x1f"
 _UNREACHABLE = UNREACHABLE
+_DROPPED = (RedisConnectionError, RedisTimeoutError, OSError)
+"""A lost connection (not an answer from Redis): worth one more try on a new one."""
 
 
 def _num(value: float) -> str:
@@ -54,8 +58,12 @@ class RedisUsageStore:
                   period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
                   _num(event.amount), event.dimension, _num(event.event_time),
                   _num(LIMITS.counter_max)]
-        try:
+
+        async def once() -> bool:
             return bool((await self._record(json.dumps(fields)))[0])
+
+        try:
+            return bool(await self._again(once))
         except (ReadOnlyError, NoPermissionError) as exc:  # the server's state, not the event's
             raise unreachable(exc) from None
         except ResponseError as exc:
@@ -65,13 +73,29 @@ class RedisUsageStore:
         except _UNREACHABLE as exc:
             raise unreachable(exc) from exc
 
+    async def _again(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``, once more after a dropped connection: the pooled connections that
+        outlived a Redis restart each fail their next command, so they are closed (to
+        reconnect) and the call repeated. Both calls here are safe to repeat: counters
+        are read, and an event is recorded once per id (a repeat finds it recorded).
+        Redis's answers (errors included) are not repeated."""
+        try:
+            return await call()
+        except _DROPPED:
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        return await call()
+
     async def counters(self, organization: str, periods: Mapping[str, str]) -> dict[str, Counters]:
         names = list(periods)
-        try:
+
+        async def read() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for period in names:
                 pipe.hgetall(f"{self.prefix}:{{{organization}}}:u:{period}")
-            results = await pipe.execute()
+            return list(await pipe.execute())
+
+        try:
+            results = await self._again(read)
         except _UNREACHABLE as exc:
             raise unreachable(exc) from exc
         out: dict[str, Counters] = {}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -320,10 +319,8 @@ class TestConsistency:
         with Client(gatehouse.address, timeout=1.0, retries=None) as c:
             c.observe_revision(10**15)
             assert c.revision == str(10**15)
-            start = time.monotonic()
-            with pytest.raises(FailedPrecondition, match="consistency.at_least_as_fresh"):
+            with pytest.raises(FailedPrecondition, match=r"consistency\.at_least_as_fresh"):
                 c.check("user:uma", "edit", "data_flow:acme-sales-pipeline")
-            assert time.monotonic() - start < 5
             assert c.check("user:uma", "edit", "data_flow:acme-sales-pipeline",
                            consistency=Consistency.minimize_latency()).allowed
         with Client(gatehouse.address, read_your_writes=False) as off:

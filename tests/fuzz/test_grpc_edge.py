@@ -416,12 +416,10 @@ class TestFindings:
             (METHOD["ListAccessible"], listing, "cursor"),
             (METHOD["Watch"], gpb.WatchRequest(after_revision=future), "after_revision"),
         ]:
-            started = time.monotonic()
             outcome = invoke(edge.channel, method, request.SerializeToString())
             assert outcome.code == grpc.StatusCode.FAILED_PRECONDITION, (method, outcome)
             assert outcome.details.startswith(
                 f"{named}: revision {future} is ahead of the store"), outcome.details
-            assert time.monotonic() - started < CALL_SECONDS / 2  # answered, not timed out
 
     def test_listaccessible_names_resource_type(self, edge: Edge) -> None:
         """A ListAccessible without resource_type names ``resource_type`` (it named

@@ -360,11 +360,9 @@ class TestFullQueue:
         response = apb.CheckResponse(decision=apb.DECISION_ALLOW, revision="1")
         ok = CallOutcome(grpc.StatusCode.OK, "", 0.001)
         calls = 3000  # ~600 bytes a line: far more than a pipe holds
-        started = time.monotonic()
-        for _ in range(calls):
+        for _ in range(calls):  # a put that waited for the disk would hang here
             hook.after(CallInfo(CHECK, KEYED, "ipv4:127.0.0.1:1",
                                 notes={REQUEST: request, RESPONSE: response}), ok)
-        assert time.monotonic() - started < 2.0  # never waited for the disk
         lost = (REGISTRY.get_sample_value("gatehouse_audit_dropped_total") or 0.0) - dropped
         assert lost > 0
         chunks: list[bytes] = []

@@ -29,6 +29,8 @@ an item the script refused keeps its own error.
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -42,6 +44,8 @@ from redis.exceptions import (
 )
 
 from gatehouse.errors import Unavailable
+
+log = logging.getLogger("gatehouse.redis")
 
 UNREACHABLE = (RedisError, OSError)
 """What a Redis call raises when the store cannot serve it (reads map all of it
@@ -102,6 +106,29 @@ end
 """Prepended to every batched script: ``return run_items(first_item_argv, one)``."""
 
 
+Done = Callable[[Any], None]
+"""Called once with an item's reply values (a list) or the exception that ends it."""
+_Entry = tuple[str, Done]
+
+
+def settle(fut: asyncio.Future[Any], result: Any) -> None:
+    """Resolve ``fut`` with ``result`` (an exception: raise it), unless its waiter left."""
+    if fut.done():  # its caller went away (cancelled)
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+
+
+def _answer(done: Done, result: Any) -> None:
+    """Hand one item its result; a failing callback must not starve the rest of the group."""
+    try:
+        done(result)
+    except Exception:
+        log.exception("a group commit callback failed")
+
+
 def _noscript(result: Any) -> bool:
     return isinstance(result, NoScriptError) or (
         isinstance(result, ResponseError) and str(result).startswith("NOSCRIPT"))
@@ -136,7 +163,7 @@ class BatchedScript:
         self._head = head
         self._max = max_items
         self._max_bytes = max_bytes
-        self._queue: list[tuple[str, asyncio.Future[list[Any]]]] = []
+        self._queue: list[_Entry] = []
         self._flush_scheduled = False
         self._sending = False
         self._task: asyncio.Task[None] | None = None
@@ -150,11 +177,18 @@ class BatchedScript:
     async def __call__(self, item: str) -> list[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
-        self._queue.append((item, fut))
+        self.submit(item, functools.partial(settle, fut))
+        return await fut
+
+    def submit(self, item: str, done: Done) -> None:
+        """Add ``item`` to the next group; ``done(reply values or exception)`` is called
+        once, on the loop, when Redis has answered the whole call (no task, no future:
+        the short path of a write answers its caller from ``done``). Loop thread only."""
+        self._queue.append((item, done))
         if not self._flush_scheduled and not self._sending:
             self._flush_scheduled = True
+            loop = asyncio.get_running_loop()
             loop.call_soon(self._start_flush, loop)
-        return await fut
 
     def _start_flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flush_scheduled = False
@@ -164,7 +198,7 @@ class BatchedScript:
         self._sending = True
         self._task = loop.create_task(self._flush(queue))  # held: a task is weakly referenced
 
-    async def _flush(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
+    async def _flush(self, queue: list[_Entry]) -> None:
         try:
             await self._flush_group(queue)
         finally:
@@ -174,7 +208,7 @@ class BatchedScript:
                 loop = asyncio.get_running_loop()
                 loop.call_soon(self._start_flush, loop)
 
-    async def _flush_group(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]) -> None:
+    async def _flush_group(self, queue: list[_Entry]) -> None:
         groups = self._split(queue)
         try:
             replies = await self._send(groups)
@@ -184,34 +218,30 @@ class BatchedScript:
                 again = iter(await self._send(retry))
                 replies = [next(again) if _noscript(r) else r for r in replies]
         except BaseException as exc:
-            for _, fut in queue:
-                if not fut.done():
-                    fut.set_exception(exc)
+            for _, done in queue:
+                _answer(done, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, BaseException):
-                for _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(reply)
+                for _, done in group:
+                    _answer(done, reply)
                 continue
-            for (_, fut), answer in zip(group, reply, strict=False):
-                if fut.done():
+            for k, (_, done) in enumerate(group):
+                if k >= len(reply):  # fewer replies than items: never leave a caller waiting
+                    _answer(done, ResponseError("the script gave no reply for this item"))
                     continue
+                answer = reply[k]
                 if isinstance(answer, BaseException):  # applied, but too few replicas confirmed
-                    fut.set_exception(answer)
+                    _answer(done, answer)
                 elif answer[0] == ITEM_OK:
-                    fut.set_result(answer[1:])
+                    _answer(done, answer[1:])
                 else:
-                    fut.set_exception(_item_error(answer[1]))
-            for _, fut in group:  # fewer replies than items: never leave a caller waiting
-                if not fut.done():
-                    fut.set_exception(ResponseError("the script gave no reply for this item"))
+                    _answer(done, _item_error(answer[1]))
 
-    def _split(self, queue: list[tuple[str, asyncio.Future[list[Any]]]]
-               ) -> list[list[tuple[str, asyncio.Future[list[Any]]]]]:
-        groups: list[list[tuple[str, asyncio.Future[list[Any]]]]] = [[]]
+    def _split(self, queue: list[_Entry]) -> list[list[_Entry]]:
+        groups: list[list[_Entry]] = [[]]
         size = 0
         for entry in queue:
             if groups[-1] and (len(groups[-1]) >= self._max
@@ -222,8 +252,7 @@ class BatchedScript:
             size += len(entry[0])
         return groups
 
-    async def _send(self, groups: list[list[tuple[str, asyncio.Future[list[Any]]]]]
-                    ) -> list[Any]:
+    async def _send(self, groups: list[list[_Entry]]) -> list[Any]:
         head = self._head()
         self.calls += len(groups)
         if len(groups) == 1 and not self.wait_replicas:

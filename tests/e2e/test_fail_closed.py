@@ -116,6 +116,12 @@ class FaultyStore(MemoryGraphStore):
             rules = dataclasses.replace(rules, scope_kind=rules.scope_kind.inner)
         return await super().write(ops, preconditions, rules)
 
+    def write_soon(self, ops: Any, preconditions: Any, rules: Any, done: Any) -> None:
+        self.faults.hit("store.write")  # the short path of WriteRelationships
+        if rules is not None and isinstance(rules.scope_kind, FaultyMapping):
+            rules = dataclasses.replace(rules, scope_kind=rules.scope_kind.inner)
+        super().write_soon(ops, preconditions, rules, done)
+
     async def head_revision(self) -> int:
         self.faults.hit("store.head")
         return await super().head_revision()
@@ -133,6 +139,10 @@ class FaultyUsage(MemoryUsageStore):
     async def record(self, *args: Any, **kwargs: Any) -> bool:
         self.faults.hit("usage.record")
         return await super().record(*args, **kwargs)
+
+    def record_soon(self, *args: Any, **kwargs: Any) -> None:
+        self.faults.hit("usage.record")  # the short path of RecordUsage
+        super().record_soon(*args, **kwargs)
 
     async def counters(self, *args: Any, **kwargs: Any) -> Any:
         self.faults.hit("usage.counters")

@@ -84,11 +84,7 @@ async def answer_later(info: CallInfo | None, message: Any, raw: bytes,
     """Decode ``raw`` as ``message``, run it and encode the response, with the statuses
     and hook notes ``translate_errors`` gives a servicer method: the body of a
     ``Later`` (a call answered through the transport's short path)."""
-    try:
-        request = message.FromString(raw)
-    except DecodeError:
-        raise undecodable() from None
-    note_request(info, request)
+    request = decode_request(info, message, raw)
     _activate(info)
     try:
         response = await run(request)
@@ -98,6 +94,40 @@ async def answer_later(info: CallInfo | None, message: Any, raw: bytes,
         raise inline_abort(err) from None
     note_response(info, response)
     out: bytes = response.SerializeToString()
+    return out
+
+
+def decode_request(info: CallInfo | None, message: Any, raw: bytes) -> Any:
+    """``raw`` as a ``message`` (noted for the hooks), or Abort INVALID_ARGUMENT."""
+    try:
+        request = message.FromString(raw)
+    except DecodeError:
+        raise undecodable() from None
+    note_request(info, request)
+    return request
+
+
+def without_task(info: CallInfo | None) -> bool:
+    """Whether a call may take the short path without a task of its own (``Later.start``):
+    only when no hook left anything to make current in a task (tracing does: a
+    traced call keeps its coroutine, so that its store calls are its spans' children)."""
+    return info is None or ACTIVATE not in info.notes
+
+
+def respond(info: CallInfo | None, result: Any,
+            build: Callable[[Any], Any]) -> bytes | BaseException:
+    """What a short-path call answers for a store's ``result``: ``build(result)`` encoded
+    (and noted for the hooks), or the status of the error it is, as ``answer_later``
+    would give it (a domain error: its status; anything else: INTERNAL)."""
+    if isinstance(result, BaseException):
+        err = _domain(result) if isinstance(result, Exception) else None
+        return inline_abort(err) if err is not None else result
+    try:
+        response = build(result)
+        note_response(info, response)
+        out: bytes = response.SerializeToString()
+    except Exception as exc:
+        return exc
     return out
 
 
@@ -169,5 +199,5 @@ def translate_errors(
     return call
 
 
-__all__ = ["answer_later", "details", "inline_abort", "status_code", "to_rpc_status",
-           "translate_errors", "undecodable"]
+__all__ = ["answer_later", "decode_request", "details", "inline_abort", "respond",
+           "status_code", "to_rpc_status", "translate_errors", "undecodable", "without_task"]

@@ -8,10 +8,17 @@ from typing import Any
 from google.protobuf.struct_pb2 import Struct
 
 from gatehouse.api import convert, cursor
-from gatehouse.api.errors import answer_later, translate_errors
+from gatehouse.api.errors import (
+    answer_later,
+    decode_request,
+    inline_abort,
+    respond,
+    translate_errors,
+    without_task,
+)
 from gatehouse.auth import tenants
 from gatehouse.auth.tenants import organizations_of
-from gatehouse.errors import FailedPrecondition, InvalidArgument, quote
+from gatehouse.errors import FailedPrecondition, GatehouseError, InvalidArgument, quote
 from gatehouse.graph.changes import (
     Change,
     DeleteObject,
@@ -33,7 +40,7 @@ from gatehouse.runtime import (
     Mode,
     parse_revision,
 )
-from gatehouse.transport import CallInfo, Later, ServicerContext, TimeRemaining
+from gatehouse.transport import Answered, CallInfo, Later, ServicerContext, TimeRemaining
 from gatehouse.v1 import authorization_pb2 as apb
 from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
@@ -52,6 +59,10 @@ def _relationship(ops: GraphOperations, msg: pb.Relationship, field: str) -> Rel
                        _ref(msg.subject, f"{field}.subject"))
     ops.validate_relationship(rel, field)
     return rel
+
+
+def _write_response(change: Change) -> pb.WriteRelationshipsResponse:
+    return pb.WriteRelationshipsResponse(revision=str(change.revision))
 
 
 def _relationship_msg(rel: Relationship) -> pb.Relationship:
@@ -198,13 +209,35 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
 
     def write_inline(self, raw: bytes, info: CallInfo | None) -> Later:
         """WriteRelationships through the transport's short path (a write always needs the
-        loop, for the store); the same checks, answers and statuses."""
+        loop, for the store); the same checks, answers and statuses. Without a task
+        when nothing needs one (no tenant-bound caller, no trace)."""
+        if without_task(info) and organizations_of(info) is None:
+            return Later(start=lambda _remaining, answered: self._write_soon(
+                raw, info, answered))
         return Later(lambda remaining: answer_later(
             info, pb.WriteRelationshipsRequest, raw,
             lambda req: self._write(req, info, remaining)))
 
-    async def _write(self, request: pb.WriteRelationshipsRequest, info: CallInfo | None,
-                     remaining: TimeRemaining) -> pb.WriteRelationshipsResponse:
+    def _write_soon(self, raw: bytes, info: CallInfo | None, answered: Answered) -> None:
+        """The short path of an unbound caller's write: checked here, committed by the
+        store's group commit, answered from its callback (on the loop)."""
+        request = decode_request(info, pb.WriteRelationshipsRequest, raw)
+        try:
+            ops, pres, _ = self._plan(request)
+        except GatehouseError as exc:
+            raise inline_abort(exc) from None
+        def written(result: Change | BaseException) -> None:
+            answered(respond(info, result, _write_response))
+
+        try:
+            self.ops.write_soon(ops, pres, written)
+        except Exception as exc:  # a store that raised instead of answering
+            written(exc)
+
+    def _plan(self, request: pb.WriteRelationshipsRequest
+              ) -> tuple[list[Operation], list[Precondition], list[Precondition]]:
+        """The operations and preconditions of a write request (InvalidArgument naming
+        the field), and the preconditions the caller gave (without CREATE's own)."""
         if not request.updates:
             raise InvalidArgument("updates", "give at least one update")
         if len(request.updates) > LIMITS.write_batch:
@@ -225,6 +258,12 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
                 ops.append(DeleteRelationship(rel))
             else:
                 raise InvalidArgument(f"{field}.operation", "must be TOUCH, CREATE or DELETE")
+        return ops, pres, given
+
+    async def _write(self, request: pb.WriteRelationshipsRequest, info: CallInfo | None,
+                     remaining: TimeRemaining) -> pb.WriteRelationshipsResponse:
+        ops, pres, given = self._plan(request)
+
         def inside(guard: tenants.TenantGuard) -> None:
             _require_preconditions(guard, given)
             guard.require_operations(ops, (f"updates[{i}]" for i in range(len(ops))))

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gatehouse.api import convert
-from gatehouse.api.errors import answer_later, translate_errors
+from gatehouse.api.errors import (
+    answer_later,
+    decode_request,
+    inline_abort,
+    respond,
+    translate_errors,
+    without_task,
+)
 from gatehouse.auth import tenants
-from gatehouse.errors import InvalidArgument
+from gatehouse.errors import GatehouseError, InvalidArgument
 from gatehouse.runtime import EventInput, IndexFollower, UsageOperations
-from gatehouse.transport import CallInfo, Later, ServicerContext
+from gatehouse.transport import Answered, CallInfo, Later, ServicerContext
 from gatehouse.usage.compute import MetricUsage
+from gatehouse.usage.events import UsageEvent
 from gatehouse.usage.limits import (
     AddMember,
     ConnectAccount,
@@ -63,6 +73,22 @@ def _proposal(req: pb.CheckLimitRequest) -> Proposal:
                           "connect_account, record")
 
 
+def _events(request: pb.RecordUsageRequest) -> list[EventInput]:
+    return [
+        EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
+                   convert.timestamp(e.event_time, f"events[{i}].event_time")
+                   if e.HasField("event_time") else None)
+        for i, e in enumerate(request.events)
+    ]
+
+
+def _record_response(events: Sequence[EventInput | UsageEvent],
+                     duplicates: Sequence[bool]) -> pb.RecordUsageResponse:
+    return pb.RecordUsageResponse(results=[
+        pb.RecordUsageResult(event_id=e.event_id, duplicate=dup)
+        for e, dup in zip(events, duplicates, strict=True)])
+
+
 class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
     """A tenant-bound caller names only its own organizations (the workspaces named
     must be of that organization, which the operations check)."""
@@ -105,23 +131,33 @@ class UsageServicer(pb_grpc.UsageServiceServicer):  # type: ignore[misc]
 
     def record_inline(self, raw: bytes, info: CallInfo | None) -> Later:
         """RecordUsage through the transport's short path (a write: it always needs the
-        loop, for the usage store); the same checks, answers and statuses."""
+        loop, for the usage store); the same checks, answers and statuses. Without a
+        task when nothing needs one (no tenant-bound caller, no trace)."""
+        if without_task(info) and tenants.organizations_of(info) is None:
+            return Later(start=lambda _remaining, answered: self._record_soon(
+                raw, info, answered))
         return Later(lambda _remaining: answer_later(
             info, pb.RecordUsageRequest, raw, lambda req: self._record(req, info)))
+
+    def _record_soon(self, raw: bytes, info: CallInfo | None, answered: Answered) -> None:
+        request = decode_request(info, pb.RecordUsageRequest, raw)
+        try:
+            events = self.usage.checked_events(request.organization_id, _events(request))
+        except GatehouseError as exc:
+            raise inline_abort(exc) from None
+
+        def recorded(result: list[bool] | BaseException) -> None:
+            answered(respond(info, result, lambda duplicates: _record_response(
+                events, duplicates)))
+
+        self.usage.record_soon(events, recorded)
 
     async def _record(self, request: pb.RecordUsageRequest,
                       info: CallInfo | None) -> pb.RecordUsageResponse:
         self._require_organization(info, request.organization_id)
-        events = [
-            EventInput(e.event_id, e.workspace_id, e.metric, e.amount, e.dimension,
-                       convert.timestamp(e.event_time, f"events[{i}].event_time")
-                       if e.HasField("event_time") else None)
-            for i, e in enumerate(request.events)
-        ]
+        events = _events(request)
         duplicates = await self.usage.record_usage(request.organization_id, events)
-        return pb.RecordUsageResponse(results=[
-            pb.RecordUsageResult(event_id=e.event_id, duplicate=dup)
-            for e, dup in zip(events, duplicates, strict=True)])
+        return _record_response(events, duplicates)
 
     @translate_errors
     async def CheckLimit(self, request: pb.CheckLimitRequest,

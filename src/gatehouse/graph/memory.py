@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from gatehouse.graph.changes import (
     Change,
@@ -72,6 +72,10 @@ class MemoryGraphStore:
         preconditions: Sequence[WritePrecondition] = (),
         rules: WriteRules | None = None,
     ) -> Change:
+        return self._write(ops, preconditions, rules)
+
+    def _write(self, ops: Sequence[Operation], preconditions: Sequence[WritePrecondition],
+               rules: WriteRules | None) -> Change:
         plan = plan_batch(self._state, ops, preconditions, rules or WriteRules({}))
         effective = self._state.apply(plan, self._revision + 1)
         if not effective:
@@ -86,6 +90,20 @@ class MemoryGraphStore:
         self._committed.set()
         self._committed = asyncio.Event()
         return change
+
+    def write_soon(
+        self,
+        ops: Sequence[Operation],
+        preconditions: Sequence[WritePrecondition],
+        rules: WriteRules | None,
+        done: Callable[[Change | BaseException], None],
+    ) -> None:
+        try:
+            change = self._write(ops, preconditions, rules)
+        except Exception as exc:
+            done(exc)
+            return
+        done(change)
 
     async def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
         await self.check_history(after, epoch)

@@ -15,12 +15,14 @@ acknowledged write survives a crash.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
 import re
 import sys
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -51,7 +53,7 @@ from gatehouse.policy.rules import (
     WriteRules,
 )
 from gatehouse.redisconn import RedisOptions, open_client, parse_url, redact
-from gatehouse.redisscript import UNREACHABLE, BatchedScript, unreachable
+from gatehouse.redisscript import UNREACHABLE, BatchedScript, settle, unreachable
 
 CHANGELOG_MAXLEN = 1_000_000
 _NO_RULES = WriteRules({})
@@ -247,6 +249,39 @@ class RedisGraphStore:
         preconditions: Sequence[WritePrecondition] = (),
         rules: WriteRules | None = None,
     ) -> Change:
+        done: asyncio.Future[Change] = asyncio.get_running_loop().create_future()
+        self.write_soon(ops, preconditions, rules, functools.partial(settle, done))
+        return await done
+
+    def write_soon(
+        self,
+        ops: Sequence[Operation],
+        preconditions: Sequence[WritePrecondition],
+        rules: WriteRules | None,
+        done: Callable[[Change | BaseException], None],
+    ) -> None:
+        try:
+            payload = self._payload(ops, preconditions, rules)
+        except Exception as exc:
+            done(exc)
+            return
+
+        def answered(reply: Any) -> None:
+            if isinstance(reply, BaseException):
+                done(_write_failure(reply) if isinstance(reply, Exception) else reply)
+                return
+            try:
+                change = _change(reply, ops)
+            except Exception as exc:  # not the script's reply shape: fail, never hang
+                done(exc)
+                return
+            done(change)
+
+        self._call.submit(payload, answered)
+
+    def _payload(self, ops: Sequence[Operation], preconditions: Sequence[WritePrecondition],
+                 rules: WriteRules | None) -> str:
+        """The script argument of one batch (after the checks that need no Redis)."""
         rules = rules or _NO_RULES
         check_batch(ops)
         check_preconditions(preconditions, rules)
@@ -265,18 +300,8 @@ class RedisGraphStore:
         pre_json = dumps(pre, separators=(",", ":")) if pre else "{}"
         # "n": this batch's changelog entry id, random so that another history (a
         # promoted replica that missed writes) never repeats it.
-        payload = (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'
-                   f'"maxlen":{self.maxlen},"n":"{os.urandom(12).hex()}"}}')
-        try:
-            rev, changed = await self._call(payload)
-        except ResponseError as exc:
-            raise _script_error(exc) from None
-        except _UNREACHABLE as exc:
-            raise Unavailable(
-                f"{unreachable(exc)}; if the connection dropped mid-call the write may "
-                "or may not have been applied"
-            ) from exc
-        return Change(int(rev), tuple(ops) if changed else ())
+        return (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'
+                f'"maxlen":{self.maxlen},"n":"{os.urandom(12).hex()}"}}')
 
     async def snapshot(self) -> Snapshot:
         try:
@@ -356,6 +381,24 @@ class RedisGraphStore:
             # The tail hears of a restart or failover first (its read is always pending).
             await self._drop_idle()
             raise unreachable(exc) from exc
+
+
+def _change(reply: list[Any], ops: Sequence[Operation]) -> Change:
+    rev, changed = reply
+    return Change(int(rev), tuple(ops) if changed else ())
+
+
+def _write_failure(exc: Exception) -> Exception:
+    """The domain error for a write the script refused or Redis did not answer."""
+    if isinstance(exc, ResponseError):
+        return _script_error(exc)
+    if isinstance(exc, _UNREACHABLE):
+        failure = Unavailable(
+            f"{unreachable(exc)}; if the connection dropped mid-call the write may "
+            "or may not have been applied")
+        failure.__cause__ = exc
+        return failure
+    return exc
 
 
 def _script_error(exc: ResponseError) -> GatehouseError:

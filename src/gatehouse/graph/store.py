@@ -8,7 +8,7 @@ Redis).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
 from gatehouse.graph.changes import Change, Operation, WritePrecondition
@@ -86,6 +86,22 @@ class GraphStore(Protocol):
         precondition failed), FailedPrecondition (a rule or constraint
         refused), Unavailable (the store cannot be reached).
         """
+        ...
+
+    def write_soon(
+        self,
+        ops: Sequence[Operation],
+        preconditions: Sequence[WritePrecondition],
+        rules: WriteRules | None,
+        done: Callable[[Change | BaseException], None],
+    ) -> None:
+        """``write`` without a coroutine: ``done`` gets the change or the exception
+        ``write`` would have raised, exactly once, on the event loop's thread
+        (possibly before this returns). Called on the loop's thread.
+
+        The short path of a single write (no task per call: on a busy server that
+        is a tenth of the call's cost); a store that groups writes (Redis) answers
+        every ``done`` of a group when the group's round trip is over."""
         ...
 
     def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:

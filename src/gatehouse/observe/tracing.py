@@ -25,7 +25,7 @@ import contextlib
 import functools
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -216,6 +216,13 @@ class TracedGraphStore:
                 span.set_attribute("gatehouse.revision", change.revision)
             return change
 
+    def write_soon(self, ops: Sequence[Operation], preconditions: Sequence[WritePrecondition],
+                   rules: WriteRules | None,
+                   done: Callable[[Change | BaseException], None]) -> None:
+        # No span: the short path runs outside the call's task. A traced call takes
+        # the coroutine path (``write``) instead (gatehouse.api.errors.short_path).
+        self.inner.write_soon(ops, preconditions, rules, done)
+
     def follow(self, after: int, epoch: str) -> AsyncIterator[Change]:
         return self.inner.follow(after, epoch)  # a long-lived tail: no span of its own
 
@@ -235,6 +242,10 @@ class TracedUsageStore:
         with _child(self._tracer, "usage.record", self._system,
                     {"gatehouse.metric": event.metric.name}):
             return await self.inner.record(event, window_seconds)
+
+    def record_soon(self, event: UsageEvent, window_seconds: int,
+                    done: Callable[[bool | BaseException], None]) -> None:
+        self.inner.record_soon(event, window_seconds, done)  # no span: see write_soon
 
     async def counters(self, organization: str,
                        periods: Mapping[str, str]) -> dict[str, Counters]:

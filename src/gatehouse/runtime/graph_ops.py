@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from gatehouse.auth import tenants
@@ -30,6 +30,12 @@ class GraphOperations:
         store, policy = self.follower.store, self.follower.policy
         change = await store.write(ops, preconditions, policy.write_rules)
         return change.revision
+
+    def write_soon(self, ops: Sequence[Operation], preconditions: Sequence[Precondition],
+                   done: Callable[[Change | BaseException], None]) -> None:
+        """``write`` for the short path: ``done`` gets the change or the error (on the loop)."""
+        follower = self.follower
+        follower.store.write_soon(ops, preconditions, follower.policy.write_rules, done)
 
     def validate_relationship(self, rel: Relationship, field: str) -> None:
         """InvalidArgument naming ``field`` unless the policy's types allow ``rel``."""

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gatehouse.errors import FailedPrecondition, InvalidArgument, NotFound, quote
@@ -172,6 +173,43 @@ class UsageOperations:
 
     async def record_usage(self, org_id: str, events: Sequence[EventInput]) -> list[bool]:
         """Validate every event, then record each once; True marks a duplicate."""
+        checked = self.checked_events(org_id, events)
+        window = self.dedup_window
+        if len(checked) == 1:
+            return [await self.store.record(checked[0], window)]
+        # All at once: on Redis they join one group commit instead of one round trip each.
+        # Each event stays its own atomic step; if one fails the call fails, and a retry
+        # with the same ids counts the others once (they are duplicates by then).
+        return list(await asyncio.gather(*(self.store.record(ev, window) for ev in checked)))
+
+    def record_soon(self, events: Sequence[UsageEvent],
+                    done: Callable[[list[bool] | BaseException], None]) -> None:
+        """``record_usage`` of checked events for the short path: ``done`` gets the
+        duplicate flags in order, or the first event's error (on the loop), once every
+        event has its answer (as ``record_usage``: each event its own atomic step)."""
+        results: list[bool | BaseException | None] = [None] * len(events)
+        waiting = len(events)
+
+        def one(i: int, result: bool | BaseException) -> None:
+            nonlocal waiting
+            if results[i] is not None:
+                return
+            results[i] = result
+            waiting -= 1
+            if waiting == 0:
+                failed = next((r for r in results if isinstance(r, BaseException)), None)
+                done(failed if failed is not None else [bool(r) for r in results])
+
+        window = self.dedup_window
+        for i, event in enumerate(events):
+            try:
+                self.store.record_soon(event, window, functools.partial(one, i))
+            except Exception as exc:  # a store that raised instead of answering
+                one(i, exc)
+
+    def checked_events(self, org_id: str, events: Sequence[EventInput]) -> list[UsageEvent]:
+        """The events of a RecordUsage call, each checked (InvalidArgument naming the
+        field, NotFound for an unknown organization or workspace)."""
         model = self._model()
         if not events:
             raise InvalidArgument("events", "give at least one event")
@@ -210,12 +248,7 @@ class UsageOperations:
             ws = self._workspace(model, org, e.workspace_id, f"{f}.workspace_id")
             checked.append(UsageEvent(e.event_id, org, split_key(ws)[1], metric, e.amount,
                                       e.dimension, when))
-        if len(checked) == 1:
-            return [await self.store.record(checked[0], window)]
-        # All at once: on Redis they join one group commit instead of one round trip each.
-        # Each event stays its own atomic step; if one fails the call fails, and a retry
-        # with the same ids counts the others once (they are duplicates by then).
-        return list(await asyncio.gather(*(self.store.record(ev, window) for ev in checked)))
+        return checked
 
     async def check_limit(self, org_id: str,
                           proposal: Proposal) -> tuple[LimitDecision, str, int]:

@@ -19,6 +19,7 @@ turns per unary call) but behaves the same to a client:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -350,13 +351,27 @@ _UNIMPLEMENTED: MethodHandler = grpc.stream_unary_rpc_method_handler(_unimplemen
 async def _later(later: Later, context: _AioContext, counters: Counters, method: str) -> bytes:
     """Await a ``Later``; a failure other than Abort is INTERNAL, as on core."""
     try:
-        return await later.answer(context.time_remaining)
+        if later.answer is not None:
+            return await later.answer(context.time_remaining)
+        assert later.start is not None
+        answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        later.start(context.time_remaining, functools.partial(_settle, answered))
+        return await answered
     except Abort:
         raise
     except Exception as exc:
         log.exception("handler failed", extra={"method": method})
         counters.handler_failed()
         raise Abort(grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}") from None
+
+
+def _settle(fut: asyncio.Future[bytes], result: bytes | BaseException) -> None:
+    if fut.done():  # answered twice (a bug), or the call's task was cancelled
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
 
 
 class _Router(grpc.GenericRpcHandler):

@@ -53,20 +53,36 @@ TimeRemaining = Callable[[], "float | None"]
 """Seconds left before the call's deadline (None: it has none)."""
 
 
+Answered = Callable[["bytes | BaseException"], None]
+"""How a ``Later`` started with ``start`` hands over its result: the response bytes,
+or the exception that ends the call (``Abort``: its status; anything else: INTERNAL)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Later:
     """An inline handler's answer that needs the event loop (one store round trip, say).
 
-    The transport runs ``answer(time_remaining)`` on the loop as one task and
-    sends the bytes it returns; an ``Abort`` it raises becomes the status, as
-    from an inline handler. This is the short path of a write: no servicer
-    context and, on the core transport, no separate batch watching for the
-    client to go away (which costs an async call about a third of its server
-    time). So a client that leaves meanwhile does not cancel the work: use it
-    for short, bounded work whose outcome does not depend on the client staying.
+    Either ``answer(time_remaining)``, a coroutine the transport runs on the
+    loop as one task, returning the response bytes; or ``start(time_remaining,
+    answered)``, called on the loop, which arranges for ``answered(bytes or
+    exception)`` to be called once, on the loop, later or at once — no task
+    at all, the cheapest way to wait for a store's group commit. An ``Abort``
+    becomes the status, as from an inline handler; any other exception is
+    INTERNAL.
+
+    This is the short path of a write: no servicer context and, on the core
+    transport, no separate batch watching for the client to go away (which
+    costs an async call about a third of its server time). So a client that
+    leaves meanwhile does not cancel the work: use it for short, bounded work
+    whose outcome does not depend on the client staying.
     """
 
-    answer: Callable[[TimeRemaining], Awaitable[bytes]]
+    answer: Callable[[TimeRemaining], Awaitable[bytes]] | None = None
+    start: Callable[[TimeRemaining, Answered], None] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.answer is None) == (self.start is None):
+            raise TypeError("a Later takes exactly one of answer and start")
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +297,7 @@ __all__ = [
     "UNARY_MESSAGE_COUNT",
     "Abort",
     "AfterCall",
+    "Answered",
     "BeforeCall",
     "CallInfo",
     "CallOutcome",

@@ -498,28 +498,50 @@ class CoreServer:
         else:
             def remaining() -> float | None:
                 return max(0.0, deadline - time.time())
+        if later.start is not None:
+            sent = False
+
+            def answered(result: bytes | BaseException) -> None:
+                nonlocal sent
+                if not sent:  # once: a second answer would be a bug, never a second status
+                    sent = True
+                    self._later_send(request_ev, track, result)
+
+            try:
+                later.start(remaining, answered)
+            except Exception as exc:
+                answered(exc)
+            return
+        assert later.answer is not None
         task = asyncio.ensure_future(later.answer(remaining))
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._later_done(request_ev, track, done))
 
     def _later_done(self, request_ev: Any, track: _Track | None,
                     task: asyncio.Future[bytes]) -> None:
-        """Send what a ``Later`` answered: its bytes, or the status it ended with."""
         self._tasks.discard(task)
+        if task.cancelled():  # the server is stopping
+            self._later_send(request_ev, track, asyncio.CancelledError())
+        else:
+            self._later_send(request_ev, track, task.exception() or task.result())
+
+    def _later_send(self, request_ev: Any, track: _Track | None,
+                    result: bytes | BaseException) -> None:
+        """Send what a ``Later`` answered: its bytes, or the status it ended with."""
         code, details = grpc.StatusCode.OK, ""
         trailing: tuple[tuple[str, Any], ...] = ()
         message: bytes | None = None
-        if task.cancelled():  # the server is stopping
+        if isinstance(result, bytes):
+            message = result
+        elif isinstance(result, asyncio.CancelledError):
             code, details = grpc.StatusCode.CANCELLED, "the server is stopping"
-        elif (exc := task.exception()) is None:
-            message = task.result()
-        elif isinstance(exc, Abort):
-            code, details, trailing = exc.code, exc.details, exc.trailing_metadata
+        elif isinstance(result, Abort):
+            code, details, trailing = result.code, result.details, result.trailing_metadata
         else:
-            log.error("handler failed", exc_info=exc, extra={
+            log.error("handler failed", exc_info=result, extra={
                 "method": request_ev.call_details.method.decode(errors="replace")})
             self._counters.handler_failed()
-            code, details = grpc.StatusCode.INTERNAL, f"unexpected {type(exc).__name__}"
+            code, details = grpc.StatusCode.INTERNAL, f"unexpected {type(result).__name__}"
         ops = _status_ops(_core_code(code), details, True, message, trailing)
         request_ev.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)),
                                            (_FINISHED,))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -61,6 +61,13 @@ class UsageStore(Protocol):
         Returns True if it was a duplicate (and nothing changed). Atomic: two
         concurrent records of one event id count it once.
         """
+        ...
+
+    def record_soon(self, event: UsageEvent, window_seconds: int,
+                    done: Callable[[bool | BaseException], None]) -> None:
+        """``record`` without a coroutine: ``done`` gets what ``record`` would return or
+        raise, exactly once, on the event loop's thread (possibly before this returns).
+        Called on the loop's thread; the short path of RecordUsage."""
         ...
 
     async def counters(self, organization: str, periods: Mapping[str, str]) -> dict[str, Counters]:

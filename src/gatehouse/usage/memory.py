@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from gatehouse.limits import LIMITS
 from gatehouse.usage.events import Counters, UsageEvent, period_of
@@ -15,6 +15,18 @@ class MemoryUsageStore:
         self._counters: dict[tuple[str, str], Counters] = {}  # (org, period)
 
     async def record(self, event: UsageEvent, window_seconds: int) -> bool:
+        return self._record(event, window_seconds)
+
+    def record_soon(self, event: UsageEvent, window_seconds: int,
+                    done: Callable[[bool | BaseException], None]) -> None:
+        try:
+            duplicate = self._record(event, window_seconds)
+        except Exception as exc:
+            done(exc)
+            return
+        done(duplicate)
+
+    def _record(self, event: UsageEvent, window_seconds: int) -> bool:
         now = time.time()
         key = (event.organization, event.event_id)
         expiry = self._seen.get(key)

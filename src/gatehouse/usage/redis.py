@@ -15,6 +15,8 @@ Keys, per organization (hash tag = the organization key, like the graph's):
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
@@ -27,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from gatehouse.errors import Unavailable
 from gatehouse.limits import LIMITS
 from gatehouse.redisconn import RedisOptions, open_client, parse_url
-from gatehouse.redisscript import UNREACHABLE, BatchedScript, unreachable
+from gatehouse.redisscript import UNREACHABLE, BatchedScript, settle, unreachable
 from gatehouse.usage.events import Counters, UsageEvent, period_of
 
 SEP = "\x1f"
@@ -38,6 +40,21 @@ _DROPPED = (RedisConnectionError, RedisTimeoutError, OSError)
 
 def _num(value: float) -> str:
     return repr(float(value))
+
+
+def _outcome(reply: Any) -> bool | BaseException:
+    """What the script's reply for one event means: duplicate or not, or the error."""
+    if not isinstance(reply, BaseException):
+        return bool(reply[0])
+    if isinstance(reply, ReadOnlyError | NoPermissionError):  # the server's state
+        return unreachable(reply)
+    if isinstance(reply, ResponseError):
+        # This event only (its neighbours in the group are answered on their own);
+        # nothing of it was recorded, and its id is not marked seen.
+        return Unavailable(f"redis refused the event: {reply}")
+    if isinstance(reply, _UNREACHABLE):
+        return unreachable(reply)
+    return reply
 
 
 class RedisUsageStore:
@@ -51,27 +68,45 @@ class RedisUsageStore:
         self._record = BatchedScript(self.client, lua, lambda: [prefix],
                                      wait_replicas=options.wait_replicas,
                                      wait_timeout=options.wait_timeout)
+        self._retrying: set[asyncio.Future[None]] = set()
 
     async def record(self, event: UsageEvent, window_seconds: int) -> bool:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.record_soon(event, window_seconds, functools.partial(settle, done))
+        return await done
+
+    def record_soon(self, event: UsageEvent, window_seconds: int,
+                    done: Callable[[bool | BaseException], None]) -> None:
         m = event.metric
         fields = [event.organization, event.event_id, str(window_seconds),
                   period_of(m, event.event_time), event.workspace, m.name, m.aggregate,
                   _num(event.amount), event.dimension, _num(event.event_time),
                   _num(LIMITS.counter_max)]
+        item = json.dumps(fields)
 
-        async def once() -> bool:
-            return bool((await self._record(json.dumps(fields)))[0])
+        def again(reply: Any) -> None:
+            done(_outcome(reply))
 
+        def first(reply: Any) -> None:
+            if isinstance(reply, _DROPPED):
+                # A pooled connection that outlived a Redis restart fails its next
+                # command (retries are off): close the idle ones and send once more.
+                # Safe to repeat: an event is recorded once per id.
+                task = asyncio.ensure_future(self._reconnect_then(item, again))
+                self._retrying.add(task)
+                task.add_done_callback(self._retrying.discard)
+                return
+            done(_outcome(reply))
+
+        self._record.submit(item, first)
+
+    async def _reconnect_then(self, item: str, done: Callable[[Any], None]) -> None:
         try:
-            return bool(await self._again(once))
-        except (ReadOnlyError, NoPermissionError) as exc:  # the server's state, not the event's
-            raise unreachable(exc) from None
-        except ResponseError as exc:
-            # This event only (its neighbours in the group are answered on their own);
-            # nothing of it was recorded, and its id is not marked seen.
-            raise Unavailable(f"redis refused the event: {exc}") from None
-        except _UNREACHABLE as exc:
-            raise unreachable(exc) from exc
+            await self.client.connection_pool.disconnect(inuse_connections=False)
+        except Exception as exc:
+            done(exc)
+            return
+        self._record.submit(item, done)
 
     async def _again(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """``call()``, once more after a dropped connection: the pooled connections that

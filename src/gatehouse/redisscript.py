@@ -108,7 +108,7 @@ end
 
 Done = Callable[[Any], None]
 """Called once with an item's reply values (a list) or the exception that ends it."""
-_Entry = tuple[str, Done]
+_Entry = tuple[str, Done, tuple[str, ...]]
 
 
 def settle(fut: asyncio.Future[Any], result: Any) -> None:
@@ -180,11 +180,15 @@ class BatchedScript:
         self.submit(item, functools.partial(settle, fut))
         return await fut
 
-    def submit(self, item: str, done: Done) -> None:
+    def submit(self, item: str, done: Done, head: tuple[str, ...] = ()) -> None:
         """Add ``item`` to the next group; ``done(reply values or exception)`` is called
         once, on the loop, when Redis has answered the whole call (no task, no future:
-        the short path of a write answers its caller from ``done``). Loop thread only."""
-        self._queue.append((item, done))
+        the short path of a write answers its caller from ``done``). Loop thread only.
+
+        ``head``: arguments the script reads once per call, after ``head()``'s (the
+        write rules, say, decoded once instead of once per item); items with
+        different heads never share a call."""
+        self._queue.append((item, done, head))
         if not self._flush_scheduled and not self._sending:
             self._flush_scheduled = True
             loop = asyncio.get_running_loop()
@@ -218,17 +222,17 @@ class BatchedScript:
                 again = iter(await self._send(retry))
                 replies = [next(again) if _noscript(r) else r for r in replies]
         except BaseException as exc:
-            for _, done in queue:
+            for _, done, _ in queue:
                 _answer(done, exc)
             if not isinstance(exc, Exception):
                 raise
             return
         for group, reply in zip(groups, replies, strict=True):
             if isinstance(reply, BaseException):
-                for _, done in group:
+                for _, done, _ in group:
                     _answer(done, reply)
                 continue
-            for k, (_, done) in enumerate(group):
+            for k, (_, done, _) in enumerate(group):
                 if k >= len(reply):  # fewer replies than items: never leave a caller waiting
                     _answer(done, ResponseError("the script gave no reply for this item"))
                     continue
@@ -245,7 +249,8 @@ class BatchedScript:
         size = 0
         for entry in queue:
             if groups[-1] and (len(groups[-1]) >= self._max
-                               or size + len(entry[0]) > self._max_bytes):
+                               or size + len(entry[0]) > self._max_bytes
+                               or entry[2] != groups[-1][0][2]):
                 groups.append([])
                 size = 0
             groups[-1].append(entry)
@@ -257,13 +262,13 @@ class BatchedScript:
         self.calls += len(groups)
         if len(groups) == 1 and not self.wait_replicas:
             try:
-                return [await self.client.evalsha(self._script.sha, 0, *head,
-                                                  *(item for item, _ in groups[0]))]
+                return [await self.client.evalsha(self._script.sha, 0, *head, *groups[0][0][2],
+                                                  *(entry[0] for entry in groups[0]))]
             except ResponseError as exc:
                 return [exc]
         pipe = self.client.pipeline(transaction=False)
         for group in groups:
-            pipe.evalsha(self._script.sha, 0, *head, *(item for item, _ in group))
+            pipe.evalsha(self._script.sha, 0, *head, *group[0][2], *(entry[0] for entry in group))
         if not self.wait_replicas:
             return list(await pipe.execute(raise_on_error=False))
         pipe.execute_command("WAIT", self.wait_replicas, self.wait_ms)

@@ -94,8 +94,8 @@ def _encode_op(op: Operation) -> list[str]:
 
 
 def _encode_rules(rules: WriteRules) -> str:
-    """The JSON fragment for the script's "kinds", "rels", "cons" and "ar" (same for every
-    write)."""
+    """The JSON of the script's write rules: "kinds", "rels", "cons" and "ar" (the same
+    for every write under one policy; one script argument per call)."""
     kinds = dict(rules.scope_kind) or {"": ""}
     cons: list[Any] = []
     for c in rules.constraints:
@@ -120,9 +120,9 @@ def _encode_rules(rules: WriteRules) -> str:
     # cjson decodes [] and {} alike as an empty table; {} keeps "kinds" a map.
     cons_json = json.dumps(cons, separators=(",", ":")) if cons else "{}"
     compact = (",", ":")
-    return (f'"kinds":{json.dumps(kinds, separators=compact)},'
+    return (f'{{"kinds":{json.dumps(kinds, separators=compact)},'
             f'"rels":{json.dumps(rels, separators=compact)},"cons":{cons_json},'
-            f'"ar":{json.dumps(attribute_rules, separators=compact)}')
+            f'"ar":{json.dumps(attribute_rules, separators=compact)}}}')
 
 
 class RedisGraphStore:
@@ -261,7 +261,7 @@ class RedisGraphStore:
         done: Callable[[Change | BaseException], None],
     ) -> None:
         try:
-            payload = self._payload(ops, preconditions, rules)
+            payload, rules_json = self._payload(ops, preconditions, rules)
         except Exception as exc:
             done(exc)
             return
@@ -277,11 +277,12 @@ class RedisGraphStore:
                 return
             done(change)
 
-        self._call.submit(payload, answered)
+        self._call.submit(payload, answered, (rules_json,))
 
     def _payload(self, ops: Sequence[Operation], preconditions: Sequence[WritePrecondition],
-                 rules: WriteRules | None) -> str:
-        """The script argument of one batch (after the checks that need no Redis)."""
+                 rules: WriteRules | None) -> tuple[str, str]:
+        """The script argument of one batch (after the checks that need no Redis), and
+        the JSON of the write rules (one argument per script call)."""
         rules = rules or _NO_RULES
         check_batch(ops)
         check_preconditions(preconditions, rules)
@@ -300,8 +301,8 @@ class RedisGraphStore:
         pre_json = dumps(pre, separators=(",", ":")) if pre else "{}"
         # "n": this batch's changelog entry id, random so that another history (a
         # promoted replica that missed writes) never repeats it.
-        return (f'{{"ops":{ops_json},"pre":{pre_json},{cached[1]},'
-                f'"maxlen":{self.maxlen},"n":"{os.urandom(12).hex()}"}}')
+        return (f'{{"ops":{ops_json},"pre":{pre_json},'
+                f'"maxlen":{self.maxlen},"n":"{os.urandom(12).hex()}"}}', cached[1])
 
     async def snapshot(self) -> Snapshot:
         try:

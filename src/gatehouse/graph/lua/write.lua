@@ -6,17 +6,19 @@
 --
 -- ARGV[1]  key prefix (e.g. "gh")
 -- ARGV[2]  epoch to set if Redis holds none (a fresh or wiped server)
--- ARGV[3..] one write batch each, as JSON: {ops, pre, kinds, rels, cons, ar, maxlen, n}
---   n:    a fresh random id: the batch's changelog entry id (each entry names the
---         entry before it as "p", within a call too)
---   ops:  ["t"|"d", res, rel, subj] | ["p", obj, attrs_json] | ["x", obj]
---   pre:  [must_exist (1|0), res, rel, subj] | [2, tenant, revision] (tenant unchanged)
+-- ARGV[3]  the policy's write rules, as JSON, read once for the whole call:
+--          {kinds, rels, cons, ar}
 --   kinds: {type: "root"|"child"|"global"}
 --   rels:  {type: [relation, ...]}  (what an object of the type may hold)
 --   cons:  {k="mx", n, t, r, m} | {k="un", n, t, r} | {k="ex", n, l=[...], r=[...]}
 --          | {k="ps", n, t, r, m} (per subject) | {k="rq", n, l=relations, r=needs}
 --          | {k="ms", n, t, r, c} (minimum subjects) | {k="mc", n, t, c} (minimum children)
 --   ar:   {type: [[attribute, immutable (1|0), unique (1|0)], ...]}  (attribute rules)
+-- ARGV[4..] one write batch each, as JSON: {ops, pre, maxlen, n}
+--   n:    a fresh random id: the batch's changelog entry id (each entry names the
+--         entry before it as "p", within a call too)
+--   ops:  ["t"|"d", res, rel, subj] | ["p", obj, attrs_json] | ["x", obj]
+--   pre:  [must_exist (1|0), res, rel, subj] | [2, tenant, revision] (tenant unchanged)
 -- Replies per batch (run_items, gatehouse/redisscript.py): {"ok", revision,
 -- changed}: the new revision and 1, or, when the batch changes nothing, the
 -- current revision and 0 (nothing committed or logged); or {"err", message}
@@ -26,10 +28,15 @@
 
 local P = ARGV[1]
 local EPOCH = ARGV[2]
+local RULES = cjson.decode(ARGV[3])
+-- Read once per call: whether the epoch is there, and the id of the last
+-- changelog entry (each batch of the call then follows the one before it).
+local epoch_known = false
+local last_entry = nil
 
 local function write_one(arg)
   local b = cjson.decode(arg)
-  local kinds = b.kinds
+  local kinds = RULES.kinds
   local GLOBAL = "_"
 
   local function fail(kind, name, msg)
@@ -234,7 +241,7 @@ local function write_one(arg)
   local function in_set(tr, set) return set[tr] == true end
 
   -- 5. policy constraints
-  for _, c in ipairs(b.cons) do
+  for _, c in ipairs(RULES.cons) do
     if c.k == "mx" then
       for _, k in ipairs(final_order) do
         local f = final[k]
@@ -365,7 +372,7 @@ local function write_one(arg)
   end
 
   -- 5b. attribute rules (immutable; unique within the tenant) of the objects put or deleted
-  local attr_rules = b.ar or {}
+  local attr_rules = RULES.ar or {}
   local old_attrs = {}  -- object key -> decoded stored attributes (types with rules only)
   local claims, claim_order, released = {}, {}, {}
   for _, op in ipairs(b.ops) do
@@ -436,7 +443,7 @@ local function write_one(arg)
   end
 
   -- 6. a deleted object is referenced by no relationship after the batch
-  local rels_of = b.rels or {}
+  local rels_of = RULES.rels or {}
   for _, op in ipairs(b.ops) do
     if op[1] == "x" then
       local key = op[2]
@@ -486,8 +493,11 @@ local function write_one(arg)
   end
 
   -- 7. apply
-  if redis.call("HSETNX", P .. ":meta", "epoch", EPOCH) == 1 then
-    redis.call("SET", P .. ":rev", 0)
+  if not epoch_known then
+    if redis.call("HSETNX", P .. ":meta", "epoch", EPOCH) == 1 then
+      redis.call("SET", P .. ":rev", 0)
+    end
+    epoch_known = true
   end
   for k, h in pairs(new_homes) do redis.call("HSET", P .. ":home", k, h) end
   local effective = {}
@@ -549,15 +559,19 @@ local function write_one(arg)
   -- Each entry is named by its batch's random id ("n") and names the entry it
   -- follows ("p"), kept with the revision in P:meta "tip": a follower that read
   -- revision R can tell whether the log it reads after a failover continues R.
-  -- The tip is read per batch, so the batches of one call chain up as well.
-  local tip = redis.call("HGET", P .. ":meta", "tip")
-  local follows = ""
-  if tip then follows = string.match(tip, " (.*)$") or "" end
+  -- The tip is read once per call and kept here, so the batches of one call
+  -- chain up as well.
+  if last_entry == nil then
+    local tip = redis.call("HGET", P .. ":meta", "tip")
+    last_entry = tip and (string.match(tip, " (.*)$") or "") or ""
+  end
+  local follows = last_entry
   redis.call("HSET", P .. ":meta", "tip", rev .. " " .. b.n)
+  last_entry = b.n
   redis.call("XADD", P .. ":log", "MAXLEN", "~", b.maxlen, rev .. "-1", "ops",
     cjson.encode(effective), "ts", now[1] .. string.format(".%06d", tonumber(now[2])),
     "n", b.n, "p", follows)
   return {rev, 1}
 end
 
-return run_items(3, write_one)
+return run_items(4, write_one)

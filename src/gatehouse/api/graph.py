@@ -31,7 +31,7 @@ from gatehouse.graph.changes import (
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.query import RelationshipFilter
 from gatehouse.limits import LIMITS
-from gatehouse.names import RELATION_RE, object_key, validate_id, validate_type
+from gatehouse.names import ID_RE, RELATION_RE, TYPE_RE, object_key, validate_id, validate_type
 from gatehouse.runtime import (
     FULLY_CONSISTENT,
     Consistency,
@@ -46,17 +46,28 @@ from gatehouse.v1 import graph_pb2 as pb
 from gatehouse.v1 import graph_pb2_grpc as pb_grpc
 
 Context = ServicerContext
+_is_type = TYPE_RE.fullmatch
+_TOUCH = pb.RelationshipUpdate.OPERATION_TOUCH
+_CREATE = pb.RelationshipUpdate.OPERATION_CREATE
+_DELETE = pb.RelationshipUpdate.OPERATION_DELETE
+_is_id = ID_RE.fullmatch
 
 
-def _ref(msg: apb.ObjectReference, field: str) -> ObjectRef:
-    return ObjectRef(validate_type(msg.type, f"{field}.type"), validate_id(msg.id, f"{field}.id"))
+def _ref(msg: apb.ObjectReference, field: str, part: str = "") -> ObjectRef:
+    """The reference ``msg`` names (InvalidArgument naming ``field[.part].type|id``)."""
+    type_, id_ = msg.type, msg.id
+    if _is_type(type_) and _is_id(id_):  # the usual case: no field names to build
+        return ObjectRef(type_, id_)
+    where = f"{field}.{part}" if part else field
+    return ObjectRef(validate_type(type_, f"{where}.type"), validate_id(id_, f"{where}.id"))
 
 
 def _relationship(ops: GraphOperations, msg: pb.Relationship, field: str) -> Relationship:
-    if not msg.relation:
+    relation = msg.relation
+    if not relation:
         raise InvalidArgument(f"{field}.relation", "is required")
-    rel = Relationship(_ref(msg.resource, f"{field}.resource"), msg.relation,
-                       _ref(msg.subject, f"{field}.subject"))
+    rel = Relationship(_ref(msg.resource, field, "resource"), relation,
+                       _ref(msg.subject, field, "subject"))
     ops.validate_relationship(rel, field)
     return rel
 
@@ -238,26 +249,28 @@ class GraphServicer(pb_grpc.GraphServiceServicer):  # type: ignore[misc]
               ) -> tuple[list[Operation], list[Precondition], list[Precondition]]:
         """The operations and preconditions of a write request (InvalidArgument naming
         the field), and the preconditions the caller gave (without CREATE's own)."""
-        if not request.updates:
+        updates = request.updates
+        if not updates:
             raise InvalidArgument("updates", "give at least one update")
-        if len(request.updates) > LIMITS.write_batch:
-            raise InvalidArgument("updates", f"{len(request.updates)} updates; at most "
+        if len(updates) > LIMITS.write_batch:
+            raise InvalidArgument("updates", f"{len(updates)} updates; at most "
                                   f"{LIMITS.write_batch} per call")
         ops: list[Operation] = []
-        pres = _preconditions(self.ops, request.preconditions)
+        pres = _preconditions(self.ops, request.preconditions) if request.preconditions else []
         given = list(pres)
-        for i, upd in enumerate(request.updates):
-            field = f"updates[{i}]"
-            rel = _relationship(self.ops, upd.relationship, f"{field}.relationship")
-            if upd.operation == pb.RelationshipUpdate.OPERATION_TOUCH:
+        for i, upd in enumerate(updates):
+            rel = _relationship(self.ops, upd.relationship, f"updates[{i}].relationship")
+            operation = upd.operation
+            if operation == _TOUCH:
                 ops.append(TouchRelationship(rel))
-            elif upd.operation == pb.RelationshipUpdate.OPERATION_CREATE:
+            elif operation == _CREATE:
                 ops.append(TouchRelationship(rel))
                 pres.append(Precondition(rel, must_exist=False))
-            elif upd.operation == pb.RelationshipUpdate.OPERATION_DELETE:
+            elif operation == _DELETE:
                 ops.append(DeleteRelationship(rel))
             else:
-                raise InvalidArgument(f"{field}.operation", "must be TOUCH, CREATE or DELETE")
+                raise InvalidArgument(f"updates[{i}].operation",
+                                      "must be TOUCH, CREATE or DELETE")
         return ops, pres, given
 
     async def _write(self, request: pb.WriteRelationshipsRequest, info: CallInfo | None,

@@ -22,10 +22,12 @@ class ObjectRef:
 
     type: str
     id: str
+    key: str = field(init=False, repr=False, compare=False)
+    """``type:id``, interned; computed once (stores, the index and the write path read it
+    several times per operation)."""
 
-    @property
-    def key(self) -> str:
-        return object_key(self.type, self.id)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", object_key(self.type, self.id))
 
     def __str__(self) -> str:
         return f"{self.type}:{self.id}"

@@ -135,6 +135,8 @@ def check_batch(ops: Sequence[Operation]) -> None:
     the batch is refused as malformed, naming both positions. This depends
     on the batch alone, so both stores run it before touching any state.
     """
+    if len(ops) < 2:  # nothing to repeat (the common single write)
+        return
     first: dict[str, int] = {}
     for i, op in enumerate(ops):
         target = _target(op)

@@ -122,57 +122,83 @@ def script_calls(redis_url: str) -> int:
     return int(stats.get("cmdstat_evalsha", {}).get("calls", 0))
 
 
-async def drive(address: str, method: str, requests: list[bytes], seconds: float,
-                inflight: int, warmup: float, pid: int, redis_pid: int,
-                redis_url: str) -> dict[str, float]:
-    """``inflight`` callers for warmup + seconds; figures from the window after warm-up."""
+async def _client(address: str, method: str, requests: list[bytes], inflight: int,
+                  t_open: float, t_close: float) -> dict[str, Any]:
+    """One client process's share: ``inflight`` callers until ``t_close`` (wall clock)."""
     async with grpc.aio.insecure_channel(address) as ch:
         call = ch.unary_unary(method)
         it = iter(requests)
         lat: list[float] = []
         done = 0
         errors = 0
-        start = time.perf_counter()
-        t_open, t_close = start + warmup, start + warmup + seconds
         cpu: dict[str, float] = {}
 
         async def worker() -> None:
             nonlocal done, errors
             for raw in it:
-                t0 = time.perf_counter()
+                t0 = time.time()
                 if t0 >= t_close:
                     return
                 try:
                     await call(raw)
                 except grpc.aio.AioRpcError:
                     errors += 1
-                t1 = time.perf_counter()
+                t1 = time.time()
                 if t_open <= t1 < t_close:
                     done += 1
                     if t0 >= t_open:
                         lat.append(t1 - t0)
 
         async def stamps() -> None:
-            await asyncio.sleep(max(0.0, t_open - time.perf_counter()))
-            cpu["open"], cpu["redis_open"] = cpu_seconds(pid), cpu_seconds(redis_pid)
-            cpu["client_open"] = sum(os.times()[:2])
-            cpu["scripts_open"] = script_calls(redis_url)
-            await asyncio.sleep(max(0.0, t_close - time.perf_counter()))
-            cpu["close"], cpu["redis_close"] = cpu_seconds(pid), cpu_seconds(redis_pid)
-            cpu["client_close"] = sum(os.times()[:2])
-            cpu["scripts_close"] = script_calls(redis_url)
+            await asyncio.sleep(max(0.0, t_open - time.time()))
+            cpu["open"] = sum(os.times()[:2])
+            await asyncio.sleep(max(0.0, t_close - time.time()))
+            cpu["close"] = sum(os.times()[:2])
 
         await asyncio.gather(stamps(), *(worker() for _ in range(inflight)))
+    return {"done": done, "errors": errors, "lat": lat, "cpu": cpu["close"] - cpu["open"],
+            "left": next(it, None) is not None}
+
+
+def _client_process(args: tuple[str, str, list[bytes], int, float, float]) -> dict[str, Any]:
+    return asyncio.run(_client(*args))
+
+
+def drive(address: str, method: str, requests: list[bytes], seconds: float, inflight: int,
+          warmup: float, pid: int, redis_pid: int, redis_url: str,
+          clients: int = 1) -> dict[str, float]:
+    """``inflight`` callers, spread over ``clients`` processes (each its own channel), for
+    warmup + seconds; figures from the window after warm-up."""
+    import concurrent.futures
+    import multiprocessing
+
+    start = time.time() + 2.0  # the client processes start meanwhile
+    t_open, t_close = start + warmup, start + warmup + seconds
+    shares = [inflight // clients + (1 if k < inflight % clients else 0) for k in range(clients)]
+    parts = [requests[k::clients] for k in range(clients)]
+    with concurrent.futures.ProcessPoolExecutor(
+            clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_client_process, (address, method, parts[k], shares[k],
+                                                 t_open, t_close)) for k in range(clients)]
+        time.sleep(max(0.0, t_open - time.time()))
+        cpu = {"open": cpu_seconds(pid), "redis_open": cpu_seconds(redis_pid),
+               "scripts_open": script_calls(redis_url)}
+        time.sleep(max(0.0, t_close - time.time()))
+        cpu.update({"close": cpu_seconds(pid), "redis_close": cpu_seconds(redis_pid),
+                    "scripts_close": script_calls(redis_url)})
+        results = [f.result() for f in futures]
+    errors = sum(r["errors"] for r in results)
     if errors:
         raise SystemExit(f"{errors} calls of {method} failed")
-    if next(it, None) is None:
+    if not all(r["left"] for r in results):
         raise SystemExit("ran out of prepared requests; raise --max-rate")
-    lat.sort()
+    done = sum(r["done"] for r in results)
+    lat = sorted(x for r in results for x in r["lat"])
     return {"calls_per_s": done / seconds,
             "p50_ms": lat[len(lat) // 2] * 1000, "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
             "server_us_per_call": (cpu["close"] - cpu["open"]) / max(done, 1) * 1e6,
             "redis_us_per_call": (cpu["redis_close"] - cpu["redis_open"]) / max(done, 1) * 1e6,
-            "client_us_per_call": (cpu["client_close"] - cpu["client_open"]) / max(done, 1) * 1e6,
+            "client_us_per_call": sum(r["cpu"] for r in results) / max(done, 1) * 1e6,
             "calls_per_script": done / max(cpu["scripts_close"] - cpu["scripts_open"], 1)}
 
 
@@ -215,6 +241,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--inflight", type=int, default=64)
+    ap.add_argument("--clients", type=int, default=1,
+                    help="client processes sharing the --inflight calls (default 1)")
     ap.add_argument("--workspaces", type=int, default=100)
     ap.add_argument("--max-rate", type=int, default=15000,
                     help="requests prepared per second of a phase (default 15,000)")
@@ -256,9 +284,9 @@ def main() -> None:
                                        if args.profile and r == 0 else None,
                                        server.proc.pid, args.warmup + args.seconds,
                                        args.profile_gil)
-                        figures = asyncio.run(drive(server.address, method, requests,
-                                                    args.seconds, args.inflight, args.warmup,
-                                                    server.proc.pid, redis_pid, redis.url))
+                        figures = drive(server.address, method, requests, args.seconds,
+                                        args.inflight, args.warmup, server.proc.pid, redis_pid,
+                                        redis.url, args.clients)
                         if spy is not None:
                             spy.wait(30)
                         rows.append({"round": r + 1, "server": server.name, "phase": phase,

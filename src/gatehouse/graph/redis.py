@@ -64,8 +64,26 @@ _UNREACHABLE = UNREACHABLE
 _REMEMBERED = 1024
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+"""``json.dumps(value, separators=(",", ":"))`` without a new encoder per call."""
+
+_REFS: dict[str, ObjectRef] = {}
+"""References read back from the changelog, by key: changes name the same few objects
+(a workspace, a busy user) again and again. Bounded; its values are immutable, so
+readers in several threads at worst miss and build one again."""
+
+
+def _ref(key: str) -> ObjectRef:
+    ref = _REFS.get(key)
+    if ref is None:
+        if len(_REFS) >= 65_536:
+            _REFS.clear()
+        ref = _REFS[key] = ObjectRef.from_key(key)
+    return ref
+
+
 def _relationship(item: list[str]) -> Relationship:
-    return Relationship(ObjectRef.from_key(item[1]), item[2], ObjectRef.from_key(item[3]))
+    return Relationship(_ref(item[1]), item[2], _ref(item[3]))
 
 
 def _decode_ops(payload: str) -> tuple[Operation, ...]:
@@ -77,9 +95,9 @@ def _decode_ops(payload: str) -> tuple[Operation, ...]:
         elif kind == "d":
             ops.append(DeleteRelationship(_relationship(item)))
         elif kind == "p":
-            ops.append(PutObject(ObjectRef.from_key(item[1]), json.loads(item[2])))
+            ops.append(PutObject(_ref(item[1]), json.loads(item[2])))
         elif kind == "x":
-            ops.append(DeleteObject(ObjectRef.from_key(item[1])))
+            ops.append(DeleteObject(_ref(item[1])))
     return tuple(ops)
 
 
@@ -146,6 +164,7 @@ class RedisGraphStore:
         # dropped connection may apply twice, and a changelog read that reconnected
         # on its own would hide a restart from the follower.
         self._tail: Any = open_client(target, options, blocking_reads=True)
+        self._tail.set_response_callback("XREAD", _as_sent)
         lua = resources.files("gatehouse.graph").joinpath("lua/write.lua").read_text()
         # Group commit: the batches written in one event-loop turn share one script
         # call; each is still its own atomic step with its own revision. The epoch
@@ -292,13 +311,12 @@ class RedisGraphStore:
                 self._rules_json.clear()
             cached = (rules, _encode_rules(rules))
             self._rules_json[id(rules)] = cached
-        dumps = json.dumps
-        ops_json = dumps([_encode_op(op) for op in ops], separators=(",", ":"))
+        ops_json = _compact([_encode_op(op) for op in ops])
         pre = [[2, p.tenant, p.revision] if isinstance(p, TenantUnchanged)
                else [1 if p.must_exist else 0, p.relationship.resource.key,
                      p.relationship.relation, p.relationship.subject.key]
                for p in preconditions]
-        pre_json = dumps(pre, separators=(",", ":")) if pre else "{}"
+        pre_json = _compact(pre) if pre else "{}"
         # "n": this batch's changelog entry id, random so that another history (a
         # promoted replica that missed writes) never repeats it.
         return (f'{{"ops":{ops_json},"pre":{pre_json},'
@@ -352,14 +370,20 @@ class RedisGraphStore:
             await self.check_history(after, epoch)
             previous = self._seen.get(after)
             while True:
-                resp = await self._tail.xread({log: f"{after}-1"}, count=1000, block=1000)
+                # Sent as a plain command and read as Redis answered it (the tail's
+                # XREAD callback is off): the changelog is read at the write rate, and
+                # redis-py's generic stream parsing cost more than the rest of this loop.
+                resp = await self._tail.execute_command(
+                    "XREAD", "COUNT", 1000, "BLOCK", 1000, "STREAMS", log, f"{after}-1")
                 if not resp:
                     # Idle: a wipe or a rewind needs no dropped connection to happen.
                     await self.check_history(after, epoch)
                     continue
-                for _stream, entries in resp:
-                    for entry_id, fields in entries:
-                        rev = int(entry_id.split("-", 1)[0])
+                for entries in (resp.values() if isinstance(resp, dict)
+                                else (stream[1] for stream in resp)):
+                    for entry_id, pairs in entries:
+                        fields = dict(zip(pairs[::2], pairs[1::2], strict=True))
+                        rev = int(entry_id.partition("-")[0])
                         if rev != after + 1:
                             raise ChangelogGap(
                                 f"the changelog jumps from {after} to {rev} (trimmed)"
@@ -382,6 +406,10 @@ class RedisGraphStore:
             # The tail hears of a restart or failover first (its read is always pending).
             await self._drop_idle()
             raise unreachable(exc) from exc
+
+
+def _as_sent(response: Any, **_options: Any) -> Any:
+    return response
 
 
 def _change(reply: list[Any], ops: Sequence[Operation]) -> Change:

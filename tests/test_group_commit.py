@@ -13,6 +13,8 @@ acknowledged that is not in the store.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
 import time
 import uuid
@@ -23,14 +25,16 @@ from typing import Any
 import grpc
 import pytest
 
-from gatehouse.errors import Aborted, Unavailable
-from gatehouse.graph.changes import Precondition, TouchRelationship
+from gatehouse.errors import Aborted, FailedPrecondition, Unavailable
+from gatehouse.graph.changes import Change, Precondition, TouchRelationship
 from gatehouse.graph.memory import MemoryGraphStore
 from gatehouse.graph.model import ObjectRef, Relationship
 from gatehouse.graph.redis import RedisGraphStore
 from gatehouse.graph.store import GraphStore
 from gatehouse.policy import load_policy
 from gatehouse.policy.model import Metric
+from gatehouse.policy.rules import MaxSubjects
+from gatehouse.redisscript import settle
 from gatehouse.usage.events import UsageEvent, UsageStore
 from gatehouse.usage.memory import MemoryUsageStore
 from gatehouse.usage.redis import RedisUsageStore
@@ -382,6 +386,17 @@ end
 return run_items(2, one)
 """
 
+# Each item's reply: the item, the call's two leading arguments (head() and the head
+# the item was submitted with) and every item of its call, so a test sees who shared it.
+HEADED = """
+local function one(arg)
+  local items = {}
+  for i = 3, #ARGV do items[#items + 1] = ARGV[i] end
+  return {arg, ARGV[1], ARGV[2], table.concat(items, ",")}
+end
+return run_items(3, one)
+"""
+
 
 class TestBatchedScript:
     def test_items_answer_alone_and_groups_split_by_count_and_size(
@@ -449,5 +464,86 @@ class TestBatchedScript:
                 assert script.calls <= 2  # one call (plus its retry after the script load)
             finally:
                 await client.aclose()
+
+        asyncio.run(run())
+
+    def test_items_with_different_heads_never_share_a_call(
+            self, redis_server: RedisServer) -> None:
+        """Eight items submitted in one loop turn with two heads (h1 h1 h1 h2 h2 h1 h1 h2):
+        each script call carries one head and only items submitted with it, in the order
+        submitted (each run of one head is a call: 4 calls); items of one head alone
+        share one call."""
+        import redis.asyncio as aioredis
+
+        from gatehouse.redisscript import BatchedScript
+
+        async def run() -> None:
+            client = aioredis.from_url(redis_server.url, decode_responses=True)
+            script = BatchedScript(client, HEADED, lambda: ["prefix"])
+            try:
+                await client.script_load(script.lua)  # else every first call is retried
+                loop = asyncio.get_running_loop()
+
+                async def submit_all(heads: list[str]) -> list[Any]:
+                    futures: list[asyncio.Future[Any]] = []
+                    for i, head in enumerate(heads):  # one loop turn: no await in between
+                        fut: asyncio.Future[Any] = loop.create_future()
+                        script.submit(f"{head}-{i}", functools.partial(settle, fut), (head,))
+                        futures.append(fut)
+                    return list(await asyncio.gather(*futures))
+
+                heads = ["h1", "h1", "h1", "h2", "h2", "h1", "h1", "h2"]
+                replies = await submit_all(heads)
+                assert script.calls == 4
+                calls: list[str] = []
+                for i, (head, reply) in enumerate(zip(heads, replies, strict=True)):
+                    item, prefix, call_head, members = reply
+                    assert (item, prefix, call_head) == (f"{head}-{i}", "prefix", head)
+                    assert item in members.split(",")
+                    assert all(m.startswith(f"{head}-") for m in members.split(",")), members
+                    if not calls or calls[-1] != members:
+                        calls.append(members)
+                assert calls == ["h1-0,h1-1,h1-2", "h2-3,h2-4", "h1-5,h1-6", "h2-7"]
+                replies = await submit_all(["h2"] * 5)
+                assert script.calls == 5
+                assert {reply[3] for reply in replies} == {"h2-0,h2-1,h2-2,h2-3,h2-4"}
+            finally:
+                await client.aclose()
+
+        asyncio.run(run())
+
+    def test_each_graph_write_is_judged_by_its_own_rules(
+            self, redis_server: RedisServer) -> None:
+        """Four writes in one loop turn alternating between the policy's write rules and
+        stricter ones (at most one guest per workspace): each is judged by its own rules
+        - the strict first guest commits, the permissive second and fourth commit, the
+        strict third is refused naming its rule - in separate script calls."""
+        strict = dataclasses.replace(RULES, constraints=(
+            *RULES.constraints, MaxSubjects("one_guest", "workspace", "guest", 1)))
+
+        async def run() -> None:
+            store = RedisGraphStore(redis_server.url, f"g{uuid.uuid4().hex[:8]}")
+            try:
+                await store.write([PARENT], (), RULES)
+                head, calls = await store.head_revision(), store._call.calls
+                loop = asyncio.get_running_loop()
+                futures: list[asyncio.Future[Any]] = []
+                for subject, rules in (("a", strict), ("b", RULES), ("c", strict),
+                                       ("d", RULES)):  # one loop turn
+                    fut: asyncio.Future[Any] = loop.create_future()
+                    store.write_soon([TouchRelationship(_rel("w", subject))], (), rules,
+                                     functools.partial(settle, fut))
+                    futures.append(fut)
+                a, b, c, d = await asyncio.gather(*futures, return_exceptions=True)
+                assert isinstance(c, FailedPrecondition) and c.rule == "one_guest", c
+                assert isinstance(a, Change) and isinstance(b, Change) and isinstance(d, Change)
+                assert [x.revision for x in (a, b, d)] == [head + 1, head + 2, head + 3]
+                assert store._call.calls - calls == 4
+                snap = await store.snapshot()
+                guests = {r.subject.id for r in snap.all_relationships()
+                          if r.relation == "guest"}
+                assert guests == {"a", "b", "d"}
+            finally:
+                await store.close()
 
         asyncio.run(run())

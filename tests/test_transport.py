@@ -36,7 +36,7 @@ from gatehouse.transport import (
     open_transport,
 )
 from gatehouse.transport.aio import AioServer
-from gatehouse.transport.base import UNARY_MESSAGE_COUNT
+from gatehouse.transport.base import UNARY_MESSAGE_COUNT, Answered
 from gatehouse.transport.choose import core_supports, self_test
 from gatehouse.transport.core import CoreServer
 
@@ -50,8 +50,9 @@ class Toy:
         self.stream_closed = threading.Event()
         self.deadlines: list[float | None] = []
         self.reached: list[bytes] = []  # every request a handler (inline or async) saw
+        self.late_answers = threading.Event()  # a Later's extra answers were all given
 
-    def inline(self, raw: bytes, info: CallInfo | None) -> bytes:
+    def inline(self, raw: bytes, info: CallInfo | None) -> bytes | Later:
         self.reached.append(raw[:16])
         if raw == b"notes":
             return b"inline:" + str(info.notes.get("caller") if info else None).encode()
@@ -65,6 +66,9 @@ class Toy:
             return "a str"  # type: ignore[return-value]
         if raw.startswith(b"later"):
             return Later(lambda remaining: self.later(raw, info, remaining))
+        if raw.startswith(b"start"):
+            return Later(start=lambda remaining, answered: self.start(raw, info, remaining,
+                                                                      answered))
         if len(raw) > 64:
             return b"inline:%d bytes" % len(raw)
         return b"inline:" + raw
@@ -81,6 +85,44 @@ class Toy:
         caller = info.notes.get("caller") if info else None
         return b"later:%s:%s:%s" % (raw, str(caller).encode(),
                                     b"none" if left is None else b"some")
+
+    def start(self, raw: bytes, info: CallInfo | None, remaining: Callable[[], float | None],
+              answered: Answered) -> None:
+        """The task-free loop half of an inline answer: it hands its result to ``answered``
+        (at once, or from a later loop callback, as a store's group commit does)."""
+        loop = asyncio.get_running_loop()  # start is called on the loop
+        left = remaining()
+        caller = info.notes.get("caller") if info else None
+        ok = b"start:%s:%s:%s" % (raw, str(caller).encode(),
+                                  b"none" if left is None else b"some")
+        aborted = Abort(grpc.StatusCode.ABORTED, "raced", (("x-retry-after", "1"),))
+        if raw == b"start-soon":
+            loop.call_soon(answered, ok)
+        elif raw == b"start-later":
+            loop.call_later(0.02, answered, ok)
+        elif raw.startswith(b"start-n"):  # answers out of the order the calls came in
+            loop.call_later((int(raw[7:]) % 7) * 0.003, answered, ok)
+        elif raw == b"start-abort":
+            answered(aborted)
+        elif raw == b"start-abort-later":
+            loop.call_later(0.01, answered, aborted)
+        elif raw == b"start-raises-abort":
+            raise aborted
+        elif raw == b"start-boom":
+            loop.call_soon(answered, RuntimeError("bug"))
+        elif raw == b"start-raises":
+            raise RuntimeError("bug")
+        elif raw == b"start-twice":
+            answered(ok)
+            answered(b"second")
+            loop.call_soon(answered, RuntimeError("a late failure"))
+            loop.call_later(0.05, answered, b"third")
+            loop.call_later(0.05, self.late_answers.set)
+        elif raw == b"start-answers-then-raises":
+            answered(ok)
+            raise RuntimeError("a bug after the answer")
+        else:
+            answered(ok)
 
     async def unary(self, request: bytes, context: ServicerContext) -> bytes:
         self.reached.append(request[:16])
@@ -316,6 +358,87 @@ class TestInline:
         assert [f.result() for f in futures] == [
             b"later:later%d:None:some" % i for i in range(300)]
 
+    def test_later_start_answers_with_the_bytes_it_is_handed(
+            self, served: Served, channel: grpc.Channel) -> None:
+        """The bytes a started Later hands to ``answered`` (at once, inside ``start``) are
+        the response; ``start`` sees the deadline the call has (or none)."""
+        assert call(channel, "Inline", b"start") == b"start:start:None:some"
+        no_deadline = channel.unary_unary(f"/{SERVICE}/Inline")(b"start")
+        assert no_deadline == b"start:start:None:none"
+        assert served.toy.reached == [b"start", b"start"]
+        assert served.server.stats.handler_failures == 0
+
+    def test_later_start_may_answer_from_a_later_loop_callback(
+            self, channel: grpc.Channel) -> None:
+        """``answered`` called after ``start`` returned, from a call_soon or call_later
+        callback (as a store's group commit answers), answers the call."""
+        assert call(channel, "Inline", b"start-soon") == b"start:start-soon:None:some"
+        assert call(channel, "Inline", b"start-later") == b"start:start-later:None:some"
+
+    def test_later_start_abort_is_the_status_with_its_details(
+            self, channel: grpc.Channel) -> None:
+        """An Abort handed to ``answered`` (at once or later) or raised by ``start`` is the
+        call's status, with its details and trailing metadata."""
+        for raw in (b"start-abort", b"start-abort-later", b"start-raises-abort"):
+            with pytest.raises(grpc.RpcError) as err:
+                call(channel, "Inline", raw)
+            assert (err.value.code(), err.value.details()) == (
+                grpc.StatusCode.ABORTED, "raced"), raw
+            assert ("x-retry-after", "1") in tuple(err.value.trailing_metadata() or ()), raw
+
+    def test_later_start_failure_is_internal_counted_and_the_server_goes_on(
+            self, served: Served, channel: grpc.Channel) -> None:
+        """A non-Abort exception handed to ``answered``, or raised by ``start``, answers
+        INTERNAL naming its type, counts a handler failure, and the server serves on."""
+        for count, raw in enumerate((b"start-boom", b"start-raises"), 1):
+            code, details = code_of(lambda r=raw: call(channel, "Inline", r))  # type: ignore[misc]
+            assert code == grpc.StatusCode.INTERNAL and "RuntimeError" in details, raw
+            assert served.server.stats.handler_failures == count
+        assert call(channel, "Inline", b"start") == b"start:start:None:some"
+        assert call(channel, "Inline", b"later") == b"later:later:None:some"
+
+    def test_later_start_answered_twice_answers_once(
+            self, served: Served, channel: grpc.Channel) -> None:
+        """Only the first ``answered`` counts: a second one (bytes at once, an exception
+        soon after, bytes after the call ended) neither sends another answer nor counts a
+        failure, and the server serves on."""
+        assert call(channel, "Inline", b"start-twice") == b"start:start-twice:None:some"
+        assert served.toy.late_answers.wait(5)
+        assert call(channel, "Inline", b"start") == b"start:start:None:some"
+        assert call(channel, "Inline", b"start-soon") == b"start:start-soon:None:some"
+        assert served.server.stats.handler_failures == 0
+
+    def test_later_start_that_raises_after_answering_keeps_its_answer(
+            self, served: Served, channel: grpc.Channel) -> None:
+        """``start`` raising after it answered is a second answer, ignored: the client gets
+        the bytes it was answered with (a committed write is not reported failed)."""
+        assert call(channel, "Inline", b"start-answers-then-raises") == \
+            b"start:start-answers-then-raises:None:some"
+        assert call(channel, "Inline", b"start") == b"start:start:None:some"
+
+    def test_many_concurrent_started_laters(self, channel: grpc.Channel) -> None:
+        """Three hundred started Laters in flight at once, answered from loop callbacks in
+        another order than they came in, each get their own answer."""
+        futures = [channel.unary_unary(f"/{SERVICE}/Inline").future(b"start-n%d" % i,
+                                                                    timeout=20)
+                   for i in range(300)]
+        assert [f.result() for f in futures] == [
+            b"start:start-n%d:None:some" % i for i in range(300)]
+
+    def test_a_later_takes_exactly_one_of_answer_and_start(self) -> None:
+        """Later() and Later(answer=..., start=...) are refused with TypeError."""
+        async def answer(remaining: Callable[[], float | None]) -> bytes:
+            return b""
+
+        def start(remaining: Callable[[], float | None], answered: Answered) -> None:
+            answered(b"")
+
+        with pytest.raises(TypeError, match="exactly one of answer and start"):
+            Later()
+        with pytest.raises(TypeError, match="exactly one of answer and start"):
+            Later(answer=answer, start=start)
+        assert Later(answer=answer).start is None and Later(start=start).answer is None
+
     def test_inline_must_name_a_registered_unary_method(self, served: Served) -> None:
         """add_inline refuses a method that is not registered, or not unary."""
         with pytest.raises(ValueError, match="registered unary"):
@@ -481,6 +604,19 @@ class TestHooks:
         ended = hooked.hooks.wait_ended(f"/{SERVICE}/Inline", 2)
         assert [(o.code, o.details) for o in ended] == [(grpc.StatusCode.OK, ""),
                                                         (grpc.StatusCode.ABORTED, "raced")]
+
+    def test_hooks_see_started_laters_like_any_call(self, hooked: Served) -> None:
+        """A started Later reads the pre-call hook's notes, and the post-call hook gets its
+        final status once ``answered`` was called (OK, an Abort's status, INTERNAL)."""
+        with grpc.insecure_channel(hooked.address) as ch:
+            assert call(ch, "Inline", b"start-later", metadata=(("x-caller", "k2"),)) == \
+                b"start:start-later:k2:some"
+            code_of(lambda: call(ch, "Inline", b"start-abort-later"))
+            code_of(lambda: call(ch, "Inline", b"start-boom"))
+        ended = hooked.hooks.wait_ended(f"/{SERVICE}/Inline", 3)
+        assert [(o.code, o.details) for o in ended] == [
+            (grpc.StatusCode.OK, ""), (grpc.StatusCode.ABORTED, "raced"),
+            (grpc.StatusCode.INTERNAL, "unexpected RuntimeError")]
 
     def test_before_hook_refuses_unauthenticated_before_any_handler(
             self, hooked: Served) -> None:

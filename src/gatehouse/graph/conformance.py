@@ -19,6 +19,7 @@ and Redis. Scenarios use plain ``assert`` and no test framework.
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -391,6 +392,120 @@ async def preconditions_abort_the_whole_batch(store: GraphStore, backend: Backen
     await store.write(ops, [Precondition(rel("workspace:w1#parent@organization:o1"),
                                          must_exist=True)], RULES)
     assert "workspace:w1#member@user:b" in await rels_of(store)
+
+
+# -- write_soon: write without a coroutine ----------------------------------------
+
+
+class Done:
+    """A ``done`` callback for ``write_soon``: keeps each result it is handed, and the
+    thread that handed it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Change | BaseException, int]] = []
+        self._called = asyncio.Event()
+
+    def __call__(self, result: Change | BaseException) -> None:
+        self.calls.append((result, threading.get_ident()))
+        self._called.set()
+
+    async def once(self, store: GraphStore) -> Change | BaseException:
+        """The one result: ``done`` was called exactly once, on the loop's thread."""
+        await asyncio.wait_for(self._called.wait(), 10)
+        await store.head_revision()  # one more round trip: a second answer would be in
+        assert len(self.calls) == 1, self.calls
+        result, thread = self.calls[0]
+        assert thread == threading.get_ident(), "done was called off the loop's thread"
+        return result
+
+
+async def changed(store: GraphStore, done: Done) -> Change:
+    result = await done.once(store)
+    assert isinstance(result, Change), repr(result)
+    return result
+
+
+@scenario()
+async def write_soon_commits_like_write(store: GraphStore, backend: Backend) -> None:
+    """write_soon commits what write would and hands done the change, exactly once, on the
+    loop's thread: its own revision (several batches in one loop turn: in the order
+    submitted), its operations as the changelog holds them, and for a batch with no effect
+    the current revision and no operations."""
+    await store.write(BASE, (), RULES)
+    epoch = (await store.snapshot()).epoch
+    done = Done()
+    store.write_soon(touch("workspace:w1#member@user:a"), (), RULES, done)
+    first = await changed(store, done)
+    assert (first.revision, first.ops) == (2, tuple(touch("workspace:w1#member@user:a")))
+    dones = [Done() for _ in range(5)]
+    for i, d in enumerate(dones):  # one loop turn: a store that groups writes groups these
+        store.write_soon(touch(f"workspace:w2#member@user:s{i}"), (), RULES, d)
+    group = [await changed(store, d) for d in dones]
+    assert [c.revision for c in group] == [3, 4, 5, 6, 7]
+    assert [c.ops for c in group] == [tuple(touch(f"workspace:w2#member@user:s{i}"))
+                                      for i in range(5)]
+    assert await store.head_revision() == 7
+    logged = await asyncio.wait_for(collect(store.follow(1, epoch), 6), 10)
+    assert [(c.revision, c.ops) for c in logged] == [(c.revision, c.ops)
+                                                     for c in (first, *group)]
+    rels = await rels_of(store)
+    assert {"workspace:w1#member@user:a"} | {f"workspace:w2#member@user:s{i}"
+                                            for i in range(5)} <= rels
+    done = Done()
+    store.write_soon(touch("workspace:w1#member@user:a"), (), RULES, done)
+    nothing = await changed(store, done)
+    assert (nothing.revision, nothing.ops) == (7, ())
+    assert await store.head_revision() == 7
+    # write afterwards continues the same history.
+    assert (await store.write(touch("workspace:w1#member@user:b"), (), RULES)).revision == 8
+
+
+@scenario()
+async def write_soon_refuses_like_write(store: GraphStore, backend: Backend) -> None:
+    """write_soon hands done the error write raises for the same batch, exactly once:
+    Aborted for a precondition that fails, FailedPrecondition naming the rule that
+    refused, InvalidArgument for a batch naming one relationship twice; nothing of it
+    is written, and in a loop turn's batches a refused one fails alone."""
+    await store.write(BASE + touch("organization:o1#owner@user:a",
+                                   "organization:o1#owner@user:b"), (), RULES)
+    cases: list[tuple[list[Operation], list[WritePrecondition], type[GatehouseError]]] = [
+        (touch("workspace:w1#member@user:x"),
+         [Precondition(rel("workspace:w1#member@user:nobody"), must_exist=True)], Aborted),
+        (touch("organization:o1#owner@user:c"), [], FailedPrecondition),
+        (touch("workspace:w1#member@user:x", "workspace:w1#member@user:y",
+               "workspace:w1#member@user:x"), [], InvalidArgument),
+        (touch("workspace:w1#member@user:x"), unchanged("workspace:w1", 1), InvalidArgument),
+    ]
+    for ops, pre, kind in cases:
+        try:
+            await store.write(ops, pre, RULES)
+        except GatehouseError as exc:
+            expected: GatehouseError = exc
+        else:
+            raise AssertionError(f"write accepted {ops!r}")
+        before = (await store.head_revision(), await rels_of(store), await objects_of(store))
+        done = Done()
+        store.write_soon(ops, pre, RULES, done)
+        got = await done.once(store)
+        assert type(got) is type(expected) and isinstance(got, kind), (got, expected)
+        assert str(got) == str(expected), (got, expected)
+        if isinstance(got, FailedPrecondition):
+            assert isinstance(expected, FailedPrecondition)
+            assert got.rule == expected.rule == "two_owners_at_most", got
+        assert (await store.head_revision(), await rels_of(store),
+                await objects_of(store)) == before
+    head = await store.head_revision()
+    dones = [Done() for _ in range(3)]
+    store.write_soon(touch("workspace:w1#member@user:m1"), (), RULES, dones[0])
+    store.write_soon(touch("organization:o1#owner@user:c"), (), RULES, dones[1])
+    store.write_soon(touch("workspace:w1#member@user:m2"), (), RULES, dones[2])
+    one, refusal, two = [await d.once(store) for d in dones]
+    assert isinstance(refusal, FailedPrecondition) and refusal.rule == "two_owners_at_most"
+    assert isinstance(one, Change) and isinstance(two, Change)
+    assert (one.revision, two.revision) == (head + 1, head + 2)
+    rels = await rels_of(store)
+    assert {"workspace:w1#member@user:m1", "workspace:w1#member@user:m2"} <= rels
+    assert "organization:o1#owner@user:c" not in rels
 
 
 # -- tenancy ---------------------------------------------------------------------

@@ -355,7 +355,10 @@ async def _later(later: Later, context: _AioContext, counters: Counters, method:
             return await later.answer(context.time_remaining)
         assert later.start is not None
         answered: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        later.start(context.time_remaining, functools.partial(_settle, answered))
+        try:
+            later.start(context.time_remaining, functools.partial(_settle, answered))
+        except Exception as exc:  # as answering with it: ignored once answered (as on core)
+            _settle(answered, exc)
         return await answered
     except Abort:
         raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -222,3 +223,48 @@ async def an_event_id_counts_again_after_its_window(store: UsageStore) -> None:
         assert time.monotonic() < deadline, "the dedup window never expired"
         await asyncio.sleep(0.1)
     assert await value(store, RUNS) == 2
+
+
+class Done:
+    """A ``done`` callback for ``record_soon``: keeps each result it is handed, and the
+    thread that handed it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool | BaseException, int]] = []
+        self._called = asyncio.Event()
+
+    def __call__(self, result: bool | BaseException) -> None:
+        self.calls.append((result, threading.get_ident()))
+        self._called.set()
+
+    async def once(self, store: UsageStore) -> bool | BaseException:
+        """The one result: ``done`` was called exactly once, on the loop's thread."""
+        await asyncio.wait_for(self._called.wait(), 10)
+        await store.counters(ORG, {ALL_TIME: ALL_TIME})  # a round trip: a second answer would be in
+        assert len(self.calls) == 1, self.calls
+        result, thread = self.calls[0]
+        assert thread == threading.get_ident(), "done was called off the loop's thread"
+        return result
+
+
+async def recorded_soon(store: UsageStore, recorded: UsageEvent) -> bool | BaseException:
+    done = Done()
+    store.record_soon(recorded, WINDOW, done)
+    return await done.once(store)
+
+
+@scenario
+async def record_soon_answers_like_record(store: UsageStore) -> None:
+    """record_soon hands done what record returns, exactly once, on the loop's thread:
+    False for a new event id, True for the same id again (whichever of the two recorded
+    it first, several in one loop turn too), and the event counts once."""
+    assert await recorded_soon(store, event("s1", ROWS, 5)) is False
+    assert await recorded_soon(store, event("s1", ROWS, 5)) is True
+    assert await store.record(event("s1", ROWS, 5), WINDOW) is True
+    assert await store.record(event("s2", ROWS, 7), WINDOW) is False
+    assert await recorded_soon(store, event("s2", ROWS, 7)) is True
+    dones = [Done() for _ in range(4)]
+    for d, event_id in zip(dones, ("t1", "t2", "t1", "s1"), strict=True):
+        store.record_soon(event(event_id, ROWS, 1), WINDOW, d)  # one loop turn
+    assert [await d.once(store) for d in dones] == [False, False, True, True]
+    assert await value(store, ROWS) == 5 + 7 + 1 + 1

@@ -358,6 +358,9 @@ async def _later(later: Later, context: _AioContext, counters: Counters, method:
         try:
             later.start(context.time_remaining, functools.partial(_settle, answered))
         except Exception as exc:  # as answering with it: ignored once answered (as on core)
+            if answered.done():
+                log.error("a started Later raised after answering", exc_info=exc,
+                          extra={"method": method})
             _settle(answered, exc)
         return await answered
     except Abort:

@@ -510,6 +510,9 @@ class CoreServer:
             try:
                 later.start(remaining, answered)
             except Exception as exc:
+                if sent:  # answered already: the answer stands; the bug is logged
+                    log.error("a started Later raised after answering", exc_info=exc, extra={
+                        "method": request_ev.call_details.method.decode(errors="replace")})
                 answered(exc)
             return
         assert later.answer is not None

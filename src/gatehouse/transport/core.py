@@ -75,6 +75,8 @@ _CLOSE = 5
 _RECV_INLINE_END = 6
 _RECV_ASYNC_END = 7
 _PER_CALL = (_RECV_INLINE, _RECV_INLINE_END, _RECV_ASYNC, _RECV_ASYNC_END)
+_OUTBOX_WAIT = 0.0002
+"""Seconds the poll thread waits for a completion while answers may be left for it."""
 # A deadline this far out means the client set none.
 _NO_DEADLINE = 1e12
 _NONE_SENT = f"{UNARY_MESSAGE_COUNT}; it sent none"
@@ -233,6 +235,11 @@ class CoreServer:
         self._inbox: collections.deque[tuple[Callable[..., None], tuple[Any, ...]]] = \
             collections.deque()
         self._inbox_scheduled = False
+        # Answers of Laters, sent by the poll thread (grpc calls from the loop thread
+        # would hand the interpreter lock back and forth with it once per answer).
+        self._outbox: collections.deque[tuple[Any, tuple[Any, ...], _Track | None,
+                                              grpc.StatusCode, str]] = collections.deque()
+        self._laters = 0  # Laters handed to the loop and not yet sent (poll thread only)
 
     @property
     def stats(self) -> TransportStats:
@@ -325,8 +332,12 @@ class CoreServer:
         before = tuple(self._before)
         hooked = bool(self._before or self._after)
         receive = cygrpc.ReceiveMessageOperation  # a new one per batch: it holds the message
+        outbox = self._outbox
         while True:
-            ev = cq.poll(time.time() + 1.0)
+            # While Laters are out, wake often enough to send their answers soon.
+            ev = cq.poll(time.time() + (_OUTBOX_WAIT if self._laters else 1.0))
+            if outbox:
+                self._send_outbox()
             tag = ev.tag
             if tag is None:
                 if ev.completion_type == timeout_type:
@@ -481,6 +492,7 @@ class CoreServer:
             ops = _status_ops(_core_code(code), details, True)
         else:
             if isinstance(out, Later):
+                self._laters += 1
                 self._handoff(self._later, request_ev, track, out)
                 return
             ops = _status_ops(_OK, "", True, out)
@@ -546,10 +558,21 @@ class CoreServer:
             self._counters.handler_failed()
             code, details = grpc.StatusCode.INTERNAL, f"unexpected {type(result).__name__}"
         ops = _status_ops(_core_code(code), details, True, message, trailing)
-        request_ev.call.start_server_batch((*ops, cygrpc.ReceiveCloseOnServerOperation(0)),
-                                           (_FINISHED,))
-        if track is not None:
-            self._ended(track, code, details)
+        self._outbox.append((request_ev.call, (*ops, cygrpc.ReceiveCloseOnServerOperation(0)),
+                             track, code, details))
+
+    def _send_outbox(self) -> None:
+        """Send the answers the loop left for the poll thread (poll thread only)."""
+        outbox = self._outbox
+        while outbox:
+            call, ops, track, code, details = outbox.popleft()
+            self._laters -= 1
+            try:
+                call.start_server_batch(ops, (_FINISHED,))
+            except Exception:
+                log.exception("could not send an answer")
+            if track is not None:
+                self._ended(track, code, details)
 
     # -- the asyncio side --------------------------------------------------
 

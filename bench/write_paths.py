@@ -4,7 +4,8 @@ Starts a private Redis (AOF, ``appendfsync always``), seeds one Coupler
 organization of --workspaces workspaces, starts ``gatehouse serve
 --redis-url`` and then, round after round (the two phases interleaved so that
 drift on a shared machine spreads over both), keeps --inflight calls in flight
-from this process for --seconds each:
+from a client process (--clients N: spread over N, each with its own channel)
+for --seconds each:
 
   * RecordUsage with one event per call (a new event id every call);
   * WriteRelationships with one relationship per call (TOUCH of a new
@@ -14,7 +15,7 @@ Requests are built and serialized before the timed window; the timed loop
 sends bytes and takes bytes (as ``load.py`` does), so the client's share of
 the two cores is as small as it can be. For each phase it prints the median
 over the rounds of calls/s, p50 and p99 latency, and the CPU time per call
-of the server, of Redis and of this client (utime + stime; on a busy shared
+of the server, of Redis and of the clients (utime + stime; on a busy shared
 machine CPU per call moves less than calls/s does), and how many calls one
 EVALSHA carried on average (Redis's commandstats).
 

@@ -9,6 +9,12 @@ the request bytes, check that no second message follows, decide, send
 response and status in one batch — four completion events and no event-loop
 turn per call.
 
+An inline handler may instead return a ``Later`` (a write: it must wait for
+the store): its work runs on the loop — as a task, or with ``Later.start``
+as plain callbacks — and its answer goes back to the poll thread through an
+outbox, so that grpc is called from one thread only on that path (calls from
+the loop thread handed the interpreter lock back and forth once per answer).
+
 Every other method (and an inline one that cannot answer at once, e.g. it
 must wait for the index to catch up) runs as a task on the asyncio loop with
 the ordinary servicer coroutine and a small ``ServicerContext``; the poll

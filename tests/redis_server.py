@@ -41,6 +41,27 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _wait_answering(proc: subprocess.Popen[bytes], client: redis.Redis, logfile: Path,
+                    name: str, seconds: float = 15) -> None:
+    """Until ``client`` gets an answer to PING (bounded); the log if the process exits."""
+    deadline = time.monotonic() + seconds
+    try:
+        while True:
+            if proc.poll() is not None:
+                log = logfile.read_text() if logfile.exists() else ""
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log}")
+            try:
+                if client.ping():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not answer within {seconds:g} s")
+            time.sleep(0.05)  # poll interval of a bounded wait
+    finally:
+        client.close()
+
+
 class RedisServer:
     """Start, kill and restart one redis-server process on loopback.
 
@@ -80,24 +101,9 @@ class RedisServer:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        client = self.client(socket_connect_timeout=0.5)
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    logfile = self.dir / "redis.log"
-                    log = logfile.read_text() if logfile.exists() else ""
-                    raise RuntimeError(f"redis-server exited with {self.proc.returncode}:\n{log}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not answer within 15 s")
-                time.sleep(0.05)  # poll interval of a bounded wait
-        finally:
-            client.close()
+        _wait_answering(self.proc, self.client(socket_connect_timeout=0.5),
+                        self.dir / "redis.log", "redis-server")
+        return self
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no final save; only what AOF already holds survives."""
@@ -177,23 +183,8 @@ class SentinelServer:
     def start(self) -> SentinelServer:
         self.proc = subprocess.Popen([server_binary(), str(self.conf), "--sentinel"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 15
-        client = self.client()
-        try:
-            while True:
-                if self.proc.poll() is not None:
-                    log = (self.dir / "sentinel.log").read_text()
-                    raise RuntimeError(f"sentinel exited with {self.proc.returncode}:\n{log}")
-                try:
-                    if client.ping():
-                        return self
-                except redis.RedisError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("sentinel did not answer within 15 s")
-                time.sleep(0.05)  # poll interval of a bounded wait
-        finally:
-            client.close()
+        _wait_answering(self.proc, self.client(), self.dir / "sentinel.log", "sentinel")
+        return self
 
     def primary_port(self) -> int:
         """The port of the primary this Sentinel currently reports."""
